@@ -1,0 +1,538 @@
+//! Defines a pipeline (source + resources + destinations + store) and its run loop: acquire the
+//! lease, load the cursors, run a session, stop the source, drain, save, back off, reopen.
+
+use std::{fmt, pin::pin, sync::Arc, time::Duration};
+
+use serde::Serialize;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backoff::{Backoff, BackoffPolicy},
+    checkpoint::{CheckpointStore, Lease},
+    envelope::Checkpoints,
+    error::{ErrorClass, PipelineError, SinkError, SourceError, StoreError},
+    processor::{Processor, ProcessorOptions, Slot},
+    record::{DeadLetter, Record},
+    resource::{OnError, Resources},
+    sink::{BatchLimits, CheckpointCommit, Sink},
+    source::{Liveness, SessionEnd, Source, SourceContext},
+    stats::PipelineStats,
+    watchdog,
+};
+
+/// Settings of a pipeline's runtime.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Envelopes that may wait between the source and the processor: the backpressure bound.
+    pub channel_capacity: usize,
+    /// Backoff between sessions (reconnects).
+    pub reconnect: BackoffPolicy,
+    /// Backoff between retries of a transient write or save.
+    pub retry: BackoffPolicy,
+    /// After shutdown is requested, how long in-flight writes and the last save may take.
+    pub drain_timeout: Duration,
+    /// How often cursors that moved without a write (dropped envelopes) are saved.
+    pub commit_interval: Duration,
+    /// The lease's time to live; it is renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Who takes the lease (defaults to host and process id).
+    pub holder: String,
+    /// Overrides the source's idle timeout.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            channel_capacity: 4096,
+            reconnect: BackoffPolicy::default(),
+            retry: BackoffPolicy {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(30),
+                multiplier: 2.0,
+                stable_after: Duration::ZERO,
+            },
+            drain_timeout: Duration::from_secs(10),
+            commit_interval: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(15),
+            holder: default_holder(),
+            idle_timeout: None,
+        }
+    }
+}
+
+/// `host:pid`, the default lease holder.
+pub fn default_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// How a pipeline ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PipelineExit {
+    /// The source finished (a finite input) and everything was written and saved.
+    Completed,
+    /// Shutdown was requested; in-flight work was written and saved.
+    Stopped,
+}
+
+/// A sink for dead letters when none is configured: refuses every write. A pipeline whose
+/// policies may dead-letter is refused at start unless a real one is set.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoDeadLetters;
+
+impl Sink<DeadLetter> for NoDeadLetters {
+    async fn write(
+        &mut self,
+        _: &[DeadLetter],
+        _: Option<&CheckpointCommit<'_>>,
+    ) -> Result<(), SinkError> {
+        Err(SinkError::fatal("no dead-letter destination is configured"))
+    }
+}
+
+/// One pipeline: a source, its resources, named destinations, a dead-letter destination and a
+/// checkpoint store. Build it, then [`Pipeline::run`] it.
+pub struct Pipeline<Src: Source, R, S, C, D = NoDeadLetters> {
+    id: Arc<str>,
+    source: Src,
+    resources: Resources<Src::Payload, R>,
+    sinks: Vec<(String, S, BatchLimits)>,
+    dead_letters: Option<(D, BatchLimits)>,
+    store: C,
+    options: PipelineOptions,
+    stats: Arc<PipelineStats>,
+}
+
+impl<Src: Source, R, S, C, D> fmt::Debug for Pipeline<Src, R, S, C, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("id", &self.id)
+            .field("source", &self.source.name())
+            .field("resources", &self.resources)
+            .field(
+                "destinations",
+                &self.sinks.iter().map(|(n, _, _)| n).collect::<Vec<_>>(),
+            )
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<Src, R, S, C> Pipeline<Src, R, S, C, NoDeadLetters>
+where
+    Src: Source,
+    Src::Payload: Serialize,
+    R: Record,
+    S: Sink<R>,
+    C: CheckpointStore,
+{
+    /// A pipeline with no destination yet.
+    pub fn new(
+        id: impl Into<Arc<str>>,
+        source: Src,
+        store: C,
+        resources: Resources<Src::Payload, R>,
+    ) -> Self {
+        let id = id.into();
+        Self {
+            stats: Arc::new(PipelineStats::new(&id)),
+            id,
+            source,
+            resources,
+            sinks: Vec::new(),
+            dead_letters: None,
+            store,
+            options: PipelineOptions::default(),
+        }
+    }
+}
+
+impl<Src, R, S, C, D> Pipeline<Src, R, S, C, D>
+where
+    Src: Source,
+    Src::Payload: Serialize,
+    R: Record,
+    S: Sink<R>,
+    C: CheckpointStore,
+    D: Sink<DeadLetter>,
+{
+    /// Adds a named destination.
+    pub fn sink(mut self, name: impl Into<String>, sink: S, limits: BatchLimits) -> Self {
+        self.sinks.push((name.into(), sink, limits));
+        self
+    }
+
+    /// Sets the dead-letter destination.
+    pub fn dead_letters<D2: Sink<DeadLetter>>(
+        self,
+        sink: D2,
+        limits: BatchLimits,
+    ) -> Pipeline<Src, R, S, C, D2> {
+        Pipeline {
+            id: self.id,
+            source: self.source,
+            resources: self.resources,
+            sinks: self.sinks,
+            dead_letters: Some((sink, limits)),
+            store: self.store,
+            options: self.options,
+            stats: self.stats,
+        }
+    }
+
+    /// Sets the runtime options.
+    pub fn options(mut self, options: PipelineOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The pipeline id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The live counters, readable while the pipeline runs.
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        self.stats.clone()
+    }
+
+    fn config_error(&self, message: impl Into<String>) -> PipelineError {
+        PipelineError::Config {
+            pipeline: self.id.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Runs until the source finishes, `shutdown` is cancelled (then drains within the drain
+    /// timeout), or a non-retryable error occurs. Disconnects and transient errors never end it.
+    ///
+    /// # Errors
+    /// A [`PipelineError`] whose [`class`](PipelineError::class) says whether a supervisor may
+    /// restart it.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<PipelineExit, PipelineError> {
+        // Resolve resources to destinations and check the poison policies can be honoured.
+        let mut resolved = Vec::new();
+        let resources = std::mem::take(&mut self.resources);
+        let needs_dead_letters = resources.unknown == OnError::DeadLetter
+            || resources
+                .map
+                .values()
+                .any(|r| r.on_error == OnError::DeadLetter);
+        if needs_dead_letters && self.dead_letters.is_none() {
+            return Err(self.config_error(
+                "poison inputs go to the dead-letter destination (on_error = dead_letter), but none is configured; set one or choose on_error = skip or fail",
+            ));
+        }
+        for (name, resource) in resources.map {
+            let Some(index) = self
+                .sinks
+                .iter()
+                .position(|(n, _, _)| *n == resource.destination)
+            else {
+                return Err(self.config_error(format!(
+                    "resource {name:?} writes to destination {:?}, which is not defined",
+                    resource.destination
+                )));
+            };
+            resolved.push((name, resource, index));
+        }
+        let id = self.id.clone();
+        let stats = self.stats.clone();
+        let options = self.options.clone();
+        let mut slots: Vec<Slot<R, S>> = Vec::new();
+        for (name, sink, limits) in std::mem::take(&mut self.sinks) {
+            slots.push(Slot::new(name, sink, limits));
+        }
+        let mut dead = self
+            .dead_letters
+            .take()
+            .map(|(sink, limits)| Slot::new("dead_letters".into(), sink, limits));
+        for slot in &mut slots {
+            prepare(&id, &slot.name, &mut slot.sink, &options, &shutdown).await?;
+        }
+        if let Some(dead) = &mut dead {
+            prepare(&id, &dead.name, &mut dead.sink, &options, &shutdown).await?;
+        }
+
+        let store = &self.store;
+        let Some(lease) = retry_store(&id, &options, &shutdown, || {
+            store.acquire(&id, &options.holder, options.lease_ttl)
+        })
+        .await?
+        else {
+            return Ok(PipelineExit::Stopped);
+        };
+        tracing::info!(pipeline = %id, holder = %lease.holder, token = lease.token, "lease acquired");
+
+        let hard_stop = CancellationToken::new();
+        let processor = Processor::new(
+            id.clone(),
+            resolved,
+            resources.unknown,
+            slots,
+            dead,
+            store,
+            lease.clone(),
+            ProcessorOptions {
+                retry: options.retry,
+                commit_interval: options.commit_interval,
+                chunk: 512,
+            },
+            hard_stop.clone(),
+            stats.clone(),
+        );
+        let result = run_sessions(
+            &id,
+            &mut self.source,
+            processor,
+            store,
+            &lease,
+            &options,
+            &shutdown,
+            &hard_stop,
+            &stats,
+        )
+        .await;
+        stats.set_up(false);
+        // A lost lease is not released: release is a no-op for a stale token in every store.
+        if let Err(error) = store.release(&lease).await {
+            tracing::warn!(pipeline = %id, %error, "lease release failed; it will expire");
+        }
+        result
+    }
+}
+
+async fn prepare<T, K: Sink<T>>(
+    pipeline: &str,
+    destination: &str,
+    sink: &mut K,
+    options: &PipelineOptions,
+    shutdown: &CancellationToken,
+) -> Result<(), PipelineError> {
+    let mut backoff = Backoff::new(options.retry);
+    loop {
+        match sink.prepare().await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.class() == ErrorClass::Transient => {
+                tracing::warn!(pipeline, destination, %error, "destination not ready; retrying");
+                if !sleep_or_cancel(backoff.next_delay(), shutdown).await {
+                    return Err(PipelineError::Sink {
+                        pipeline: pipeline.into(),
+                        destination: destination.into(),
+                        source: error,
+                    });
+                }
+            }
+            Err(error) => {
+                return Err(PipelineError::Sink {
+                    pipeline: pipeline.into(),
+                    destination: destination.into(),
+                    source: error,
+                });
+            }
+        }
+    }
+}
+
+/// Calls a store operation until it succeeds, fails for good, or shutdown (`Ok(None)`).
+async fn retry_store<T, F, Fut>(
+    pipeline: &str,
+    options: &PipelineOptions,
+    shutdown: &CancellationToken,
+    mut op: F,
+) -> Result<Option<T>, PipelineError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = Backoff::new(options.retry);
+    loop {
+        match op().await {
+            Ok(value) => return Ok(Some(value)),
+            Err(error) if error.class() == ErrorClass::Transient => {
+                tracing::warn!(pipeline, %error, "checkpoint store unavailable; retrying");
+                if !sleep_or_cancel(backoff.next_delay(), shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(source) => {
+                return Err(PipelineError::Store {
+                    pipeline: pipeline.into(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Sleeps; false if shutdown came first.
+async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// How a session ended, before the drain.
+enum Ending {
+    Source(Result<SessionEnd, SourceError>),
+    Shutdown,
+    Idle,
+    Processor(Result<(), PipelineError>),
+    LeaseLost(StoreError),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_sessions<Src, R, S, C, D>(
+    id: &Arc<str>,
+    source: &mut Src,
+    mut processor: Processor<'_, Src::Payload, R, S, D, C>,
+    store: &C,
+    lease: &Lease,
+    options: &PipelineOptions,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+    stats: &PipelineStats,
+) -> Result<PipelineExit, PipelineError>
+where
+    Src: Source,
+    Src::Payload: Serialize,
+    R: Record,
+    S: Sink<R>,
+    C: CheckpointStore,
+    D: Sink<DeadLetter>,
+{
+    let mut backoff = Backoff::new(options.reconnect);
+    let idle_timeout = options.idle_timeout.or_else(|| source.idle_timeout());
+    let renew_every = (options.lease_ttl / 3).max(Duration::from_millis(10));
+    loop {
+        // Resume from what the store holds, never from memory.
+        let Some(saved): Option<Checkpoints> =
+            retry_store(id, options, shutdown, || store.load(id)).await?
+        else {
+            return Ok(PipelineExit::Stopped);
+        };
+        tracing::info!(pipeline = %id, source = source.name(), cursors = saved.len(), "session starting");
+        processor.begin_session(saved.clone());
+        let (tx, mut rx) = mpsc::channel(options.channel_capacity);
+        let liveness = Arc::new(Liveness::default());
+        let ctx = SourceContext::new(saved, tx, shutdown.child_token(), liveness.clone());
+        let started = Instant::now();
+        stats.set_up(true);
+
+        let mut session = Box::pin(source.run(ctx));
+        let mut consume = pin!(processor.consume(&mut rx));
+        let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
+        let ending = loop {
+            tokio::select! {
+                biased;
+                result = &mut consume => break Ending::Processor(result),
+                result = &mut session => break Ending::Source(result),
+                _ = shutdown.cancelled() => break Ending::Shutdown,
+                _ = watchdog::idle(&liveness, idle_timeout) => break Ending::Idle,
+                _ = renew.tick() => {
+                    if let Err(error) = store.renew(lease, options.lease_ttl).await {
+                        if error.class() == ErrorClass::Transient {
+                            tracing::warn!(pipeline = %id, %error, "lease renewal failed; retrying");
+                        } else {
+                            break Ending::LeaseLost(error);
+                        }
+                    }
+                }
+            }
+        };
+        // Stop the source first: dropping the session closes its connection and the channel,
+        // so the drain below is a barrier, not a snapshot.
+        drop(session);
+        stats.set_up(false);
+        let (drained, ending) = match ending {
+            Ending::Processor(Ok(())) => {
+                tracing::warn!(pipeline = %id, "source dropped its context; reconnecting");
+                (Ok(()), Ending::Source(Ok(SessionEnd::Closed)))
+            }
+            Ending::Processor(Err(error)) => (Err(error), Ending::Shutdown),
+            Ending::LeaseLost(source) => (
+                Err(PipelineError::Store {
+                    pipeline: id.to_string(),
+                    source,
+                }),
+                Ending::Shutdown,
+            ),
+            other => (
+                drain(&mut consume, shutdown, hard_stop, options.drain_timeout).await,
+                other,
+            ),
+        };
+        if let Err(error) = drained {
+            if let PipelineError::DrainTimeout { pipeline, .. } = error {
+                return Err(PipelineError::DrainTimeout {
+                    pipeline,
+                    seconds: options.drain_timeout.as_secs_f64(),
+                });
+            }
+            return Err(error);
+        }
+        let up_for = started.elapsed();
+        match ending {
+            Ending::Source(Ok(SessionEnd::Finished)) => {
+                tracing::info!(pipeline = %id, "source finished; pipeline complete");
+                return Ok(PipelineExit::Completed);
+            }
+            Ending::Shutdown => {
+                tracing::info!(pipeline = %id, "stopped; in-flight work written and saved");
+                return Ok(PipelineExit::Stopped);
+            }
+            Ending::Source(Err(error)) if error.class() == ErrorClass::Fatal => {
+                return Err(PipelineError::Source {
+                    pipeline: id.to_string(),
+                    source: error,
+                });
+            }
+            Ending::Source(Err(error)) => {
+                tracing::warn!(pipeline = %id, %error, class = error.class().as_str(), "source disconnected");
+            }
+            Ending::Source(Ok(SessionEnd::Closed)) => {
+                tracing::info!(pipeline = %id, "source closed the session")
+            }
+            Ending::Idle => {
+                tracing::warn!(pipeline = %id, timeout_s = idle_timeout.unwrap_or_default().as_secs_f64(), "source idle; reconnecting")
+            }
+            Ending::Processor(_) | Ending::LeaseLost(_) => unreachable!("mapped above"),
+        }
+        stats.add_reconnect();
+        backoff.reset_if_stable(up_for);
+        let delay = backoff.next_delay();
+        tracing::info!(pipeline = %id, delay_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "reconnecting after backoff");
+        if !sleep_or_cancel(delay, shutdown).await {
+            return Ok(PipelineExit::Stopped);
+        }
+    }
+}
+
+/// Awaits the processor's drain; once shutdown is requested, gives it `timeout` before firing the
+/// hard stop, which ends every write and retry wait.
+async fn drain<F>(
+    consume: &mut std::pin::Pin<&mut F>,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+    timeout: Duration,
+) -> Result<(), PipelineError>
+where
+    F: std::future::Future<Output = Result<(), PipelineError>>,
+{
+    let mut deadline: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            result = consume.as_mut() => return result,
+            _ = shutdown.cancelled(), if deadline.is_none() => deadline = Some(Instant::now() + timeout),
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() && !hard_stop.is_cancelled() => {
+                hard_stop.cancel();
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Defines what a destination receives: records, the table schema sinks create from, and the
+//! dead-letter row that carries a poison input with its reason.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{envelope::Checkpoint, error::ErrorClass};
+
+/// One row for a destination.
+///
+/// The runtime needs two things of a record beyond moving it: its approximate size, for the
+/// `max_bytes` batch limit, and a JSON form, for dead-letter rows when the destination rejects it.
+pub trait Record: Send + Sync + 'static {
+    /// Approximate encoded size in bytes. Cheap; need not be exact.
+    fn size_hint(&self) -> usize;
+    /// The record as JSON, used when it must be dead-lettered.
+    fn to_json(&self) -> Value;
+}
+
+impl Record for Value {
+    fn size_hint(&self) -> usize {
+        json_size_hint(self)
+    }
+
+    fn to_json(&self) -> Value {
+        self.clone()
+    }
+}
+
+fn json_size_hint(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 4,
+        Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(json_size_hint).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| k.len() + 3 + json_size_hint(v))
+                .sum::<usize>()
+        }
+    }
+}
+
+/// A poison input kept with its reason, so an operator can inspect, fix and replay it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The pipeline id.
+    pub pipeline: String,
+    /// The resource the input was addressed to.
+    pub resource: String,
+    /// Why it is poison (unknown resource, transform error, rejected by the destination, …).
+    pub reason: String,
+    /// The error class of the reason.
+    pub class: String,
+    /// The input: the payload or the rejected record as JSON, or the raw text a source could not
+    /// decode.
+    pub payload: String,
+    /// The partition of the envelope's checkpoint, if it had one.
+    pub partition: Option<String>,
+    /// The position of the envelope's checkpoint as JSON, if it had one.
+    pub position: Option<String>,
+    /// When it was dead-lettered, in microseconds since the Unix epoch.
+    pub failed_at_us: i64,
+}
+
+impl DeadLetter {
+    /// A dead letter for `payload` (already rendered as text).
+    pub fn new(
+        pipeline: &str,
+        resource: &str,
+        reason: impl Into<String>,
+        class: ErrorClass,
+        payload: String,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Self {
+        let failed_at_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default();
+        Self {
+            pipeline: pipeline.to_owned(),
+            resource: resource.to_owned(),
+            reason: reason.into(),
+            class: class.as_str().to_owned(),
+            payload,
+            partition: checkpoint.map(|c| c.partition.to_string()),
+            position: checkpoint.map(|c| c.position.to_string()),
+            failed_at_us,
+        }
+    }
+}
+
+impl Record for DeadLetter {
+    fn size_hint(&self) -> usize {
+        self.payload.len() + self.reason.len() + self.resource.len() + 64
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// The type of a column, mapped by each sink to its nearest native type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    /// A 64-bit signed integer.
+    Integer,
+    /// A 64-bit float (never used for money: see `Decimal`).
+    Float,
+    /// An exact decimal, stored as its text so nothing is rounded.
+    Decimal,
+    /// UTF-8 text.
+    Text,
+    /// A boolean.
+    Boolean,
+    /// A timestamp in UTC with microseconds (RFC 3339 text on the wire).
+    Timestamp,
+    /// Any JSON value, stored as its text.
+    Json,
+}
+
+/// One column of a table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    /// The column name (also the field name in a JSON record).
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: ColumnType,
+    /// Whether it may be null.
+    #[serde(default = "default_nullable")]
+    pub nullable: bool,
+}
+
+fn default_nullable() -> bool {
+    true
+}
+
+/// The definition of a table a sink creates and writes: columns in order and the key columns
+/// that make writes idempotent (an upsert by key; a replayed batch converges).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    /// The table name.
+    pub table: String,
+    /// The columns, in order.
+    pub columns: Vec<Column>,
+    /// The key columns; empty means an append-only table.
+    #[serde(default)]
+    pub key: Vec<String>,
+}
+
+impl TableSchema {
+    /// Checks that the key names existing columns and that names are not empty or repeated.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.table.is_empty() {
+            return Err("table name is empty".into());
+        }
+        if self.columns.is_empty() {
+            return Err(format!("table {}: no columns", self.table));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for column in &self.columns {
+            if column.name.is_empty() || !seen.insert(column.name.as_str()) {
+                return Err(format!(
+                    "table {}: empty or repeated column {:?}",
+                    self.table, column.name
+                ));
+            }
+        }
+        for key in &self.key {
+            if !seen.contains(key.as_str()) {
+                return Err(format!(
+                    "table {}: key column {key:?} is not a column",
+                    self.table
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The schema of the dead-letter table.
+    pub fn dead_letters(table: &str) -> Self {
+        let col = |name: &str, kind| Column {
+            name: name.into(),
+            kind,
+            nullable: true,
+        };
+        Self {
+            table: table.into(),
+            columns: vec![
+                col("pipeline", ColumnType::Text),
+                col("resource", ColumnType::Text),
+                col("reason", ColumnType::Text),
+                col("class", ColumnType::Text),
+                col("payload", ColumnType::Text),
+                col("partition", ColumnType::Text),
+                col("position", ColumnType::Text),
+                col("failed_at_us", ColumnType::Integer),
+            ],
+            key: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Defines the source contract and the context a source session emits through.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::{
+    envelope::{Checkpoint, Checkpoints, Envelope, Position, ResourceName},
+    error::SourceError,
+};
+
+/// How a session ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The source has nothing more and never will (a finite file read to its end): the pipeline
+    /// drains, saves and completes.
+    Finished,
+    /// The server closed the session cleanly: the pipeline drains, saves, backs off and opens a
+    /// new session from the saved cursors.
+    Closed,
+}
+
+/// Connects to one feed and runs sessions on it, emitting envelopes.
+///
+/// The runtime promises: `run` is called with a context holding the cursors saved in the store
+/// (never cursors from memory), never while another session of the same source runs, and again
+/// after every session ends (after a backoff) until the pipeline stops. Emitting waits while the
+/// pipeline is behind: that is the backpressure, a source must not buffer around it.
+///
+/// Implementers guarantee: the session resumes strictly after the saved cursor of each partition
+/// (replaying or backfilling what the provider cannot replay, and reporting holes that cannot be
+/// filled); envelopes are emitted in order per partition and a checkpoint covers its envelope and
+/// everything before it in its partition; input that cannot be decoded is handed to
+/// [`SourceContext::reject`] and the session goes on; heartbeats that carry no envelope call
+/// [`SourceContext::alive`] so the idle watchdog knows the feed is live. The source never
+/// transforms, writes or saves a cursor.
+///
+/// Return values: `Ok(SessionEnd)` as documented there; `Err` with a transient class for a
+/// disconnect (the pipeline reconnects with backoff), with a fatal class for a configuration or
+/// credential problem (the pipeline stops with that message).
+///
+/// # Cancel safety
+/// The runtime drops the `run` future to stop a session (shutdown, idle watchdog, a failed
+/// pipeline): everything the session opened must be released by `Drop`, and nothing emitted is
+/// lost by it, since an envelope counts as emitted only once [`SourceContext::emit`] returned.
+pub trait Source: Send {
+    /// The payload type of the envelopes.
+    type Payload: Send + 'static;
+
+    /// A short name for logs ("coinbase", "file").
+    fn name(&self) -> &str;
+
+    /// How long the feed may stay silent (no envelope, no [`SourceContext::alive`]) before the
+    /// session is considered dead and reopened. `None`: never.
+    fn idle_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs one session.
+    fn run(
+        &mut self,
+        ctx: SourceContext<Self::Payload>,
+    ) -> impl Future<Output = Result<SessionEnd, SourceError>> + Send;
+}
+
+/// Input a source could not decode; it goes through the resource's poison policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejected {
+    /// The resource it was meant for (or the source's best guess).
+    pub resource: ResourceName,
+    /// The raw input, as text.
+    pub raw: String,
+    /// Why it could not be decoded.
+    pub reason: String,
+    /// Where the source is after it, so the cursor can move past it once it is dead-lettered.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+pub(crate) enum Item<P> {
+    Envelope(Envelope<P>),
+    Rejected(Rejected),
+}
+
+/// What a session gets from the runtime: the saved cursors, the bounded emit channel, the
+/// cancellation token and the liveness signal.
+#[derive(Debug)]
+pub struct SourceContext<P> {
+    checkpoints: Checkpoints,
+    tx: mpsc::Sender<Item<P>>,
+    cancel: CancellationToken,
+    liveness: Arc<Liveness>,
+}
+
+impl<P> std::fmt::Debug for Item<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Item::Envelope(e) => write!(f, "Envelope({})", e.resource),
+            Item::Rejected(r) => write!(f, "Rejected({})", r.resource),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Liveness {
+    pub(crate) beats: AtomicU64,
+    pub(crate) blocked: AtomicBool,
+}
+
+impl<P: Send> SourceContext<P> {
+    pub(crate) fn new(
+        checkpoints: Checkpoints,
+        tx: mpsc::Sender<Item<P>>,
+        cancel: CancellationToken,
+        liveness: Arc<Liveness>,
+    ) -> Self {
+        Self {
+            checkpoints,
+            tx,
+            cancel,
+            liveness,
+        }
+    }
+
+    /// The saved cursors of every partition.
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.checkpoints
+    }
+
+    /// The saved position of `partition`: resume strictly after it.
+    pub fn resume_after(&self, partition: &str) -> Option<&Position> {
+        self.checkpoints.get(partition)
+    }
+
+    /// Emits an envelope, waiting while the pipeline is behind (backpressure).
+    ///
+    /// # Errors
+    /// A transient error when the pipeline stopped reading (it is shutting down or failed): the
+    /// session should return it.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: if the future is dropped before it completes, the envelope may not have
+    /// been emitted.
+    pub async fn emit(&self, envelope: Envelope<P>) -> Result<(), SourceError> {
+        self.send(Item::Envelope(envelope)).await
+    }
+
+    /// Hands over input that could not be decoded; the resource's poison policy applies.
+    ///
+    /// # Errors
+    /// As [`SourceContext::emit`].
+    pub async fn reject(&self, rejected: Rejected) -> Result<(), SourceError> {
+        self.send(Item::Rejected(rejected)).await
+    }
+
+    async fn send(&self, item: Item<P>) -> Result<(), SourceError> {
+        self.alive();
+        let item = match self.tx.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+        };
+        self.liveness.blocked.store(true, Ordering::Relaxed);
+        let sent = self.tx.send(item).await;
+        self.liveness.blocked.store(false, Ordering::Relaxed);
+        self.alive();
+        sent.map_err(|_| stopped())
+    }
+
+    /// Tells the idle watchdog the feed is live (a heartbeat that carries no envelope).
+    pub fn alive(&self) {
+        self.liveness.beats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Resolves when the session must stop (shutdown). Sessions blocked on I/O are simply dropped;
+    /// this is for sources that want to close gracefully (send a close frame) first.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Whether the session must stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+fn stopped() -> SourceError {
+    SourceError::transient("pipeline stopped reading")
+}
