@@ -223,6 +223,9 @@ where
                     self.stats.add_envelopes(received as u64);
                     for item in chunk.drain(..) {
                         self.process(item).await?;
+                        if self.dead.as_ref().is_some_and(Slot::is_full) {
+                            self.flush(Target::DeadLetters).await?;
+                        }
                     }
                 }
                 _ = sleep_until_opt(deadline) => self.flush_due().await?,
@@ -289,7 +292,7 @@ where
                         payload,
                         &envelope,
                     );
-                    return self.poison(policy, letter, seq).await;
+                    return self.poison(policy, letter, seq);
                 };
                 let entry = &self.resources[resource as usize];
                 let checkpoint = envelope.checkpoint.as_ref();
@@ -319,7 +322,7 @@ where
                             payload,
                             checkpoint,
                         );
-                        self.poison(policy, letter, seq).await
+                        self.poison(policy, letter, seq)
                     }
                 }
             }
@@ -345,7 +348,7 @@ where
                     raw,
                     checkpoint.as_ref(),
                 );
-                self.poison(policy, letter, seq).await
+                self.poison(policy, letter, seq)
             }
         }
     }
@@ -392,8 +395,9 @@ where
         Ok(())
     }
 
-    /// Applies a poison policy to one input.
-    async fn poison(
+    /// Applies a poison policy to one input. The dead-letter buffer is flushed by the caller's
+    /// loop (not from here: a flush can reject records, which lands back here).
+    fn poison(
         &mut self,
         policy: OnError,
         letter: DeadLetter,
@@ -428,9 +432,6 @@ where
                         resource: u32::MAX,
                     },
                 );
-                if dead.is_full() {
-                    self.flush(Target::DeadLetters).await?;
-                }
                 Ok(())
             }
         }
@@ -597,7 +598,7 @@ where
                 slot.clear();
                 self.stats
                     .add_written(&self.slots[i].name, records.len() - rejected.len());
-                self.reject_records(records, meta, rejected).await?;
+                self.reject_records(records, meta, rejected)?;
                 let slot = &mut self.slots[i];
                 if slot.records.capacity() == 0 {
                     slot.records.reserve(slot.limits.max_records.min(1 << 16));
@@ -628,7 +629,7 @@ where
     }
 
     /// Sends records the destination rejected through their resource's poison policy.
-    async fn reject_records(
+    fn reject_records(
         &mut self,
         records: Vec<R>,
         meta: Vec<RecordMeta>,
@@ -654,7 +655,7 @@ where
                 checkpoint.as_ref(),
             );
             let policy = entry.on_error;
-            self.poison(policy, letter, seq).await?;
+            self.poison(policy, letter, seq)?;
         }
         Ok(())
     }

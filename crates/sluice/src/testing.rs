@@ -160,13 +160,23 @@ impl<P: Clone + Send + Sync + 'static> Source for ScriptedSource<P> {
     }
 }
 
-/// A failure a [`RecordingSink`] or [`FlakyStore`] returns on its next calls.
+/// What a [`RecordingSink`] or [`FlakyStore`] does on its next calls.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fault {
-    /// How many calls fail.
+    /// How many calls.
     pub times: usize,
-    /// With which class.
-    pub class: ErrorClass,
+    /// Fail with this class, or (`None`) behave normally.
+    pub class: Option<ErrorClass>,
+}
+
+fn next_fault(faults: &mut VecDeque<Fault>) -> Option<ErrorClass> {
+    let fault = faults.front_mut()?;
+    fault.times = fault.times.saturating_sub(1);
+    let class = fault.class;
+    if fault.times == 0 {
+        faults.pop_front();
+    }
+    class
 }
 
 #[derive(Debug)]
@@ -233,7 +243,17 @@ impl<R: Clone + Send + Sync + 'static> RecordingSink<R> {
 
     /// Makes the next `times` writes fail with `class` (queued after earlier faults).
     pub fn fail_next(&self, times: usize, class: ErrorClass) {
-        lock(&self.state).faults.push_back(Fault { times, class });
+        lock(&self.state).faults.push_back(Fault {
+            times,
+            class: Some(class),
+        });
+    }
+
+    /// Lets the next `times` writes behave normally (queued after earlier faults).
+    pub fn pass_next(&self, times: usize) {
+        lock(&self.state)
+            .faults
+            .push_back(Fault { times, class: None });
     }
 
     /// Every acknowledged record, in write order.
@@ -260,12 +280,7 @@ impl<R: Clone + Send + Sync + 'static> Sink<R> for RecordingSink<R> {
     ) -> Result<(), SinkError> {
         let mut state = lock(&self.state);
         state.calls += 1;
-        if let Some(fault) = state.faults.front_mut() {
-            fault.times -= 1;
-            let class = fault.class;
-            if fault.times == 0 {
-                state.faults.pop_front();
-            }
+        if let Some(class) = next_fault(&mut state.faults) {
             return Err(SinkError::new(class, "scripted sink failure"));
         }
         if let Some(reject) = &self.reject {
@@ -327,20 +342,22 @@ impl FlakyStore {
 
     /// Makes the next `times` saves and loads fail with `class`.
     pub fn fail_next(&self, times: usize, class: ErrorClass) {
-        lock(&self.faults).push_back(Fault { times, class });
+        lock(&self.faults).push_back(Fault {
+            times,
+            class: Some(class),
+        });
+    }
+
+    /// Lets the next `times` saves and loads behave normally.
+    pub fn pass_next(&self, times: usize) {
+        lock(&self.faults).push_back(Fault { times, class: None });
     }
 
     fn fault(&self) -> Result<(), StoreError> {
-        let mut faults = lock(&self.faults);
-        if let Some(fault) = faults.front_mut() {
-            fault.times -= 1;
-            let class = fault.class;
-            if fault.times == 0 {
-                faults.pop_front();
-            }
-            return Err(StoreError::new(class, "scripted store failure"));
+        match next_fault(&mut lock(&self.faults)) {
+            Some(class) => Err(StoreError::new(class, "scripted store failure")),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
