@@ -1,0 +1,451 @@
+//! Defines the SQLite sink: a table created from a [`TableSchema`], written one transaction per
+//! batch, upserted by key so a replayed batch converges. When the checkpoint store is the same
+//! file, the cursors commit in the same transaction (exactly-once).
+
+use rusqlite::{
+    Connection, Transaction, TransactionBehavior,
+    types::{ToSqlOutput, Value as SqlValue, ValueRef},
+};
+use serde_json::Value;
+use sluice::{
+    CheckpointCommit, ColumnType, DeadLetter, ErrorClass, Record, Sink, SinkError, TableSchema,
+};
+use sluice_stores::sqlite::{SqliteDb, classify, save_in_tx};
+
+/// Writes JSON records into one SQLite table.
+#[derive(Debug)]
+pub struct SqliteSink {
+    db: SqliteDb,
+    schema: TableSchema,
+    insert: String,
+}
+
+/// Quotes an identifier for SQLite (and most SQL dialects): `"name"`, inner quotes doubled.
+pub fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+fn sql_type(kind: ColumnType) -> &'static str {
+    match kind {
+        ColumnType::Integer | ColumnType::Boolean => "INTEGER",
+        ColumnType::Float => "REAL",
+        ColumnType::Decimal | ColumnType::Text | ColumnType::Timestamp | ColumnType::Json => "TEXT",
+    }
+}
+
+fn sink_error(context: &str, error: rusqlite::Error) -> SinkError {
+    SinkError::new(classify(&error), format!("sqlite: {context}")).with_source(error)
+}
+
+/// The `CREATE TABLE IF NOT EXISTS` statement of a schema.
+pub fn create_table_sql(schema: &TableSchema) -> String {
+    let mut columns: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| {
+            let null = if c.nullable && !schema.key.contains(&c.name) {
+                ""
+            } else {
+                " NOT NULL"
+            };
+            format!("{} {}{null}", quote(&c.name), sql_type(c.kind))
+        })
+        .collect();
+    if !schema.key.is_empty() {
+        let key: Vec<_> = schema.key.iter().map(|k| quote(k)).collect();
+        columns.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    }
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        quote(&schema.table),
+        columns.join(", ")
+    )
+}
+
+fn insert_sql(schema: &TableSchema) -> String {
+    let names: Vec<_> = schema.columns.iter().map(|c| quote(&c.name)).collect();
+    let params: Vec<_> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+    let mut sql = format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        quote(&schema.table),
+        names.join(", "),
+        params.join(", ")
+    );
+    if !schema.key.is_empty() {
+        let key: Vec<_> = schema.key.iter().map(|k| quote(k)).collect();
+        let updates: Vec<_> = schema
+            .columns
+            .iter()
+            .filter(|c| !schema.key.contains(&c.name))
+            .map(|c| format!("{0} = excluded.{0}", quote(&c.name)))
+            .collect();
+        if updates.is_empty() {
+            sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", key.join(", ")));
+        } else {
+            sql.push_str(&format!(
+                " ON CONFLICT ({}) DO UPDATE SET {}",
+                key.join(", "),
+                updates.join(", ")
+            ));
+        }
+    }
+    sql
+}
+
+/// Converts one field to its SQLite value, or says why it cannot be.
+fn bind<'a>(
+    kind: ColumnType,
+    nullable: bool,
+    value: Option<&'a Value>,
+) -> Result<ToSqlOutput<'a>, String> {
+    let value = match value {
+        None | Some(Value::Null) if nullable => return Ok(ToSqlOutput::Owned(SqlValue::Null)),
+        None | Some(Value::Null) => return Err("is null but the column is NOT NULL".into()),
+        Some(value) => value,
+    };
+    let mismatch = || format!("expects {kind:?}, got {value}");
+    Ok(match (kind, value) {
+        (ColumnType::Integer, Value::Number(n)) => {
+            ToSqlOutput::Owned(SqlValue::Integer(n.as_i64().ok_or_else(mismatch)?))
+        }
+        (ColumnType::Float, Value::Number(n)) => {
+            ToSqlOutput::Owned(SqlValue::Real(n.as_f64().ok_or_else(mismatch)?))
+        }
+        (ColumnType::Boolean, Value::Bool(b)) => ToSqlOutput::Owned(SqlValue::Integer(*b as i64)),
+        (ColumnType::Decimal, Value::String(s)) if is_decimal(s) => {
+            ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+        }
+        (ColumnType::Decimal, Value::Number(n)) => {
+            ToSqlOutput::Owned(SqlValue::Text(n.to_string()))
+        }
+        (ColumnType::Text | ColumnType::Timestamp, Value::String(s)) => {
+            ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+        }
+        (ColumnType::Json, Value::String(s)) => {
+            ToSqlOutput::Owned(SqlValue::Text(Value::String(s.clone()).to_string()))
+        }
+        (ColumnType::Json, other) => ToSqlOutput::Owned(SqlValue::Text(other.to_string())),
+        _ => return Err(mismatch()),
+    })
+}
+
+/// A plain decimal: optional sign, digits, optional fraction (what exchanges and databases send).
+fn is_decimal(text: &str) -> bool {
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    !(whole.is_empty() && fraction.is_empty())
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && fraction.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Runs blocking SQLite work: in place on a multi-threaded runtime (no copy of the batch),
+/// directly on a current-thread runtime (tests, the CLI's single-pipeline mode).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl SqliteSink {
+    /// A sink writing `schema`'s table in `db`.
+    ///
+    /// # Errors
+    /// A fatal error when the schema is invalid.
+    pub fn new(db: SqliteDb, schema: TableSchema) -> Result<Self, SinkError> {
+        schema.validate().map_err(SinkError::fatal)?;
+        let insert = insert_sql(&schema);
+        Ok(Self { db, schema, insert })
+    }
+
+    /// The dead-letter table `table` in `db`.
+    pub fn dead_letters(db: SqliteDb, table: &str) -> Self {
+        let schema = TableSchema::dead_letters(table);
+        let insert = insert_sql(&schema);
+        Self { db, schema, insert }
+    }
+
+    /// The table schema.
+    pub fn schema(&self) -> &TableSchema {
+        &self.schema
+    }
+
+    fn write_rows(
+        &self,
+        batch: &[Value],
+        commit: Option<&CheckpointCommit<'_>>,
+    ) -> Result<(), SinkError> {
+        let mut conn = self.db.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sink_error("begin", e))?;
+        self.insert_all(&tx, batch)?;
+        if let Some(commit) = commit {
+            save_in_tx(&tx, commit.lease, commit.checkpoints).map_err(|e| {
+                SinkError::new(e.class(), "save cursors in the write transaction").with_source(e)
+            })?;
+        }
+        tx.commit().map_err(|e| sink_error("commit", e))
+    }
+
+    fn insert_all(&self, tx: &Transaction<'_>, batch: &[Value]) -> Result<(), SinkError> {
+        let mut stmt = tx
+            .prepare_cached(&self.insert)
+            .map_err(|e| sink_error("prepare insert", e))?;
+        for record in batch {
+            let Value::Object(fields) = record else {
+                return Err(SinkError::data(format!(
+                    "record is not a JSON object: {record}"
+                )));
+            };
+            for (i, column) in self.schema.columns.iter().enumerate() {
+                let value = bind(
+                    column.kind,
+                    column.nullable && !self.schema.key.contains(&column.name),
+                    fields.get(&column.name),
+                )
+                .map_err(|why| {
+                    SinkError::data(format!(
+                        "table {}: column {} {why}",
+                        self.schema.table, column.name
+                    ))
+                })?;
+                stmt.raw_bind_parameter(i + 1, value)
+                    .map_err(|e| sink_error("bind", e))?;
+            }
+            stmt.raw_execute().map_err(|e| {
+                let class = classify(&e);
+                SinkError::new(class, format!("sqlite: insert into {}", self.schema.table))
+                    .with_source(e)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks an existing table has every column of the schema.
+fn check_columns(conn: &Connection, schema: &TableSchema) -> Result<(), SinkError> {
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA table_info({})", quote(&schema.table)))
+        .map_err(|e| sink_error("table_info", e))?;
+    let existing: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(1))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| sink_error("table_info", e))?;
+    let missing: Vec<_> = schema
+        .columns
+        .iter()
+        .filter(|c| !existing.contains(&c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(SinkError::fatal(format!(
+            "table {} exists without column(s) {}; migrate it or write to another table",
+            schema.table,
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+impl Sink<Value> for SqliteSink {
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        blocking(|| {
+            let conn = self.db.lock();
+            conn.execute_batch(&create_table_sql(&self.schema))
+                .map_err(|e| sink_error("create table", e))?;
+            check_columns(&conn, &self.schema)
+        })
+    }
+
+    async fn write(
+        &mut self,
+        batch: &[Value],
+        commit: Option<&CheckpointCommit<'_>>,
+    ) -> Result<(), SinkError> {
+        blocking(|| self.write_rows(batch, commit))
+    }
+
+    fn transaction_scope(&self) -> Option<&str> {
+        Some(self.db.scope())
+    }
+}
+
+impl Sink<DeadLetter> for SqliteSink {
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        Sink::<Value>::prepare(self).await
+    }
+
+    async fn write(
+        &mut self,
+        batch: &[DeadLetter],
+        commit: Option<&CheckpointCommit<'_>>,
+    ) -> Result<(), SinkError> {
+        let rows: Vec<Value> = batch.iter().map(Record::to_json).collect();
+        blocking(|| self.write_rows(&rows, commit)).map_err(|e| match e.class() {
+            // Nowhere left to put a dead letter that cannot be written.
+            ErrorClass::Data => SinkError::fatal("dead-letter row rejected").with_source(e),
+            _ => e,
+        })
+    }
+
+    fn transaction_scope(&self) -> Option<&str> {
+        Some(self.db.scope())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use sluice::{Column, Lease};
+
+    use super::*;
+
+    fn schema(key: &[&str]) -> TableSchema {
+        let col = |name: &str, kind| Column {
+            name: name.into(),
+            kind,
+            nullable: true,
+        };
+        TableSchema {
+            table: "trades".into(),
+            columns: vec![
+                col("id", ColumnType::Integer),
+                col("price", ColumnType::Decimal),
+                col("meta", ColumnType::Json),
+            ],
+            key: key.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, SqliteDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(dir.path().join("t.db")).unwrap();
+        (dir, db)
+    }
+
+    fn count(db: &SqliteDb, sql: &str) -> i64 {
+        db.lock().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replayed_batch_converges_by_key_and_decimals_stay_exact() {
+        let (_dir, db) = open();
+        let mut sink = SqliteSink::new(db.clone(), schema(&["id"])).unwrap();
+        Sink::<Value>::prepare(&mut sink).await.unwrap();
+        let batch = [
+            json!({"id": 1, "price": "84140.83000000", "meta": {"a": 1}}),
+            json!({"id": 2, "price": "0.1"}),
+        ];
+        Sink::<Value>::write(&mut sink, &batch, None).await.unwrap();
+        Sink::<Value>::write(&mut sink, &batch, None).await.unwrap();
+        assert_eq!(count(&db, "SELECT count(*) FROM trades"), 2);
+        let price: String = db
+            .lock()
+            .query_row("SELECT price FROM trades WHERE id = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(price, "84140.83000000");
+    }
+
+    #[tokio::test]
+    async fn a_bad_record_is_a_data_error_and_nothing_of_its_batch_is_written() {
+        let (_dir, db) = open();
+        let mut sink = SqliteSink::new(db.clone(), schema(&["id"])).unwrap();
+        Sink::<Value>::prepare(&mut sink).await.unwrap();
+        let batch = [
+            json!({"id": 1, "price": "1"}),
+            json!({"id": 2, "price": "one"}),
+        ];
+        let error = Sink::<Value>::write(&mut sink, &batch, None)
+            .await
+            .unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Data);
+        assert!(error.to_string().contains("column price"), "{error}");
+        assert_eq!(count(&db, "SELECT count(*) FROM trades"), 0);
+        let error = Sink::<Value>::write(&mut sink, &[json!({"price": "1"})], None)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("column id is null"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_existing_table_without_a_column_is_a_fatal_error() {
+        let (_dir, db) = open();
+        db.lock()
+            .execute_batch("CREATE TABLE trades (id INTEGER)")
+            .unwrap();
+        let mut sink = SqliteSink::new(db, schema(&["id"])).unwrap();
+        let error = Sink::<Value>::prepare(&mut sink).await.unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Fatal);
+        assert!(error.to_string().contains("price, meta"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn cursors_commit_with_the_records_and_a_stale_lease_commits_neither() {
+        use sluice::{Checkpoint, CheckpointStore};
+        let (_dir, db) = open();
+        let store = Arc::new(sluice_stores::sqlite::SqliteStore::new(db.clone()));
+        let lease = store
+            .acquire("p", "h:1", std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut sink = SqliteSink::new(db.clone(), schema(&[])).unwrap();
+        Sink::<Value>::prepare(&mut sink).await.unwrap();
+        let checkpoints = [Checkpoint::new("f", 5)];
+        let commit = CheckpointCommit {
+            pipeline: "p",
+            lease: &lease,
+            checkpoints: &checkpoints,
+        };
+        Sink::<Value>::write(&mut sink, &[json!({"id": 1})], Some(&commit))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .load("p")
+                .await
+                .unwrap()
+                .get("f")
+                .and_then(|p| p.as_int()),
+            Some(5)
+        );
+        let stale = Lease {
+            token: lease.token + 7,
+            ..lease.clone()
+        };
+        let checkpoints = [Checkpoint::new("f", 9)];
+        let commit = CheckpointCommit {
+            pipeline: "p",
+            lease: &stale,
+            checkpoints: &checkpoints,
+        };
+        let error = Sink::<Value>::write(&mut sink, &[json!({"id": 2})], Some(&commit))
+            .await
+            .unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Fatal);
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM trades"),
+            1,
+            "the record rolled back with the cursor"
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        let sql = create_table_sql(&TableSchema {
+            table: "we\"ird".into(),
+            columns: vec![Column {
+                name: "select".into(),
+                kind: ColumnType::Text,
+                nullable: false,
+            }],
+            key: vec![],
+        });
+        assert_eq!(
+            sql,
+            "CREATE TABLE IF NOT EXISTS \"we\"\"ird\" (\"select\" TEXT NOT NULL)"
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! Defines the SQLite database handle shared by the SQLite store and sink, and the store.
+//!
+//! Tables (created on open):
+//! - `sluice_checkpoints (pipeline, partition, position, updated_at_ms)`, primary key
+//!   `(pipeline, partition)`; `position` is the JSON of a [`Position`].
+//! - `sluice_leases (pipeline, holder, token, expires_at_ms)`, primary key `pipeline`.
+//!
+//! The connection runs in WAL mode with `synchronous = FULL`, so a committed transaction
+//! survives a power loss, not only a process crash.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use sluice::{
+    Checkpoint, CheckpointStore, Checkpoints, ErrorClass, Lease, Position, StoreError,
+    lease_held_message, lease_lost_message,
+};
+
+/// A shared connection to one SQLite file. Cloning shares the connection, so the store and the
+/// sink of one file write through the same handle and can share a transaction.
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    scope: Arc<str>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sluice_checkpoints (
+    pipeline TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    position TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, partition)
+);
+CREATE TABLE IF NOT EXISTS sluice_leases (
+    pipeline TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+";
+
+/// Maps a SQLite error to a class: busy/locked and I/O are transient, the rest fatal.
+pub fn classify(error: &rusqlite::Error) -> ErrorClass {
+    use rusqlite::ErrorCode::*;
+    match error.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | OutOfMemory) => {
+            ErrorClass::Transient
+        }
+        Some(ConstraintViolation | TypeMismatch | TooBig) => ErrorClass::Data,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+fn store_error(context: &str, error: rusqlite::Error) -> StoreError {
+    StoreError::new(classify(&error), format!("sqlite: {context}")).with_source(error)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl SqliteDb {
+    /// Opens (or creates) the file and the sluice tables.
+    ///
+    /// # Errors
+    /// A fatal error when the file cannot be opened or is not a database.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open(&path)
+            .map_err(|e| store_error(&format!("open {}", path.display()), e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| store_error("busy_timeout", e))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(|e| store_error("pragmas", e))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| store_error("create sluice tables", e))?;
+        let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let scope = format!("sqlite:{}", canonical.display()).into();
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+            scope,
+        })
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The transaction scope: `sqlite:` and the canonical path.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// Locks the connection (blocking). Use from blocking code only.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    ///
+    /// # Errors
+    /// `f`'s error, or a transient error if the blocking task could not run.
+    pub async fn call<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<JoinFailure> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| E::from(JoinFailure(e.to_string())))?
+    }
+}
+
+/// A blocking task that did not complete (runtime shutting down, or a panic in it).
+#[derive(Debug)]
+pub struct JoinFailure(pub String);
+
+impl From<JoinFailure> for StoreError {
+    fn from(failure: JoinFailure) -> Self {
+        StoreError::transient(format!("sqlite task failed: {}", failure.0))
+    }
+}
+
+impl From<JoinFailure> for sluice::SinkError {
+    fn from(failure: JoinFailure) -> Self {
+        sluice::SinkError::transient(format!("sqlite task failed: {}", failure.0))
+    }
+}
+
+/// Checks the lease and merges `checkpoints` monotonically, inside the caller's transaction.
+/// The SQLite sink calls this in its write transaction: records and cursors commit together.
+///
+/// # Errors
+/// A fatal error when the lease is no longer current; SQLite errors by class.
+pub fn save_in_tx(
+    tx: &Transaction<'_>,
+    lease: &Lease,
+    checkpoints: &[Checkpoint],
+) -> Result<(), StoreError> {
+    let token: Option<i64> = tx
+        .query_row(
+            "SELECT token FROM sluice_leases WHERE pipeline = ?1",
+            [&lease.pipeline],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| store_error("read lease", e))?;
+    if token != Some(lease.token as i64) {
+        return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
+    }
+    let mut read = tx
+        .prepare_cached(
+            "SELECT position FROM sluice_checkpoints WHERE pipeline = ?1 AND partition = ?2",
+        )
+        .map_err(|e| store_error("prepare", e))?;
+    let mut write = tx
+        .prepare_cached(
+            "INSERT INTO sluice_checkpoints (pipeline, partition, position, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (pipeline, partition) DO UPDATE SET position = excluded.position, updated_at_ms = excluded.updated_at_ms",
+        )
+        .map_err(|e| store_error("prepare", e))?;
+    for checkpoint in checkpoints {
+        let stored: Option<String> = read
+            .query_row(params![lease.pipeline, &*checkpoint.partition], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| store_error("read checkpoint", e))?;
+        let newer = match stored.as_deref().map(parse_position).transpose()? {
+            Some(stored) => checkpoint.position > stored,
+            None => true,
+        };
+        if newer {
+            let text = serde_json::to_string(&checkpoint.position)
+                .map_err(|e| StoreError::fatal("serialize position").with_source(e))?;
+            write
+                .execute(params![
+                    lease.pipeline,
+                    &*checkpoint.partition,
+                    text,
+                    now_ms()
+                ])
+                .map_err(|e| store_error("write checkpoint", e))?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_position(text: &str) -> Result<Position, StoreError> {
+    serde_json::from_str(text).map_err(|e| {
+        StoreError::fatal(format!("stored position {text:?} is not valid")).with_source(e)
+    })
+}
+
+/// Reads the saved cursors of `pipeline`.
+///
+/// # Errors
+/// SQLite errors by class; a fatal error for an unreadable position.
+pub fn load_checkpoints(conn: &Connection, pipeline: &str) -> Result<Checkpoints, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT partition, position FROM sluice_checkpoints WHERE pipeline = ?1")
+        .map_err(|e| store_error("prepare", e))?;
+    let rows = stmt
+        .query_map([pipeline], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(|e| store_error("load checkpoints", e))?;
+    let mut checkpoints = Checkpoints::new();
+    for row in rows {
+        let (partition, position) = row.map_err(|e| store_error("load checkpoints", e))?;
+        checkpoints.insert(partition.into(), parse_position(&position)?);
+    }
+    Ok(checkpoints)
+}
+
+/// Deletes the saved cursors of `pipeline` (and its lease). Returns how many cursors went.
+///
+/// # Errors
+/// SQLite errors by class.
+pub fn reset_checkpoints(conn: &Connection, pipeline: &str) -> Result<usize, StoreError> {
+    let deleted = conn
+        .execute(
+            "DELETE FROM sluice_checkpoints WHERE pipeline = ?1",
+            [pipeline],
+        )
+        .map_err(|e| store_error("reset checkpoints", e))?;
+    conn.execute("DELETE FROM sluice_leases WHERE pipeline = ?1", [pipeline])
+        .map_err(|e| store_error("reset lease", e))?;
+    Ok(deleted)
+}
+
+/// The current lease holder of `pipeline` if its lease is live.
+///
+/// # Errors
+/// SQLite errors by class.
+pub fn live_holder(conn: &Connection, pipeline: &str) -> Result<Option<String>, StoreError> {
+    let row: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT holder, expires_at_ms FROM sluice_leases WHERE pipeline = ?1",
+            [pipeline],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| store_error("read lease", e))?;
+    Ok(row
+        .filter(|(holder, expires)| *expires > now_ms() && holder_alive(holder))
+        .map(|(h, _)| h))
+}
+
+/// Whether a `host:pid` holder may still be alive. On this host a missing process is dead at
+/// once (a SIGKILLed run must not block its restart until the lease expires); on another host
+/// only the expiry tells.
+fn holder_alive(holder: &str) -> bool {
+    let Some((host, pid)) = holder.rsplit_once(':') else {
+        return true;
+    };
+    let our_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    match pid.parse::<u32>() {
+        Ok(pid) if host == our_host => Path::new(&format!("/proc/{pid}")).exists(),
+        _ => true,
+    }
+}
+
+/// The SQLite checkpoint store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    db: SqliteDb,
+}
+
+impl SqliteStore {
+    /// A store in `db`.
+    pub fn new(db: SqliteDb) -> Self {
+        Self { db }
+    }
+
+    /// The database handle (to share with a SQLite sink).
+    pub fn db(&self) -> &SqliteDb {
+        &self.db
+    }
+}
+
+impl CheckpointStore for SqliteStore {
+    async fn acquire(
+        &self,
+        pipeline: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let (pipeline, holder) = (pipeline.to_owned(), holder.to_owned());
+        self.db
+            .call(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| store_error("begin", e))?;
+                if let Some(current) = live_holder(&tx, &pipeline)? {
+                    if current != holder {
+                        return Err(StoreError::fatal(lease_held_message(&pipeline, &current)));
+                    }
+                }
+                let last: Option<i64> = tx
+                    .query_row("SELECT token FROM sluice_leases WHERE pipeline = ?1", [&pipeline], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| store_error("read lease", e))?;
+                let token = last.unwrap_or(0) + 1;
+                tx.execute(
+                    "INSERT INTO sluice_leases (pipeline, holder, token, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (pipeline) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires_at_ms = excluded.expires_at_ms",
+                    params![pipeline, holder, token, now_ms() + ttl.as_millis() as i64],
+                )
+                .map_err(|e| store_error("write lease", e))?;
+                tx.commit().map_err(|e| store_error("commit lease", e))?;
+                Ok(Lease { pipeline, holder, token: token as u64 })
+            })
+            .await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        self.db
+            .call(move |conn| {
+                let updated = conn
+                    .execute(
+                        "UPDATE sluice_leases SET expires_at_ms = ?1 WHERE pipeline = ?2 AND token = ?3",
+                        params![now_ms() + ttl.as_millis() as i64, lease.pipeline, lease.token as i64],
+                    )
+                    .map_err(|e| store_error("renew lease", e))?;
+                if updated == 0 {
+                    return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "DELETE FROM sluice_leases WHERE pipeline = ?1 AND token = ?2",
+                    params![lease.pipeline, lease.token as i64],
+                )
+                .map_err(|e| store_error("release lease", e))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn load(&self, pipeline: &str) -> Result<Checkpoints, StoreError> {
+        let pipeline = pipeline.to_owned();
+        self.db
+            .call(move |conn| load_checkpoints(conn, &pipeline))
+            .await
+    }
+
+    async fn save(&self, lease: &Lease, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
+        let (lease, checkpoints) = (lease.clone(), checkpoints.to_vec());
+        self.db
+            .call(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| store_error("begin", e))?;
+                save_in_tx(&tx, &lease, &checkpoints)?;
+                tx.commit()
+                    .map_err(|e| store_error("commit checkpoints", e))
+            })
+            .await
+    }
+
+    fn transaction_scope(&self) -> Option<&str> {
+        Some(self.db.scope())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(dir.path().join("s.db")).unwrap();
+        (dir, SqliteStore::new(db))
+    }
+
+    #[tokio::test]
+    async fn cursors_survive_reopen_and_never_move_backwards() {
+        let (dir, store) = store();
+        let lease = store.acquire("p", "h:1", TTL).await.unwrap();
+        let tuple = Position::Tuple(vec![
+            Position::Text("2026-01-01T00:00:00.000001Z".into()),
+            Position::Int(7),
+        ]);
+        store
+            .save(
+                &lease,
+                &[
+                    Checkpoint::new("a", 10),
+                    Checkpoint::new("t", tuple.clone()),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .save(&lease, &[Checkpoint::new("a", 3)])
+            .await
+            .unwrap();
+        drop(store);
+        let reopened = SqliteStore::new(SqliteDb::open(dir.path().join("s.db")).unwrap());
+        let saved = reopened.load("p").await.unwrap();
+        assert_eq!(saved.get("a"), Some(&Position::Int(10)));
+        assert_eq!(saved.get("t"), Some(&tuple));
+    }
+
+    #[tokio::test]
+    async fn a_live_holder_keeps_others_out_and_a_stale_token_cannot_save() {
+        let (_dir, store) = store();
+        // Our own pid: alive on this host.
+        let me = format!(
+            "{}:{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap()
+                .trim(),
+            std::process::id()
+        );
+        let lease = store.acquire("p", &me, TTL).await.unwrap();
+        let error = store.acquire("p", "otherhost:1", TTL).await.unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Fatal);
+        assert!(error.to_string().contains("already running"), "{error}");
+        // Expired: the other holder gets it with a larger token and fences us.
+        store.acquire("p", &me, Duration::ZERO).await.unwrap();
+        let other = store.acquire("p", "otherhost:1", TTL).await.unwrap();
+        assert!(other.token > lease.token);
+        let error = store
+            .save(&lease, &[Checkpoint::new("a", 1)])
+            .await
+            .unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Fatal);
+        assert!(store.renew(&lease, TTL).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_dead_process_on_this_host_does_not_block_a_restart() {
+        let (_dir, store) = store();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_owned();
+        // A pid that cannot exist (above pid_max).
+        store
+            .acquire("p", &format!("{host}:4294967"), TTL)
+            .await
+            .unwrap();
+        store
+            .acquire("p", &format!("{host}:{}", std::process::id()), TTL)
+            .await
+            .unwrap();
+    }
+}
