@@ -1,0 +1,15 @@
+//! The `file` connector: a JSON-lines file as a replayable source.
+//!
+//! Each line is one payload; the cursor is the byte offset just after the line, in one partition
+//! named after the file, so a restart resumes exactly at the next line. With `follow` the source
+//! tails the file as it grows; a line is emitted only once its newline is written, so a writer
+//! caught mid-line is never read half. Without `follow` the session finishes at the end of the
+//! file, and a last line without a newline is read as it is (or dead-lettered if it does not
+//! parse). A file shorter than its saved cursor (truncated, replaced) is a fatal error: resuming
+//! would skip or repeat data, so the operator decides (`sluice checkpoints reset`).
+
+mod connector;
+mod source;
+
+pub use connector::FileConfig;
+pub use source::FileSource;

@@ -1,0 +1,8 @@
+//! Sources for sluice. Each connector is a folder in the seed's shape: `source.rs` (the
+//! session: connect, read, resume), `types.rs` (wire and payload types), `connector.rs`
+//! (defaults and composition), and `sinks.rs` where a connector ships default destinations.
+//!
+//! - [`file`]: tails a JSON-lines file; the cursor is the byte offset after the last line.
+
+#[cfg(feature = "file")]
+pub mod file;
