@@ -20,6 +20,8 @@ mod backoff;
 mod checkpoint;
 mod envelope;
 mod error;
+#[cfg(feature = "jq")]
+mod jq;
 mod pipeline;
 mod processor;
 mod record;
@@ -40,6 +42,8 @@ pub use envelope::{Checkpoint, Checkpoints, Envelope, EnvelopeMeta, Position, Re
 pub use error::{
     BoxError, ErrorClass, PipelineError, SinkError, SourceError, StoreError, TransformError,
 };
+#[cfg(feature = "jq")]
+pub use jq::JqTransform;
 pub use pipeline::{NoDeadLetters, Pipeline, PipelineExit, PipelineOptions, default_holder};
 pub use record::{Column, ColumnType, DeadLetter, Record, TableSchema};
 pub use resource::{IntoRecords, OnError, Resource, Resources, Transform, Transformed};
