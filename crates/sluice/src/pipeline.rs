@@ -195,6 +195,12 @@ where
         &self.id
     }
 
+    /// Counts into `stats` (shared across restarts of the same pipeline id).
+    pub fn with_stats(mut self, stats: Arc<PipelineStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// The live counters, readable while the pipeline runs.
     pub fn stats(&self) -> Arc<PipelineStats> {
         self.stats.clone()

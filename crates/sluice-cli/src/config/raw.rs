@@ -1,0 +1,131 @@
+//! Defines the raw configuration: a serde mirror of the TOML file, as close to what the user
+//! wrote as possible. Validation and building happen in `resolve`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use sluice::{Column, OnError};
+use sluice_connectors::file::FileConfig;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    /// Where cursors (and leases) are kept.
+    #[serde(default)]
+    pub(crate) store: RawStore,
+    /// Named destinations.
+    #[serde(default)]
+    pub(crate) sinks: BTreeMap<String, RawSink>,
+    /// Pipelines by id.
+    #[serde(default)]
+    pub(crate) pipelines: BTreeMap<String, RawPipeline>,
+    /// Prometheus metrics and health endpoints, e.g. `127.0.0.1:9898` (off when absent).
+    #[serde(default)]
+    pub(crate) metrics_addr: Option<String>,
+}
+
+/// `[store]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    /// The SQLite file (default `./sluice.db`, or `SLUICE_DB`).
+    pub(crate) path: Option<String>,
+}
+
+/// `[sinks.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum RawSink {
+    /// Tables in a SQLite file.
+    Sqlite {
+        /// The file (default: the store's file, so records and cursors commit together).
+        path: Option<String>,
+    },
+    /// JSON lines appended to a file.
+    Jsonl {
+        /// The file.
+        path: String,
+    },
+    /// JSON lines on stdout.
+    Stdout,
+    /// Discards everything (benchmarks, dry runs).
+    Null,
+}
+
+/// `[pipelines.ID]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPipeline {
+    /// The source.
+    pub(crate) source: RawSource,
+    /// Resources by name.
+    pub(crate) resources: BTreeMap<String, RawResource>,
+    /// Where poison goes (default: table `sluice_dead_letters` in the store's file).
+    #[serde(default)]
+    pub(crate) dead_letters: Option<RawDeadLetters>,
+    /// What happens to envelopes of a resource not listed.
+    #[serde(default)]
+    pub(crate) on_unknown: OnError,
+    /// Batch limits for every destination of the pipeline.
+    #[serde(default)]
+    pub(crate) batch: RawBatch,
+    /// Seconds a shutdown may spend flushing.
+    #[serde(default)]
+    pub(crate) drain_timeout_s: Option<f64>,
+}
+
+/// `source = { kind = …, … }`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum RawSource {
+    /// A JSON-lines file.
+    File(FileConfig),
+}
+
+/// `[pipelines.ID.resources.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResource {
+    /// The sink name.
+    pub(crate) sink: String,
+    /// The table, for table sinks (default: the resource name).
+    #[serde(default)]
+    pub(crate) table: Option<String>,
+    /// Key columns: writes upsert by key.
+    #[serde(default)]
+    pub(crate) key: Vec<String>,
+    /// Columns, for table sinks.
+    #[serde(default)]
+    pub(crate) columns: Vec<Column>,
+    /// A jq program.
+    #[serde(default)]
+    pub(crate) transform: Option<String>,
+    /// The poison policy.
+    #[serde(default)]
+    pub(crate) on_error: OnError,
+}
+
+/// `dead_letters = { sink = …, table = … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDeadLetters {
+    /// The sink name.
+    pub(crate) sink: String,
+    /// The table, for table sinks.
+    #[serde(default = "default_dead_letter_table")]
+    pub(crate) table: String,
+}
+
+pub(crate) fn default_dead_letter_table() -> String {
+    "sluice_dead_letters".into()
+}
+
+/// `batch = { … }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBatch {
+    pub(crate) max_records: Option<usize>,
+    pub(crate) max_bytes: Option<usize>,
+    pub(crate) linger_ms: Option<u64>,
+}

@@ -1,0 +1,349 @@
+//! Defines the validated configuration and how it builds pipelines.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::Value;
+use sluice::{
+    BatchLimits, JqTransform, NullSink, OnError, Pipeline, PipelineOptions, Resource, Resources,
+    TableSchema,
+};
+use sluice_connectors::file::FileSource;
+use sluice_sinks::{
+    jsonl::{JsonlSink, StdoutSink},
+    sqlite::SqliteSink,
+};
+use sluice_stores::sqlite::{SqliteDb, SqliteStore};
+
+use super::raw::{RawConfig, RawPipeline, RawSink, RawSource, default_dead_letter_table};
+use crate::registry::{AnySink, AnySource};
+
+/// A pipeline as the CLI builds it.
+pub(crate) type CliPipeline = Pipeline<AnySource, Value, AnySink, SqliteStore, AnySink>;
+
+/// A named sink.
+#[derive(Debug, Clone)]
+pub(crate) enum SinkSpec {
+    Sqlite { path: PathBuf },
+    Jsonl { path: PathBuf },
+    Stdout,
+    Null,
+}
+
+impl SinkSpec {
+    fn is_table(&self) -> bool {
+        matches!(self, SinkSpec::Sqlite { .. })
+    }
+}
+
+#[derive(Debug)]
+struct ResourceSpec {
+    name: String,
+    sink: String,
+    schema: Option<TableSchema>,
+    transform: Option<Arc<JqTransform>>,
+    on_error: OnError,
+}
+
+#[derive(Debug)]
+struct PipelineSpec {
+    source: RawSource,
+    resources: Vec<ResourceSpec>,
+    dead_letters: (String, String),
+    on_unknown: OnError,
+    limits: BatchLimits,
+    drain_timeout: Duration,
+}
+
+/// A checked configuration.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) store_path: PathBuf,
+    sinks: BTreeMap<String, SinkSpec>,
+    pipelines: BTreeMap<String, PipelineSpec>,
+    pub(crate) metrics_addr: Option<SocketAddr>,
+}
+
+/// The sink name the default dead-letter destination uses: the store's file.
+const STORE_SINK: &str = "(store)";
+
+impl Config {
+    /// Reads and checks `path`.
+    pub(crate) fn load(path: &Path, default_store: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        Self::resolve(raw, default_store).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    }
+
+    fn resolve(raw: RawConfig, default_store: &Path) -> anyhow::Result<Self> {
+        let store_path = raw
+            .store
+            .path
+            .map(PathBuf::from)
+            .unwrap_or_else(|| default_store.to_path_buf());
+        let mut sinks = BTreeMap::new();
+        for (name, sink) in raw.sinks {
+            let spec = match sink {
+                RawSink::Sqlite { path } => SinkSpec::Sqlite {
+                    path: path
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| store_path.clone()),
+                },
+                RawSink::Jsonl { path } => SinkSpec::Jsonl { path: path.into() },
+                RawSink::Stdout => SinkSpec::Stdout,
+                RawSink::Null => SinkSpec::Null,
+            };
+            sinks.insert(name, spec);
+        }
+        sinks.insert(
+            STORE_SINK.into(),
+            SinkSpec::Sqlite {
+                path: store_path.clone(),
+            },
+        );
+        if raw.pipelines.is_empty() {
+            bail!("pipelines: no pipeline is defined; add a [pipelines.NAME] table");
+        }
+        let mut pipelines = BTreeMap::new();
+        for (id, pipeline) in raw.pipelines {
+            let spec = resolve_pipeline(&id, pipeline, &sinks)
+                .with_context(|| format!("pipelines.{id}"))?;
+            pipelines.insert(id, spec);
+        }
+        let metrics_addr = raw
+            .metrics_addr
+            .map(|a| {
+                a.parse().map_err(|e| {
+                    anyhow!("metrics_addr: {a:?} is not an address like 127.0.0.1:9898: {e}")
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            store_path,
+            sinks,
+            pipelines,
+            metrics_addr,
+        })
+    }
+
+    /// The pipeline ids.
+    pub(crate) fn pipeline_ids(&self) -> impl Iterator<Item = &str> {
+        self.pipelines.keys().map(String::as_str)
+    }
+
+    /// Checks that `ids` name pipelines of this file.
+    pub(crate) fn select(&self, ids: &[String]) -> anyhow::Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(self.pipelines.keys().cloned().collect());
+        }
+        for id in ids {
+            if !self.pipelines.contains_key(id) {
+                let known: Vec<_> = self.pipeline_ids().collect();
+                bail!("no pipeline named {id:?} (defined: {})", known.join(", "));
+            }
+        }
+        Ok(ids.to_vec())
+    }
+
+    /// Builds pipeline `id` (its sinks open their files now).
+    pub(crate) fn build(&self, id: &str, databases: &Databases) -> anyhow::Result<CliPipeline> {
+        let spec = self
+            .pipelines
+            .get(id)
+            .ok_or_else(|| anyhow!("no pipeline named {id:?}"))?;
+        let store = SqliteStore::new(databases.open(&self.store_path)?);
+        let source = match &spec.source {
+            RawSource::File(config) => AnySource::File(FileSource::new(config.clone())),
+        };
+        let mut resources = Resources::new().on_unknown(spec.on_unknown);
+        let mut sinks = Vec::new();
+        for resource in &spec.resources {
+            let definition = match &resource.transform {
+                Some(jq) => Resource::with_transform(resource.name.clone(), SharedJq(jq.clone())),
+                None => Resource::direct(resource.name.clone()),
+            };
+            resources = resources.with(
+                resource.name.as_str(),
+                definition.on_error(resource.on_error),
+            );
+            let sink = self.open_sink(&resource.sink, resource.schema.clone(), databases)?;
+            sinks.push((resource.name.clone(), sink));
+        }
+        let (dead_sink, dead_table) = &spec.dead_letters;
+        let dead = match self.sinks.get(dead_sink).expect("checked in resolve") {
+            SinkSpec::Sqlite { path } => {
+                AnySink::Sqlite(SqliteSink::dead_letters(databases.open(path)?, dead_table))
+            }
+            _ => self.open_sink(dead_sink, None, databases)?,
+        };
+        let mut pipeline = Pipeline::new(id, source, store, resources);
+        for (name, sink) in sinks {
+            pipeline = pipeline.sink(name, sink, spec.limits);
+        }
+        let options = PipelineOptions {
+            drain_timeout: spec.drain_timeout,
+            ..PipelineOptions::default()
+        };
+        Ok(pipeline.dead_letters(dead, spec.limits).options(options))
+    }
+
+    fn open_sink(
+        &self,
+        name: &str,
+        schema: Option<TableSchema>,
+        databases: &Databases,
+    ) -> anyhow::Result<AnySink> {
+        Ok(match self.sinks.get(name).expect("checked in resolve") {
+            SinkSpec::Sqlite { path } => {
+                let schema = schema.expect("table sinks have a schema (checked in resolve)");
+                AnySink::Sqlite(SqliteSink::new(databases.open(path)?, schema)?)
+            }
+            SinkSpec::Jsonl { path } => AnySink::Jsonl(JsonlSink::new(path)),
+            SinkSpec::Stdout => AnySink::Stdout(StdoutSink::new()),
+            SinkSpec::Null => AnySink::Null(NullSink),
+        })
+    }
+}
+
+fn resolve_pipeline(
+    id: &str,
+    raw: RawPipeline,
+    sinks: &BTreeMap<String, SinkSpec>,
+) -> anyhow::Result<PipelineSpec> {
+    if id.is_empty() || id.chars().any(|c| c.is_whitespace()) {
+        bail!("pipeline ids must be non-empty without spaces");
+    }
+    if raw.resources.is_empty() {
+        bail!("resources: no resource is defined; add a [pipelines.{id}.resources.NAME] table");
+    }
+    let known = || {
+        sinks
+            .keys()
+            .filter(|k| *k != STORE_SINK)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut resources = Vec::new();
+    for (name, resource) in raw.resources {
+        let context = format!("resources.{name}");
+        let sink = sinks.get(&resource.sink).ok_or_else(|| {
+            anyhow!(
+                "{context}.sink: no sink named {:?} (defined: {})",
+                resource.sink,
+                known()
+            )
+        })?;
+        let schema = if sink.is_table() {
+            if resource.columns.is_empty() {
+                bail!(
+                    "{context}.columns: the table sink {:?} needs columns, e.g. columns = [{{ name = \"id\", type = \"integer\" }}]",
+                    resource.sink
+                );
+            }
+            let schema = TableSchema {
+                table: resource.table.clone().unwrap_or_else(|| name.clone()),
+                columns: resource.columns,
+                key: resource.key,
+            };
+            schema.validate().map_err(|e| anyhow!("{context}: {e}"))?;
+            Some(schema)
+        } else {
+            None
+        };
+        let transform = resource
+            .transform
+            .map(|code| {
+                JqTransform::compile(&code)
+                    .map(Arc::new)
+                    .map_err(|e| anyhow!("{context}.transform: {e}"))
+            })
+            .transpose()?;
+        resources.push(ResourceSpec {
+            name,
+            sink: resource.sink,
+            schema,
+            transform,
+            on_error: resource.on_error,
+        });
+    }
+    let dead_letters = match raw.dead_letters {
+        Some(d) => {
+            if !sinks.contains_key(&d.sink) {
+                bail!(
+                    "dead_letters.sink: no sink named {:?} (defined: {})",
+                    d.sink,
+                    known()
+                );
+            }
+            (d.sink, d.table)
+        }
+        None => (STORE_SINK.to_owned(), default_dead_letter_table()),
+    };
+    let defaults = BatchLimits::default();
+    let limits = BatchLimits {
+        max_records: raw.batch.max_records.unwrap_or(defaults.max_records).max(1),
+        max_bytes: raw.batch.max_bytes.unwrap_or(defaults.max_bytes).max(1),
+        linger: raw
+            .batch
+            .linger_ms
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.linger),
+    };
+    let drain_timeout = match raw.drain_timeout_s {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            bail!("drain_timeout_s: must be a positive number of seconds")
+        }
+        Some(s) => Duration::from_secs_f64(s),
+        None => PipelineOptions::default().drain_timeout,
+    };
+    Ok(PipelineSpec {
+        source: raw.source,
+        resources,
+        dead_letters,
+        on_unknown: raw.on_unknown,
+        limits,
+        drain_timeout,
+    })
+}
+
+/// A jq transform shared by every restart of a pipeline (compiled once).
+struct SharedJq(Arc<JqTransform>);
+
+impl sluice::Transform<Value, Value> for SharedJq {
+    fn apply(
+        &self,
+        payload: &Value,
+        meta: &sluice::EnvelopeMeta<'_>,
+    ) -> Result<sluice::Transformed<Value>, sluice::TransformError> {
+        self.0.apply(payload, meta)
+    }
+}
+
+/// Open SQLite files, one connection per file, shared by stores and sinks of every pipeline.
+#[derive(Debug, Default)]
+pub(crate) struct Databases {
+    open: std::sync::Mutex<HashMap<PathBuf, SqliteDb>>,
+}
+
+impl Databases {
+    pub(crate) fn open(&self, path: &Path) -> anyhow::Result<SqliteDb> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some(db) = open.get(&key) {
+            return Ok(db.clone());
+        }
+        let db = SqliteDb::open(path)?;
+        let key = std::fs::canonicalize(path).unwrap_or(key);
+        open.insert(key, db.clone());
+        Ok(db)
+    }
+}

@@ -1,0 +1,183 @@
+//! The `sluice` binary: parses the command line, builds pipelines from configuration, runs them
+//! under a supervisor, and maps the outcome to an exit code (0: finished or stopped cleanly;
+//! 1: a pipeline failed; 2: bad configuration or usage).
+
+mod cli;
+mod config;
+mod registry;
+mod serve;
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+use clap::Parser;
+use sluice::{BackoffPolicy, PipelineError, PipelineExit, PipelineStats, Supervisor};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::{CheckpointsCommand, Cli, Command, ConfigArgs, RunArgs},
+    config::{Config, Databases},
+};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run(args).await,
+        Command::Validate(args) => {
+            let config = load(&args)?;
+            let ids: Vec<_> = config.pipeline_ids().collect();
+            println!(
+                "{}: ok ({} pipeline(s): {})",
+                args.config.display(),
+                ids.len(),
+                ids.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkpoints(CheckpointsCommand::Show { config, pipeline }) => {
+            let loaded = load(&config)?;
+            loaded.select(std::slice::from_ref(&pipeline))?;
+            let db = sluice_stores::sqlite::SqliteDb::open(&loaded.store_path)?;
+            let conn = db.lock();
+            let cursors = sluice_stores::sqlite::load_checkpoints(&conn, &pipeline)?;
+            if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, &pipeline)? {
+                println!("# running: {holder}");
+            }
+            if cursors.is_empty() {
+                println!("# {pipeline}: no saved cursor (the next run starts from the beginning)");
+            }
+            for (partition, position) in cursors {
+                println!("{partition}\t{position}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkpoints(CheckpointsCommand::Reset { config, pipeline }) => {
+            let loaded = load(&config)?;
+            loaded.select(std::slice::from_ref(&pipeline))?;
+            let db = sluice_stores::sqlite::SqliteDb::open(&loaded.store_path)?;
+            let conn = db.lock();
+            if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, &pipeline)? {
+                anyhow::bail!(
+                    "pipeline {pipeline} is running ({holder}); stop it before resetting its cursors"
+                );
+            }
+            let deleted = sluice_stores::sqlite::reset_checkpoints(&conn, &pipeline)?;
+            println!("{pipeline}: {deleted} cursor(s) deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+    Config::load(&args.config, &args.db)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(load(&args.config)?);
+    let ids = config.select(&args.pipelines)?;
+    let databases = Arc::new(Databases::default());
+    // Build once up front so that configuration errors (unopenable files) fail fast with exit 2.
+    for id in &ids {
+        config
+            .build(id, &databases)
+            .with_context(|| format!("pipeline {id}"))?;
+    }
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let mut supervisor = Supervisor::new(shutdown.clone(), BackoffPolicy::default());
+    let metrics_addr = args.metrics_addr.or(config.metrics_addr);
+    let prometheus = metrics_addr
+        .map(|_| serve::install_recorder())
+        .transpose()?;
+    let mut live_stats = Vec::new();
+    for id in &ids {
+        let stats = Arc::new(PipelineStats::new(id));
+        live_stats.push(stats.clone());
+        let (config, databases, id) = (config.clone(), databases.clone(), id.clone());
+        supervisor.spawn(id.clone(), move |token| {
+            let built = config
+                .build(&id, &databases)
+                .map(|p| p.with_stats(stats.clone()));
+            let id = id.clone();
+            async move {
+                match built {
+                    Ok(pipeline) => pipeline.run(token).await,
+                    Err(error) => Err(PipelineError::Config {
+                        pipeline: id,
+                        message: format!("{error:#}"),
+                    }),
+                }
+            }
+        });
+    }
+    if let (Some(addr), Some(prometheus)) = (metrics_addr, prometheus) {
+        let (health, token) = (supervisor.health(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = serve::serve(addr, prometheus, health, live_stats, token).await {
+                tracing::error!(%addr, error = %format!("{error:#}"), "metrics endpoint failed");
+            }
+        });
+    }
+    let mut failed = false;
+    for (id, outcome) in supervisor.wait().await {
+        match outcome {
+            Ok(PipelineExit::Completed) => tracing::info!(pipeline = %id, "completed"),
+            Ok(PipelineExit::Stopped) => tracing::info!(pipeline = %id, "stopped"),
+            Err(error) => {
+                failed = true;
+                eprintln!("error: {}", sluice::report(&error));
+            }
+        }
+    }
+    shutdown.cancel();
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping sources, draining"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping sources, draining"),
+        }
+        shutdown.cancel();
+    });
+}
