@@ -1,0 +1,289 @@
+//! End-to-end tests of the `sluice` binary: real processes, real SQLite files, real signals.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+fn sluice() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.env("RUST_LOG", "warn").env_remove("SLUICE_DB");
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    sluice().args(args).output().expect("sluice runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Writes `lines` JSON lines `{"n": i, "pad": "..."}` and a config that appends them, with no
+/// key (so a replayed line would show up as a duplicate), into `db`.
+fn ingest_setup(dir: &Path, lines: usize, follow: bool) -> (PathBuf, PathBuf, PathBuf) {
+    let input = dir.join("in.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    for n in 0..lines {
+        writeln!(
+            file,
+            "{{\"n\":{n},\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}}"
+        )
+        .unwrap();
+    }
+    file.flush().unwrap();
+    let db = dir.join("out.db");
+    let config = dir.join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+path = "{db}"
+
+[sinks.db]
+kind = "sqlite"
+
+[pipelines.ingest]
+source = {{ kind = "file", path = "{input}", follow = {follow}, poll_ms = 20 }}
+batch = {{ max_records = 1000, linger_ms = 20 }}
+
+[pipelines.ingest.resources.lines]
+sink = "db"
+table = "lines"
+columns = [{{ name = "n", type = "integer" }}, {{ name = "pad", type = "text" }}]
+"#,
+            db = db.display(),
+            input = input.display()
+        ),
+    )
+    .unwrap();
+    (input, db, config)
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn table_rows(db: &Path) -> i64 {
+    if !db.exists() {
+        return 0;
+    }
+    count(db, "SELECT count(*) FROM lines")
+}
+
+fn spawn_run(config: &Path) -> Child {
+    sluice()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Invariant 9 end to end: SIGKILL the process three times while it ingests a large file, then
+/// let it finish: every line is in SQLite exactly once.
+#[test]
+fn sigkill_during_ingest_then_restart_leaves_every_line_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = 200_000;
+    let (_input, db, config) = ingest_setup(dir.path(), lines, false);
+    let mut kills = 0;
+    for target in [20_000, 70_000, 130_000] {
+        let mut child = spawn_run(&config);
+        wait_for("rows to land", Duration::from_secs(60), || {
+            table_rows(&db) >= target || child.try_wait().unwrap().is_some()
+        });
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        kills >= 2,
+        "the ingest finished before it could be killed ({kills} kills)"
+    );
+    let output = run(&["run", "--config", config.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM lines"),
+        lines as i64,
+        "rows"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT n) FROM lines"),
+        lines as i64,
+        "distinct lines"
+    );
+}
+
+/// Invariant 7: SIGTERM stops a following source, flushes, saves, exits 0; the cursor is at the
+/// end of the file.
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, db, config) = ingest_setup(dir.path(), 5_000, true);
+    let child = spawn_run(&config);
+    wait_for("all rows", Duration::from_secs(30), || {
+        table_rows(&db) >= 5_000
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        text(&output.stderr)
+    );
+    let size = std::fs::metadata(&input).unwrap().len() as i64;
+    let position: i64 = count(
+        &db,
+        "SELECT CAST(position AS INTEGER) FROM sluice_checkpoints WHERE pipeline = 'ingest'",
+    );
+    assert_eq!(position, size);
+}
+
+/// Invariant 8: a second `sluice run` of the same pipeline on the same file is refused with a
+/// clear message while the first runs.
+#[test]
+fn a_second_run_of_the_same_pipeline_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_input, db, config) = ingest_setup(dir.path(), 100, true);
+    let mut first = spawn_run(&config);
+    wait_for("the first run", Duration::from_secs(30), || {
+        table_rows(&db) >= 100
+    });
+    let second = run(&["run", "--config", config.to_str().unwrap()]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stderr).contains("pipeline ingest is already running"),
+        "{}",
+        text(&second.stderr)
+    );
+}
+
+/// Config errors name the file, the key and what is wrong, and exit 2.
+#[test]
+fn config_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    let cases = [
+        (
+            "[pipelines.p]\nsource = { kind = \"file\", path = \"x\" }\n[pipelines.p.resources.r]\nsink = \"nope\"\n",
+            "pipelines.p: resources.r.sink: no sink named \"nope\"",
+        ),
+        (
+            "[sinks.s]\nkind = \"stdout\"\n[pipelines.p]\nsource = { kind = \"file\", path = \"x\" }\n[pipelines.p.resources.r]\nsink = \"s\"\ntransform = \"{a: \"\n",
+            "resources.r.transform: jq program does not parse",
+        ),
+        (
+            "[pipelines.p]\nsource = { kind = \"ftp\" }\n",
+            "unknown variant `ftp`",
+        ),
+        (
+            "[sinks.s]\nkind = \"sqlite\"\n[pipelines.p]\nsource = { kind = \"file\", path = \"x\" }\n[pipelines.p.resources.r]\nsink = \"s\"\n",
+            "resources.r.columns",
+        ),
+    ];
+    for (body, expected) in cases {
+        std::fs::write(&config, body).unwrap();
+        let output = run(&["validate", "--config", config.to_str().unwrap()]);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("bad.toml") && stderr.contains(expected),
+            "expected {expected:?} in {stderr}"
+        );
+    }
+}
+
+/// `checkpoints show` prints the cursor; `reset` deletes it and the next run starts over.
+#[test]
+fn checkpoints_show_and_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, db, config) = ingest_setup(dir.path(), 10, false);
+    let config = config.to_str().unwrap();
+    assert!(run(&["run", "--config", config]).status.success());
+    let shown = text(&run(&["checkpoints", "show", "--config", config, "ingest"]).stdout);
+    let size = std::fs::metadata(&input).unwrap().len();
+    assert_eq!(shown.trim(), format!("{}\t{size}", input.display()));
+    let reset = run(&["checkpoints", "reset", "--config", config, "ingest"]);
+    assert!(text(&reset.stdout).contains("1 cursor(s) deleted"));
+    assert!(run(&["run", "--config", config]).status.success());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM lines"),
+        20,
+        "read again from the start after the reset"
+    );
+}
+
+/// Every shipped example validates, and the README's example runs into SQLite.
+#[test]
+fn shipped_examples_validate_and_the_orders_example_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let output = sluice()
+                .current_dir(&root)
+                .args(["validate", "--config", path.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                path.display(),
+                text(&output.stderr)
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let output = sluice()
+        .current_dir(&root)
+        .args([
+            "run",
+            "--config",
+            "examples/orders.toml",
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let orders = count(&db, "SELECT count(*) FROM orders");
+    let test_orders = std::fs::read_to_string(root.join("examples/data/orders.jsonl"))
+        .unwrap()
+        .matches("\"status\":\"test\"")
+        .count() as i64;
+    assert_eq!(orders, 1000 - test_orders);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sluice_dead_letters"),
+        2,
+        "the malformed line, once per pipeline"
+    );
+}
