@@ -310,10 +310,10 @@ impl CheckpointStore for SqliteStore {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(|e| store_error("begin", e))?;
-                if let Some(current) = live_holder(&tx, &pipeline)? {
-                    if current != holder {
-                        return Err(StoreError::fatal(lease_held_message(&pipeline, &current)));
-                    }
+                if let Some(current) = live_holder(&tx, &pipeline)?
+                    && current != holder
+                {
+                    return Err(StoreError::fatal(lease_held_message(&pipeline, &current)));
                 }
                 let last: Option<i64> = tx
                     .query_row("SELECT token FROM sluice_leases WHERE pipeline = ?1", [&pipeline], |r| r.get(0))

@@ -220,10 +220,11 @@ impl CheckpointStore for MemoryStore {
     ) -> Result<Lease, StoreError> {
         self.with(pipeline, |state| {
             let now = Instant::now();
-            if let Some((current, _, expires)) = &state.holder {
-                if current != holder && *expires > now {
-                    return Err(StoreError::fatal(lease_held_message(pipeline, current)));
-                }
+            if let Some((current, _, expires)) = &state.holder
+                && current != holder
+                && *expires > now
+            {
+                return Err(StoreError::fatal(lease_held_message(pipeline, current)));
             }
             state.last_token += 1;
             state.holder = Some((holder.to_owned(), state.last_token, now + ttl));

@@ -574,7 +574,6 @@ where
                 write_isolating(&pipeline, dead, commit.as_ref(), retry, &hard_stop).await
             }
         };
-        drop(commit);
         let (committed, rejected) = match outcome {
             Ok(done) => done,
             Err(WriteFailure::Stopped) => return Err(self.drain_timeout()),

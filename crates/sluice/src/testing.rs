@@ -187,6 +187,9 @@ struct SinkState<R> {
     calls: usize,
 }
 
+type Predicate<R> = Arc<dyn Fn(&R) -> bool + Send + Sync>;
+type SaveCheck = Arc<dyn Fn(&[Checkpoint]) + Send + Sync>;
+
 /// A sink that keeps every acknowledged record in memory. Clones share the rows, so a test keeps
 /// one clone and hands the other to the pipeline.
 ///
@@ -196,7 +199,7 @@ struct SinkState<R> {
 #[derive(Clone)]
 pub struct RecordingSink<R> {
     state: Arc<Mutex<SinkState<R>>>,
-    reject: Option<Arc<dyn Fn(&R) -> bool + Send + Sync>>,
+    reject: Option<Predicate<R>>,
     store: Option<(Arc<MemoryStore>, String)>,
 }
 
@@ -283,10 +286,10 @@ impl<R: Clone + Send + Sync + 'static> Sink<R> for RecordingSink<R> {
         if let Some(class) = next_fault(&mut state.faults) {
             return Err(SinkError::new(class, "scripted sink failure"));
         }
-        if let Some(reject) = &self.reject {
-            if batch.iter().any(|r| reject(r)) {
-                return Err(SinkError::data("constraint violated"));
-            }
+        if let Some(reject) = &self.reject
+            && batch.iter().any(|r| reject(r))
+        {
+            return Err(SinkError::data("constraint violated"));
         }
         if let Some(commit) = commit {
             let (store, _) = self
@@ -313,7 +316,7 @@ impl<R: Clone + Send + Sync + 'static> Sink<R> for RecordingSink<R> {
 pub struct FlakyStore {
     inner: Arc<MemoryStore>,
     faults: Arc<Mutex<VecDeque<Fault>>>,
-    check: Option<Arc<dyn Fn(&[Checkpoint]) + Send + Sync>>,
+    check: Option<SaveCheck>,
 }
 
 impl std::fmt::Debug for FlakyStore {

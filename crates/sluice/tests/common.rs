@@ -63,11 +63,9 @@ pub(crate) fn ns(rows: &[Value]) -> Vec<u64> {
 }
 
 /// A store that records every save (each save: the list of checkpoints).
-pub(crate) fn recording_store() -> (
-    Arc<MemoryStore>,
-    FlakyStore,
-    Arc<Mutex<Vec<Vec<Checkpoint>>>>,
-) {
+pub(crate) type SaveLog = Arc<Mutex<Vec<Vec<Checkpoint>>>>;
+
+pub(crate) fn recording_store() -> (Arc<MemoryStore>, FlakyStore, SaveLog) {
     let memory = Arc::new(MemoryStore::new());
     let saves = Arc::new(Mutex::new(Vec::new()));
     let log = saves.clone();
