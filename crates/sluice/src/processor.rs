@@ -6,7 +6,7 @@
 //! envelope up to it is written, dropped or dead-lettered, across all destinations.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -460,15 +460,24 @@ where
 
     /// The newest position per partition among cursors of envelopes before `limit`.
     fn ready(&self, limit: Seq) -> Vec<Checkpoint> {
-        let mut newest: BTreeMap<&Arc<str>, &Checkpoint> = BTreeMap::new();
+        // Few partitions per pipeline and long runs of the same one: a vector searched from its
+        // end beats a map on this per-envelope path.
+        let mut newest: Vec<&Checkpoint> = Vec::new();
         for (seq, checkpoint) in &self.pending {
             if *seq >= limit {
                 break;
             }
-            newest.insert(&checkpoint.partition, checkpoint);
+            let same = |c: &&Checkpoint| {
+                Arc::ptr_eq(&c.partition, &checkpoint.partition)
+                    || c.partition == checkpoint.partition
+            };
+            match newest.iter().rposition(same) {
+                Some(i) => newest[i] = checkpoint,
+                None => newest.push(checkpoint),
+            }
         }
         newest
-            .into_values()
+            .into_iter()
             .filter(|c| self.saved.get(&c.partition).is_none_or(|p| *p < c.position))
             .cloned()
             .collect()
