@@ -15,6 +15,60 @@
 //! The [`Pipeline`] run loop owns one pipeline's life: lease, load, session, drain, save,
 //! backoff, reopen. The [`Supervisor`] runs many and restarts the ones that fail transiently.
 //! The durable contract this crate keeps is written down in `docs/contracts.md`.
+//!
+//! # Example
+//!
+//! A source of numbers, a transform that drops odd ones, a sink that keeps what it gets, and
+//! the in-memory store; a second run resumes after the saved cursor and writes nothing again.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use sluice::*;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! struct Numbers(u64);
+//!
+//! impl Source for Numbers {
+//!     type Payload = u64;
+//!     fn name(&self) -> &str { "numbers" }
+//!     async fn run(&mut self, ctx: SourceContext<u64>) -> Result<SessionEnd, SourceError> {
+//!         let after = ctx.resume_after("n").and_then(Position::as_int).unwrap_or(0);
+//!         for n in after + 1..=self.0 {
+//!             ctx.emit(Envelope::new("numbers", n).with_checkpoint(Checkpoint::new("n", n))).await?;
+//!         }
+//!         Ok(SessionEnd::Finished)
+//!     }
+//! }
+//!
+//! #[derive(Clone, Default)]
+//! struct Keep(Arc<Mutex<Vec<serde_json::Value>>>);
+//!
+//! impl Sink<serde_json::Value> for Keep {
+//!     async fn write(&mut self, batch: &[serde_json::Value], _: Option<&CheckpointCommit<'_>>) -> Result<(), SinkError> {
+//!         self.0.lock().unwrap().extend_from_slice(batch);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), PipelineError> {
+//! let store = Arc::new(MemoryStore::new());
+//! let kept = Keep::default();
+//! let evens = |n: &u64, _: &EnvelopeMeta<'_>| -> Result<Transformed<serde_json::Value>, TransformError> {
+//!     Ok(if n % 2 == 0 { Transformed::One(serde_json::json!({ "n": n })) } else { Transformed::Drop })
+//! };
+//! for _ in 0..2 {
+//!     let resources = Resources::new().with("numbers", Resource::with_transform("kept", evens).on_error(OnError::Fail));
+//!     Pipeline::new("example", Numbers(10), store.clone(), resources.on_unknown(OnError::Fail))
+//!         .sink("kept", kept.clone(), BatchLimits::default())
+//!         .run(CancellationToken::new())
+//!         .await?;
+//! }
+//! assert_eq!(kept.0.lock().unwrap().len(), 5);
+//! assert_eq!(store.snapshot("example").get("n"), Some(&Position::Int(10)));
+//! # Ok(())
+//! # }
+//! ```
 
 mod backoff;
 mod checkpoint;
