@@ -62,9 +62,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Checkpoints(CheckpointsCommand::Show { config, pipeline }) => {
-            let loaded = load(&config)?;
-            loaded.select(std::slice::from_ref(&pipeline))?;
-            let db = sluice_stores::sqlite::SqliteDb::open(&loaded.store_path)?;
+            let db = store_of(&config, &pipeline)?;
             let conn = db.lock();
             let cursors = sluice_stores::sqlite::load_checkpoints(&conn, &pipeline)?;
             if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, &pipeline)? {
@@ -79,9 +77,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Checkpoints(CheckpointsCommand::Reset { config, pipeline }) => {
-            let loaded = load(&config)?;
-            loaded.select(std::slice::from_ref(&pipeline))?;
-            let db = sluice_stores::sqlite::SqliteDb::open(&loaded.store_path)?;
+            let db = store_of(&config, &pipeline)?;
             let conn = db.lock();
             if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, &pipeline)? {
                 anyhow::bail!(
@@ -93,6 +89,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The store of a configured pipeline.
+fn store_of(args: &ConfigArgs, pipeline: &str) -> anyhow::Result<sluice_stores::sqlite::SqliteDb> {
+    let config = load(args)?;
+    config.select(&[pipeline.to_owned()])?;
+    Ok(sluice_stores::sqlite::SqliteDb::open(&config.store_path)?)
 }
 
 fn load(args: &ConfigArgs) -> anyhow::Result<Config> {

@@ -8,10 +8,7 @@ use sluice::{
     SourceError,
 };
 use sluice_connectors::file::FileSource;
-use sluice_sinks::{
-    jsonl::{JsonlSink, StdoutSink},
-    sqlite::SqliteSink,
-};
+use sluice_sinks::{jsonl::JsonlSink, sqlite::SqliteSink};
 
 /// Every source kind of the CLI.
 #[derive(Debug)]
@@ -46,7 +43,6 @@ impl Source for AnySource {
 pub(crate) enum AnySink {
     Sqlite(SqliteSink),
     Jsonl(JsonlSink),
-    Stdout(StdoutSink),
     Null(NullSink),
 }
 
@@ -54,7 +50,7 @@ impl Sink<Value> for AnySink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         match self {
             AnySink::Sqlite(s) => Sink::<Value>::prepare(s).await,
-            AnySink::Jsonl(_) | AnySink::Stdout(_) | AnySink::Null(_) => Ok(()),
+            AnySink::Jsonl(_) | AnySink::Null(_) => Ok(()),
         }
     }
 
@@ -66,7 +62,6 @@ impl Sink<Value> for AnySink {
         match self {
             AnySink::Sqlite(s) => Sink::<Value>::write(s, batch, commit).await,
             AnySink::Jsonl(s) => Sink::<Value>::write(s, batch, commit).await,
-            AnySink::Stdout(s) => Sink::<Value>::write(s, batch, commit).await,
             AnySink::Null(s) => Sink::<Value>::write(s, batch, commit).await,
         }
     }
@@ -92,7 +87,6 @@ impl Sink<DeadLetter> for AnySink {
         match self {
             AnySink::Sqlite(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
             AnySink::Jsonl(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
-            AnySink::Stdout(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
             AnySink::Null(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
         }
     }

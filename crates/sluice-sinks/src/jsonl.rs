@@ -1,4 +1,4 @@
-//! Defines the JSON-lines sinks: a file (appended, fsynced before a batch is acknowledged) and
+//! Defines the JSON-lines sink: a file (appended, fsynced before a batch is acknowledged) or
 //! stdout (flushed per batch; durable only as far as the reader is).
 
 use std::path::{Path, PathBuf};
@@ -7,55 +7,72 @@ use serde_json::Value;
 use sluice::{CheckpointCommit, DeadLetter, Record, Sink, SinkError};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-/// Appends each record as one JSON line to a file. A batch is acknowledged after `fsync`.
+/// Writes each record as one JSON line, to a file (appended, fsynced before the batch is
+/// acknowledged) or to stdout (flushed per batch).
 #[derive(Debug)]
 pub struct JsonlSink {
-    path: PathBuf,
-    file: Option<tokio::fs::File>,
+    target: Target,
     buffer: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Target {
+    File {
+        path: PathBuf,
+        file: Option<tokio::fs::File>,
+    },
+    Stdout,
 }
 
 impl JsonlSink {
     /// A sink appending to `path` (created if missing).
     pub fn new(path: impl AsRef<Path>) -> Self {
         Self {
-            path: path.as_ref().to_path_buf(),
-            file: None,
+            target: Target::File {
+                path: path.as_ref().to_path_buf(),
+                file: None,
+            },
             buffer: Vec::new(),
         }
     }
 
-    async fn open(&mut self) -> Result<&mut tokio::fs::File, SinkError> {
-        if self.file.is_none() {
-            let file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .await
-                .map_err(|e| io_error(&self.path, e))?;
-            self.file = Some(file);
+    /// A sink writing to stdout.
+    pub fn stdout() -> Self {
+        Self {
+            target: Target::Stdout,
+            buffer: Vec::new(),
         }
-        Ok(self.file.as_mut().expect("opened above"))
     }
 
     async fn write_lines(&mut self, lines: impl Iterator<Item = Value>) -> Result<(), SinkError> {
         encode(&mut self.buffer, lines)?;
-        let path = self.path.clone();
-        let buffer = std::mem::take(&mut self.buffer);
-        let file = self.open().await?;
-        let written = async {
-            file.write_all(&buffer).await?;
-            file.sync_data().await
+        match &mut self.target {
+            Target::Stdout => write_flush(&mut tokio::io::stdout(), &self.buffer)
+                .await
+                .map_err(|e| SinkError::transient("write stdout").with_source(e)),
+            Target::File { path, file } => {
+                if file.is_none() {
+                    let opened = tokio::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&*path)
+                        .await;
+                    *file = Some(opened.map_err(|e| io_error(path, e))?);
+                }
+                let handle = file.as_mut().expect("opened above");
+                let written = async {
+                    handle.write_all(&self.buffer).await?;
+                    handle.sync_data().await
+                }
+                .await;
+                written.map_err(|error| {
+                    // The file may hold part of the batch: reopen on the next try; the replay
+                    // duplicates at most this batch's lines (at-least-once, as documented).
+                    *file = None;
+                    io_error(path, error)
+                })
+            }
         }
-        .await;
-        self.buffer = buffer;
-        if let Err(error) = written {
-            // The file may hold part of the batch: reopen on the next try; the replay duplicates
-            // at most this batch's lines (at-least-once, as documented for this sink).
-            self.file = None;
-            return Err(io_error(&path, error));
-        }
-        Ok(())
     }
 }
 
@@ -80,6 +97,11 @@ fn io_error(path: &Path, error: std::io::Error) -> SinkError {
     SinkError::new(class, format!("write {}", path.display())).with_source(error)
 }
 
+async fn write_flush<W: AsyncWrite + Unpin>(out: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(bytes).await?;
+    out.flush().await
+}
+
 impl Sink<Value> for JsonlSink {
     async fn write(
         &mut self,
@@ -91,52 +113,6 @@ impl Sink<Value> for JsonlSink {
 }
 
 impl Sink<DeadLetter> for JsonlSink {
-    async fn write(
-        &mut self,
-        batch: &[DeadLetter],
-        _: Option<&CheckpointCommit<'_>>,
-    ) -> Result<(), SinkError> {
-        self.write_lines(batch.iter().map(Record::to_json)).await
-    }
-}
-
-/// Writes each record as one JSON line to stdout.
-#[derive(Debug, Default)]
-pub struct StdoutSink {
-    buffer: Vec<u8>,
-}
-
-impl StdoutSink {
-    /// A stdout sink.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    async fn write_lines(&mut self, lines: impl Iterator<Item = Value>) -> Result<(), SinkError> {
-        encode(&mut self.buffer, lines)?;
-        let mut out = tokio::io::stdout();
-        write_flush(&mut out, &self.buffer)
-            .await
-            .map_err(|e| SinkError::transient("write stdout").with_source(e))
-    }
-}
-
-async fn write_flush<W: AsyncWrite + Unpin>(out: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    out.write_all(bytes).await?;
-    out.flush().await
-}
-
-impl Sink<Value> for StdoutSink {
-    async fn write(
-        &mut self,
-        batch: &[Value],
-        _: Option<&CheckpointCommit<'_>>,
-    ) -> Result<(), SinkError> {
-        self.write_lines(batch.iter().cloned()).await
-    }
-}
-
-impl Sink<DeadLetter> for StdoutSink {
     async fn write(
         &mut self,
         batch: &[DeadLetter],

@@ -15,10 +15,7 @@ use sluice::{
     TableSchema,
 };
 use sluice_connectors::file::FileSource;
-use sluice_sinks::{
-    jsonl::{JsonlSink, StdoutSink},
-    sqlite::SqliteSink,
-};
+use sluice_sinks::{jsonl::JsonlSink, sqlite::SqliteSink};
 use sluice_stores::sqlite::{SqliteDb, SqliteStore};
 
 use super::raw::{RawConfig, RawPipeline, RawSink, RawSource, default_dead_letter_table};
@@ -207,7 +204,7 @@ impl Config {
                 AnySink::Sqlite(SqliteSink::new(databases.open(path)?, schema)?)
             }
             SinkSpec::Jsonl { path } => AnySink::Jsonl(JsonlSink::new(path)),
-            SinkSpec::Stdout => AnySink::Stdout(StdoutSink::new()),
+            SinkSpec::Stdout => AnySink::Jsonl(JsonlSink::stdout()),
             SinkSpec::Null => AnySink::Null(NullSink),
         })
     }
