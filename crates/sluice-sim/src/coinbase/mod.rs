@@ -1,0 +1,364 @@
+//! A simulated Coinbase Exchange: websocket feed on `/` and REST `GET /products/{id}/trades` on
+//! the same loopback port.
+//!
+//! Trades are a pure function of `(seed, product, trade_id)`, so the simulator keeps no trade
+//! log in memory: the log of a product is every id from its first to its last generated trade,
+//! and any of them can be rendered again (for REST backfill and for verification). Trades are
+//! generated at a set rate and fanned out to every subscribed connection; each connection applies
+//! the fault knobs ([`Chaos`]) on its own.
+
+mod feed;
+mod rest;
+mod trade;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+pub use trade::{Trade, rfc3339_micros};
+
+/// Fault knobs. Probabilities are per `match` frame (per request for REST); durations are means
+/// of per-connection exponential timers (`None`: never).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Chaos {
+    /// Drop a `match` frame (the heartbeat then reveals a higher `last_trade_id`).
+    pub drop: f64,
+    /// Send a `match` frame twice.
+    pub duplicate: f64,
+    /// Hold a `match` frame back and send it after the next one of its product.
+    pub reorder: f64,
+    /// Send an extra frame of an unknown `type`.
+    pub unknown: f64,
+    /// Send an extra frame that is not valid JSON or a `match` without its fields.
+    pub malformed: f64,
+    /// Go silent (socket open, nothing sent, heartbeats included).
+    pub stall_every: Option<Duration>,
+    /// Close abruptly (TCP close, no close frame).
+    pub close_every: Option<Duration>,
+    /// Send an `error` frame, then close.
+    pub error_every: Option<Duration>,
+    /// Answer a websocket upgrade with HTTP 429.
+    pub throttle: f64,
+    /// Answer a REST request with 429.
+    pub rest_429: f64,
+    /// Answer a REST request with 500.
+    pub rest_500: f64,
+}
+
+impl Chaos {
+    /// Every knob on, at rates that exercise each path in a short run.
+    pub fn all() -> Self {
+        Self {
+            drop: 0.01,
+            duplicate: 0.01,
+            reorder: 0.01,
+            unknown: 0.005,
+            malformed: 0.002,
+            stall_every: Some(Duration::from_secs(25)),
+            close_every: Some(Duration::from_secs(12)),
+            error_every: Some(Duration::from_secs(30)),
+            throttle: 0.1,
+            rest_429: 0.1,
+            rest_500: 0.05,
+        }
+    }
+}
+
+/// How the simulator runs.
+#[derive(Clone, Debug)]
+pub struct CoinbaseSimConfig {
+    /// Products that trade.
+    pub products: Vec<String>,
+    /// Products that exist but are delisted (subscribing is an error).
+    pub delisted: Vec<String>,
+    /// Trades per second over all products (0: none).
+    pub rate: f64,
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// The port (0: any free port).
+    pub port: u16,
+    /// The heartbeat period (one per product).
+    pub heartbeat: Duration,
+    /// How long a client has to subscribe before it is disconnected.
+    pub subscribe_timeout: Duration,
+    /// REST serves only the newest `n` trades of a product (`None`: all).
+    pub rest_retention: Option<u64>,
+    /// The faults.
+    pub chaos: Chaos,
+}
+
+impl Default for CoinbaseSimConfig {
+    fn default() -> Self {
+        Self {
+            products: vec!["BTC-USD".into(), "ETH-USD".into()],
+            delisted: vec!["LOOM-USDC".into()],
+            rate: 100.0,
+            seed: 1,
+            port: 0,
+            heartbeat: Duration::from_secs(1),
+            subscribe_timeout: Duration::from_secs(5),
+            rest_retention: None,
+            chaos: Chaos::default(),
+        }
+    }
+}
+
+/// Counters of what the simulator did, for tests and the demo.
+#[derive(Debug, Default)]
+pub struct SimCounters {
+    /// Websocket connections accepted.
+    pub connections: AtomicU64,
+    /// Upgrades answered with 429.
+    pub throttled: AtomicU64,
+    /// `match` frames sent.
+    pub matches_sent: AtomicU64,
+    /// `match` frames dropped by chaos.
+    pub dropped: AtomicU64,
+    /// `match` frames duplicated.
+    pub duplicated: AtomicU64,
+    /// `match` frames reordered.
+    pub reordered: AtomicU64,
+    /// Connections stalled, closed abruptly, or closed after an error frame.
+    pub stalls: AtomicU64,
+    /// Abrupt closes.
+    pub closes: AtomicU64,
+    /// Error frames.
+    pub errors: AtomicU64,
+    /// REST requests served (any status).
+    pub rest_requests: AtomicU64,
+    /// REST requests failed on purpose (429 or 500).
+    pub rest_failed: AtomicU64,
+}
+
+/// A generated trade, announced to connections.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Announce {
+    pub(crate) product: usize,
+    pub(crate) trade_id: u64,
+}
+
+pub(crate) struct State {
+    pub(crate) config: CoinbaseSimConfig,
+    pub(crate) chaos: Mutex<Chaos>,
+    /// Per product: the first trade id and the next id to generate.
+    pub(crate) first: Vec<u64>,
+    pub(crate) next: Vec<AtomicU64>,
+    pub(crate) trades: broadcast::Sender<Announce>,
+    pub(crate) counters: SimCounters,
+    pub(crate) rate: Mutex<f64>,
+    pub(crate) rng: Mutex<fastrand::Rng>,
+    pub(crate) shutdown: CancellationToken,
+    emit_lock: Mutex<()>,
+}
+
+impl State {
+    pub(crate) fn product_index(&self, product: &str) -> Option<usize> {
+        self.config.products.iter().position(|p| p == product)
+    }
+
+    /// The newest generated trade id of a product (`first - 1` before the first).
+    pub(crate) fn last(&self, product: usize) -> u64 {
+        self.next[product].load(Ordering::Acquire) - 1
+    }
+
+    pub(crate) fn trade(&self, product: usize, trade_id: u64) -> Trade {
+        Trade::generate(
+            self.config.seed,
+            product,
+            &self.config.products[product],
+            self.first[product],
+            trade_id,
+        )
+    }
+
+    pub(crate) fn chaos(&self) -> Chaos {
+        self.chaos.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn roll(&self, probability: f64) -> bool {
+        probability > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() < probability
+    }
+
+    pub(crate) fn exponential(&self, mean: Option<Duration>) -> Option<Duration> {
+        let mean = mean?;
+        let u = self
+            .rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .f64()
+            .max(1e-9);
+        Some(mean.mul_f64(-u.ln()))
+    }
+}
+
+/// A running simulator. Dropping it stops it.
+#[derive(Clone)]
+pub struct CoinbaseSim {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for CoinbaseSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoinbaseSim")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl CoinbaseSim {
+    /// Binds `127.0.0.1:port` and starts serving and generating.
+    ///
+    /// # Errors
+    /// When the port cannot be bound.
+    pub async fn start(config: CoinbaseSimConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
+        let addr = listener.local_addr()?;
+        // Realistic, distinct id ranges per product (BTC ≈ 1.1e9, ETH ≈ 8.5e8 in late 2026).
+        let first: Vec<u64> = (0..config.products.len() as u64)
+            .map(|i| 1_099_995_623 / (i + 1))
+            .collect();
+        let next = first.iter().map(|f| AtomicU64::new(*f)).collect();
+        let (trades, _) = broadcast::channel(1 << 16);
+        let state = Arc::new(State {
+            chaos: Mutex::new(config.chaos.clone()),
+            rate: Mutex::new(config.rate),
+            rng: Mutex::new(fastrand::Rng::with_seed(config.seed ^ 0x5eed)),
+            config,
+            first,
+            next,
+            trades,
+            counters: SimCounters::default(),
+            shutdown: CancellationToken::new(),
+            emit_lock: Mutex::new(()),
+        });
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(feed::upgrade))
+            .route(
+                "/products/{product}/trades",
+                axum::routing::get(rest::trades),
+            )
+            .with_state(state.clone());
+        let token = state.shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "simulator server failed");
+            }
+        });
+        tokio::spawn(generate(state.clone()));
+        tracing::info!(%addr, "coinbase simulator listening");
+        Ok(Self { addr, state })
+    }
+
+    /// The websocket feed URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// The REST base URL.
+    pub fn rest_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The products that trade.
+    pub fn products(&self) -> &[String] {
+        &self.state.config.products
+    }
+
+    /// The first and the newest generated trade id of `product` (empty range when none yet).
+    pub fn trade_range(&self, product: &str) -> Option<std::ops::RangeInclusive<u64>> {
+        let i = self.state.product_index(product)?;
+        Some(self.state.first[i]..=self.state.last(i))
+    }
+
+    /// Renders trade `trade_id` of `product` (generated or not).
+    pub fn trade(&self, product: &str, trade_id: u64) -> Option<Trade> {
+        let i = self.state.product_index(product)?;
+        Some(self.state.trade(i, trade_id))
+    }
+
+    /// Trades generated so far, over all products.
+    pub fn generated(&self) -> u64 {
+        (0..self.state.first.len())
+            .map(|i| self.state.last(i) + 1 - self.state.first[i])
+            .sum()
+    }
+
+    /// Generates `n` trades at once (round robin over products), beside the rate.
+    pub fn burst(&self, n: u64) {
+        emit_trades(&self.state, n);
+    }
+
+    /// Changes the trade rate (0 stops generating; heartbeats go on).
+    pub fn set_rate(&self, rate: f64) {
+        *self.state.rate.lock().unwrap_or_else(|e| e.into_inner()) = rate;
+    }
+
+    /// Changes the fault knobs for what happens next.
+    pub fn set_chaos(&self, chaos: Chaos) {
+        *self.state.chaos.lock().unwrap_or_else(|e| e.into_inner()) = chaos;
+    }
+
+    /// What the simulator did.
+    pub fn counters(&self) -> &SimCounters {
+        &self.state.counters
+    }
+
+    /// Stops serving (connections close abruptly).
+    pub fn stop(&self) {
+        self.state.shutdown.cancel();
+    }
+}
+
+/// Announces `n` new trades, round robin over products.
+fn emit_trades(state: &State, n: u64) {
+    let products = state.first.len();
+    if products == 0 {
+        return;
+    }
+    // One emitter at a time, so every connection sees each product's ids in order.
+    let _serial = state.emit_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let base = state.generated_total();
+    for i in 0..n {
+        let product = ((base + i) % products as u64) as usize;
+        let trade_id = state.next[product].fetch_add(1, Ordering::AcqRel);
+        let _ = state.trades.send(Announce { product, trade_id });
+    }
+}
+
+impl State {
+    fn generated_total(&self) -> u64 {
+        (0..self.first.len())
+            .map(|i| self.next[i].load(Ordering::Acquire) - self.first[i])
+            .sum()
+    }
+}
+
+/// Generates trades at the configured rate until shutdown.
+async fn generate(state: Arc<State>) {
+    let tick = Duration::from_millis(5);
+    let mut owed = 0.0;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let rate = *state.rate.lock().unwrap_or_else(|e| e.into_inner());
+        owed += rate * tick.as_secs_f64();
+        let due = owed.floor();
+        owed -= due;
+        emit_trades(&state, due as u64);
+    }
+}
