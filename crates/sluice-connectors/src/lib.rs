@@ -3,6 +3,10 @@
 //! (defaults and composition), and `sinks.rs` where a connector ships default destinations.
 //!
 //! - [`file`]: tails a JSON-lines file; the cursor is the byte offset after the last line.
+//! - [`coinbase`]: Coinbase Exchange trades (`matches` + `heartbeat`), gap-free: gaps are
+//!   detected by trade id and heartbeat and backfilled through REST.
 
+#[cfg(feature = "coinbase")]
+pub mod coinbase;
 #[cfg(feature = "file")]
 pub mod file;

@@ -326,6 +326,10 @@ where
                     }
                 }
             }
+            Item::Advance(checkpoint) => {
+                self.pending.push_back((seq, checkpoint));
+                Ok(())
+            }
             Item::Rejected(rejected) => {
                 if let Some(checkpoint) = &rejected.checkpoint {
                     self.pending.push_back((seq, checkpoint.clone()));

@@ -87,6 +87,7 @@ pub struct Rejected {
 pub(crate) enum Item<P> {
     Envelope(Envelope<P>),
     Rejected(Rejected),
+    Advance(Checkpoint),
 }
 
 /// What a session gets from the runtime: the saved cursors, the bounded emit channel, the
@@ -104,6 +105,7 @@ impl<P> std::fmt::Debug for Item<P> {
         match self {
             Item::Envelope(e) => write!(f, "Envelope({})", e.resource),
             Item::Rejected(r) => write!(f, "Rejected({})", r.resource),
+            Item::Advance(c) => write!(f, "Advance({})", c.partition),
         }
     }
 }
@@ -158,6 +160,16 @@ impl<P: Send> SourceContext<P> {
     /// As [`SourceContext::emit`].
     pub async fn reject(&self, rejected: Rejected) -> Result<(), SourceError> {
         self.send(Item::Rejected(rejected)).await
+    }
+
+    /// Moves a partition's cursor without an envelope: progress that carries no data (a new
+    /// pipeline's starting point, a heartbeat of a quiet table). It is saved like the cursor of
+    /// a dropped envelope: once everything emitted before it is durable.
+    ///
+    /// # Errors
+    /// As [`SourceContext::emit`].
+    pub async fn advance(&self, checkpoint: Checkpoint) -> Result<(), SourceError> {
+        self.send(Item::Advance(checkpoint)).await
     }
 
     async fn send(&self, item: Item<P>) -> Result<(), SourceError> {

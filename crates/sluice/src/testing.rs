@@ -41,6 +41,8 @@ pub enum ScriptedItem<P> {
     Envelope(Envelope<P>),
     /// Undecodable input.
     Rejected(Rejected),
+    /// Progress without data.
+    Advance(Checkpoint),
 }
 
 impl<P> ScriptedItem<P> {
@@ -48,6 +50,7 @@ impl<P> ScriptedItem<P> {
         match self {
             ScriptedItem::Envelope(e) => e.checkpoint.as_ref(),
             ScriptedItem::Rejected(r) => r.checkpoint.as_ref(),
+            ScriptedItem::Advance(c) => Some(c),
         }
     }
 }
@@ -142,6 +145,7 @@ impl<P: Clone + Send + Sync + 'static> Source for ScriptedSource<P> {
             match item.clone() {
                 ScriptedItem::Envelope(e) => ctx.emit(e).await?,
                 ScriptedItem::Rejected(r) => ctx.reject(r).await?,
+                ScriptedItem::Advance(c) => ctx.advance(c).await?,
             }
             emitted += 1;
         }

@@ -7,7 +7,7 @@ use std::{
 use serde_json::{Value, json};
 use sluice::{
     BatchLimits, Checkpoint, Envelope, ErrorClass, MemoryStore, Pipeline, Resource, Resources,
-    testing::{FlakyStore, RecordingSink, ScriptedSource, SessionScript, json_log},
+    testing::{FlakyStore, RecordingSink, ScriptedItem, ScriptedSource, SessionScript, json_log},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -207,4 +207,36 @@ async fn linger_flushes_a_partial_batch_of_a_live_source() {
     );
     shutdown.cancel();
     run.await.unwrap().unwrap();
+}
+
+/// Progress without data (`ctx.advance`) is saved, but never ahead of an earlier write.
+#[tokio::test]
+async fn an_advance_without_data_is_saved_after_what_came_before() {
+    let (memory, store, saves) = recording_store();
+    let sink = RecordingSink::new();
+    sink.fail_next(2, ErrorClass::Transient);
+    let items = vec![
+        ScriptedItem::Envelope(
+            Envelope::new("r", json!({"n": 0})).with_checkpoint(Checkpoint::new("p", 1)),
+        ),
+        ScriptedItem::Advance(Checkpoint::new("p", 5)),
+        ScriptedItem::Advance(Checkpoint::new("q", 9)),
+    ];
+    pipeline(
+        ScriptedSource::from_items(items),
+        store,
+        sink.clone(),
+        RecordingSink::new(),
+        10,
+    )
+    .run(CancellationToken::new())
+    .await
+    .unwrap();
+    assert_eq!(sink.rows().len(), 1);
+    let saves = saves.lock().unwrap().clone();
+    assert_eq!(saves.len(), 1, "one save, after the write: {saves:?}");
+    assert_eq!(
+        sluice::testing::int_positions(&memory.snapshot("p")),
+        vec![("p".into(), 5), ("q".into(), 9)]
+    );
 }

@@ -1,0 +1,217 @@
+//! Defines the wire types of the Coinbase Exchange feed and REST trades (protocols.md §1), and
+//! the record a trade becomes.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Any feed frame, parsed in one pass: every field optional, classified after parsing. (An
+/// internally tagged enum would buffer each frame before choosing a variant.)
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub(crate) kind: Option<Cow<'a, str>>,
+    pub(crate) trade_id: Option<u64>,
+    pub(crate) sequence: Option<u64>,
+    #[serde(borrow)]
+    pub(crate) maker_order_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(crate) taker_order_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(crate) time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(crate) product_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(crate) size: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(crate) price: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(crate) side: Option<Cow<'a, str>>,
+    pub(crate) last_trade_id: Option<u64>,
+    #[serde(borrow)]
+    pub(crate) message: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(crate) reason: Option<Cow<'a, str>>,
+}
+
+/// A REST trade object.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RestTrade {
+    pub(crate) trade_id: u64,
+    pub(crate) time: String,
+    pub(crate) price: String,
+    pub(crate) size: String,
+    pub(crate) side: String,
+}
+
+/// A trade on its way to becoming a record.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TradeRecord {
+    pub(crate) trade_id: u64,
+    pub(crate) record: Value,
+}
+
+/// Trims trailing fractional zeros so `"84140.80000000"` (REST) and `"84140.80"` (websocket)
+/// are the same text; `None` when it is not a plain decimal.
+pub fn normalize_decimal(text: &str) -> Option<String> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let plain = !whole.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && fraction.bytes().all(|b| b.is_ascii_digit());
+    if !plain {
+        return None;
+    }
+    let fraction = fraction.trim_end_matches('0');
+    let sign = if text.starts_with('-') { "-" } else { "" };
+    Some(if fraction.is_empty() {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{fraction}")
+    })
+}
+
+fn side(text: &str) -> Option<&'static str> {
+    match text {
+        "buy" => Some("buy"),
+        "sell" => Some("sell"),
+        _ => None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    product: &str,
+    trade_id: u64,
+    price: &str,
+    size: &str,
+    maker_side: &'static str,
+    time: &str,
+    sequence: Option<u64>,
+    orders: Option<(&str, &str)>,
+    source: &'static str,
+) -> Result<TradeRecord, String> {
+    let price =
+        normalize_decimal(price).ok_or_else(|| format!("price {price:?} is not a decimal"))?;
+    let size = normalize_decimal(size).ok_or_else(|| format!("size {size:?} is not a decimal"))?;
+    if !time.ends_with('Z') || time.len() < 20 {
+        return Err(format!("time {time:?} is not RFC 3339 UTC"));
+    }
+    let mut map = Map::new();
+    map.insert("product_id".into(), product.into());
+    map.insert("trade_id".into(), trade_id.into());
+    map.insert("price".into(), price.into());
+    map.insert("size".into(), size.into());
+    map.insert("side".into(), maker_side.into());
+    map.insert("time".into(), time.into());
+    map.insert("sequence".into(), sequence.map_or(Value::Null, Value::from));
+    let (maker, taker) = orders.map_or((Value::Null, Value::Null), |(m, t)| (m.into(), t.into()));
+    map.insert("maker_order_id".into(), maker);
+    map.insert("taker_order_id".into(), taker);
+    map.insert("source".into(), source.into());
+    Ok(TradeRecord {
+        trade_id,
+        record: Value::Object(map),
+    })
+}
+
+impl Frame<'_> {
+    /// The trade of a `match` / `last_match` frame, or why the frame is malformed.
+    pub(crate) fn trade(&self) -> Result<(String, TradeRecord), String> {
+        let missing = |field: &str| format!("match frame without a valid {field}");
+        let product = self
+            .product_id
+            .as_deref()
+            .ok_or_else(|| missing("product_id"))?;
+        let trade_id = self.trade_id.ok_or_else(|| missing("trade_id"))?;
+        let maker_side = self
+            .side
+            .as_deref()
+            .and_then(side)
+            .ok_or_else(|| missing("side"))?;
+        let maker = self
+            .maker_order_id
+            .as_deref()
+            .ok_or_else(|| missing("maker_order_id"))?;
+        let taker = self
+            .taker_order_id
+            .as_deref()
+            .ok_or_else(|| missing("taker_order_id"))?;
+        let record = record(
+            product,
+            trade_id,
+            self.price.as_deref().ok_or_else(|| missing("price"))?,
+            self.size.as_deref().ok_or_else(|| missing("size"))?,
+            maker_side,
+            self.time.as_deref().ok_or_else(|| missing("time"))?,
+            Some(self.sequence.ok_or_else(|| missing("sequence"))?),
+            Some((maker, taker)),
+            "ws",
+        )?;
+        Ok((product.to_owned(), record))
+    }
+}
+
+impl RestTrade {
+    /// The record of a REST trade of `product`.
+    pub(crate) fn record(&self, product: &str) -> Result<TradeRecord, String> {
+        let maker_side =
+            side(&self.side).ok_or_else(|| format!("side {:?} is not buy or sell", self.side))?;
+        record(
+            product,
+            self.trade_id,
+            &self.price,
+            &self.size,
+            maker_side,
+            &self.time,
+            None,
+            None,
+            "rest",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_compare_as_decimals_not_as_strings() {
+        assert_eq!(
+            normalize_decimal("84140.80000000").as_deref(),
+            Some("84140.8")
+        );
+        assert_eq!(normalize_decimal("84140.80"), normalize_decimal("84140.8"));
+        assert_eq!(normalize_decimal("12.000").as_deref(), Some("12"));
+        assert_eq!(
+            normalize_decimal("0.00004104").as_deref(),
+            Some("0.00004104")
+        );
+        assert_eq!(normalize_decimal("-1.50").as_deref(), Some("-1.5"));
+        assert_eq!(normalize_decimal("1e5"), None);
+        assert_eq!(normalize_decimal(""), None);
+    }
+
+    #[test]
+    fn a_documented_match_frame_becomes_an_exact_record() {
+        let text = r#"{"type":"match","trade_id":1099995624,"maker_order_id":"c1f2a9d0-5b7e-4e63-9a51-0f6f3c2d8e11","taker_order_id":"3e0b7d5a-1c44-4f0a-8e2b-7a9d6c5b4f30","side":"buy","size":"0.01250000","price":"84140.82","product_id":"BTC-USD","sequence":136967652391,"time":"2026-09-29T13:45:58.204113Z"}"#;
+        let frame: Frame<'_> = serde_json::from_str(text).unwrap();
+        let (product, trade) = frame.trade().unwrap();
+        assert_eq!(product, "BTC-USD");
+        assert_eq!(trade.record["price"], "84140.82");
+        assert_eq!(trade.record["size"], "0.0125");
+        assert_eq!(trade.record["side"], "buy");
+        assert_eq!(trade.record["time"], "2026-09-29T13:45:58.204113Z");
+        assert_eq!(trade.record["sequence"], 136967652391u64);
+    }
+
+    #[test]
+    fn a_match_without_its_fields_is_malformed() {
+        let frame: Frame<'_> =
+            serde_json::from_str(r#"{"type":"match","product_id":"BTC-USD"}"#).unwrap();
+        assert!(frame.trade().unwrap_err().contains("trade_id"));
+        let frame: Frame<'_> = serde_json::from_str(r#"{"type":"match","trade_id":1,"product_id":"BTC-USD","side":"up","maker_order_id":"a","taker_order_id":"b","price":"1","size":"1","time":"2026-09-29T13:45:58.204113Z","sequence":1}"#).unwrap();
+        assert!(frame.trade().unwrap_err().contains("side"));
+    }
+}
