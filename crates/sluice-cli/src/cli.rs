@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Durable connector pipelines: feeds, change streams and files into SQLite, ClickHouse and
-/// Kafka, with cursors saved only after the writes.
+/// Durable connector pipelines: feeds, change streams and files into SQLite, with cursors saved
+/// only after the writes.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 pub(crate) struct Cli {
@@ -15,13 +15,21 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run pipelines from a config file until they finish or SIGTERM/SIGINT (then drain, exit 0).
+    /// Run a built-in pipeline (`sluice run coinbase`) or pipelines from a config file
+    /// (`sluice run --config FILE [PIPELINE…]`) until they finish or SIGTERM/SIGINT (then drain,
+    /// save, exit 0).
     Run(RunArgs),
     /// Check a config file: syntax, references, schemas, jq programs.
     Validate(ConfigArgs),
     /// Show or reset saved cursors.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
+    /// Run a simulated service on loopback.
+    #[command(subcommand)]
+    Sim(SimCommand),
+    /// The whole thing offline: a simulated Coinbase with faults, the Coinbase pipeline into a
+    /// fresh SQLite file, live progress, and a verification against the simulator's trade log.
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -36,29 +44,104 @@ pub(crate) struct ConfigArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    #[command(flatten)]
-    pub(crate) config: ConfigArgs,
-    /// Pipelines to run (default: all in the file).
-    pub(crate) pipelines: Vec<String>,
+    /// The pipelines file (TOML); without it, the first argument names a built-in pipeline.
+    #[arg(long, short)]
+    pub(crate) config: Option<PathBuf>,
+    /// The SQLite file: records and cursors of built-in pipelines; the store of configs that
+    /// name none.
+    #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
+    pub(crate) db: PathBuf,
+    /// With --config: pipelines to run (default: all). Without: `coinbase`.
+    pub(crate) targets: Vec<String>,
     /// Serve Prometheus metrics on /metrics and health on /health and /ready at this address.
     #[arg(long, env = "SLUICE_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub(crate) coinbase: CoinbaseArgs,
+}
+
+/// Options of the built-in `coinbase` pipeline.
+#[derive(Debug, Args)]
+pub(crate) struct CoinbaseArgs {
+    /// Products, comma-separated [default: BTC-USD,ETH-USD].
+    #[arg(long, env = "COINBASE_PRODUCTS")]
+    pub(crate) products: Option<String>,
+    /// The websocket feed [default: wss://ws-feed.exchange.coinbase.com].
+    #[arg(long, env = "COINBASE_WS_URL")]
+    pub(crate) ws_url: Option<String>,
+    /// The REST API for backfill [default: https://api.exchange.coinbase.com].
+    #[arg(long, env = "COINBASE_REST_URL")]
+    pub(crate) rest_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CheckpointsCommand {
     /// Print the saved cursors of a pipeline.
-    Show {
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// The pipeline id.
-        pipeline: String,
-    },
+    Show(CheckpointArgs),
     /// Delete the saved cursors of a pipeline: its next run starts from the beginning.
-    Reset {
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// The pipeline id.
-        pipeline: String,
-    },
+    Reset(CheckpointArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckpointArgs {
+    /// The pipeline id (`coinbase-trades-listener` for `sluice run coinbase`).
+    pub(crate) pipeline: String,
+    /// The pipelines file whose store to use; without it, --db.
+    #[arg(long, short)]
+    pub(crate) config: Option<PathBuf>,
+    /// The SQLite store.
+    #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
+    pub(crate) db: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SimCommand {
+    /// A simulated Coinbase Exchange: websocket feed on / and REST trades, same port.
+    Coinbase(SimArgs),
+}
+
+/// Fault injection level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ChaosLevel {
+    /// No faults.
+    Off,
+    /// Every fault knob on (drops, duplicates, reorders, stalls, closes, error frames, bad
+    /// frames, throttling, REST 429/500).
+    On,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SimArgs {
+    /// The port on 127.0.0.1 (0: any).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) port: u16,
+    /// Trades per second over all products.
+    #[arg(long, default_value_t = 100.0)]
+    pub(crate) rate: f64,
+    /// Products, comma-separated.
+    #[arg(long, default_value = "BTC-USD,ETH-USD")]
+    pub(crate) products: String,
+    /// Faults.
+    #[arg(long, value_enum, default_value_t = ChaosLevel::Off)]
+    pub(crate) chaos: ChaosLevel,
+    /// The seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How long the simulator trades, in seconds (then the demo waits for the pipeline to catch
+    /// up and verifies).
+    #[arg(long, default_value_t = 30)]
+    pub(crate) duration: u64,
+    /// Trades per second over all products.
+    #[arg(long, default_value_t = 500.0)]
+    pub(crate) rate: f64,
+    /// Faults.
+    #[arg(long, value_enum, default_value_t = ChaosLevel::On)]
+    pub(crate) chaos: ChaosLevel,
+    /// The SQLite file (must not exist; default: a new file in the temp directory).
+    #[arg(long)]
+    pub(crate) db: Option<PathBuf>,
 }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod demo;
 mod registry;
 mod serve;
 
@@ -12,22 +13,30 @@ use std::{process::ExitCode, sync::Arc};
 use anyhow::Context;
 use clap::Parser;
 use sluice::{BackoffPolicy, PipelineError, PipelineExit, PipelineStats, Supervisor};
+use sluice_connectors::coinbase::CoinbaseConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{CheckpointsCommand, Cli, Command, ConfigArgs, RunArgs},
+    cli::{CheckpointArgs, CheckpointsCommand, Cli, Command, ConfigArgs, RunArgs, SimCommand},
     config::{Config, Databases},
 };
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own progress; only errors go to the log unless RUST_LOG says more.
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "error"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,11 +70,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Checkpoints(CheckpointsCommand::Show { config, pipeline }) => {
-            let db = store_of(&config, &pipeline)?;
+        Command::Checkpoints(CheckpointsCommand::Show(args)) => {
+            let db = store_of(&args)?;
             let conn = db.lock();
-            let cursors = sluice_stores::sqlite::load_checkpoints(&conn, &pipeline)?;
-            if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, &pipeline)? {
+            let pipeline = &args.pipeline;
+            let cursors = sluice_stores::sqlite::load_checkpoints(&conn, pipeline)?;
+            if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, pipeline)? {
                 println!("# running: {holder}");
             }
             if cursors.is_empty() {
@@ -76,26 +86,35 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Checkpoints(CheckpointsCommand::Reset { config, pipeline }) => {
-            let db = store_of(&config, &pipeline)?;
+        Command::Checkpoints(CheckpointsCommand::Reset(args)) => {
+            let db = store_of(&args)?;
             let conn = db.lock();
-            if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, &pipeline)? {
+            let pipeline = &args.pipeline;
+            if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, pipeline)? {
                 anyhow::bail!(
                     "pipeline {pipeline} is running ({holder}); stop it before resetting its cursors"
                 );
             }
-            let deleted = sluice_stores::sqlite::reset_checkpoints(&conn, &pipeline)?;
+            let deleted = sluice_stores::sqlite::reset_checkpoints(&conn, pipeline)?;
             println!("{pipeline}: {deleted} cursor(s) deleted");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sim(SimCommand::Coinbase(args)) => demo::sim(args).await,
+        Command::Demo(args) => demo::demo(args).await,
     }
 }
 
-/// The store of a configured pipeline.
-fn store_of(args: &ConfigArgs, pipeline: &str) -> anyhow::Result<sluice_stores::sqlite::SqliteDb> {
-    let config = load(args)?;
-    config.select(&[pipeline.to_owned()])?;
-    Ok(sluice_stores::sqlite::SqliteDb::open(&config.store_path)?)
+/// The store of a pipeline: the config's, or --db.
+fn store_of(args: &CheckpointArgs) -> anyhow::Result<sluice_stores::sqlite::SqliteDb> {
+    let path = match &args.config {
+        Some(config) => {
+            let config = Config::load(config, &args.db)?;
+            config.select(std::slice::from_ref(&args.pipeline))?;
+            config.store_path.clone()
+        }
+        None => args.db.clone(),
+    };
+    Ok(sluice_stores::sqlite::SqliteDb::open(&path)?)
 }
 
 fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
@@ -103,8 +122,58 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = Arc::new(load(&args.config)?);
-    let ids = config.select(&args.pipelines)?;
+    let (config, ids) = match &args.config {
+        Some(path) => {
+            if args.coinbase.products.is_some()
+                || args.coinbase.ws_url.is_some()
+                || args.coinbase.rest_url.is_some()
+            {
+                anyhow::bail!(
+                    "--products, --ws-url and --rest-url are for `sluice run coinbase`; with --config set them in the file"
+                );
+            }
+            let config = Config::load(path, &args.db)?;
+            let ids = config.select(&args.targets)?;
+            (config, ids)
+        }
+        None => match args.targets.as_slice() {
+            [name] if name == "coinbase" => {
+                let defaults = CoinbaseConfig::default();
+                let source = CoinbaseConfig {
+                    products: args
+                        .coinbase
+                        .products
+                        .as_deref()
+                        .map(CoinbaseConfig::parse_products)
+                        .unwrap_or(defaults.products.clone()),
+                    ws_url: args
+                        .coinbase
+                        .ws_url
+                        .clone()
+                        .unwrap_or(defaults.ws_url.clone()),
+                    rest_url: args
+                        .coinbase
+                        .rest_url
+                        .clone()
+                        .unwrap_or(defaults.rest_url.clone()),
+                    ..defaults
+                };
+                let config = Config::builtin_coinbase(source, &args.db)?;
+                (
+                    config,
+                    vec![sluice_connectors::coinbase::PIPELINE_ID.to_owned()],
+                )
+            }
+            [] => anyhow::bail!(
+                "nothing to run: `sluice run coinbase`, or `sluice run --config FILE [PIPELINE…]`"
+            ),
+            other => anyhow::bail!(
+                "unknown built-in pipeline {:?} (built-in: coinbase); for configured pipelines pass --config FILE",
+                other.join(" ")
+            ),
+        },
+    };
+    let config = Arc::new(config);
     let databases = Arc::new(Databases::default());
     // Build once up front so that configuration errors (unopenable files) fail fast with exit 2.
     for id in &ids {
@@ -167,7 +236,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) {
+pub(crate) fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -7,13 +7,14 @@ use sluice::{
     CheckpointCommit, DeadLetter, NullSink, SessionEnd, Sink, SinkError, Source, SourceContext,
     SourceError,
 };
-use sluice_connectors::file::FileSource;
+use sluice_connectors::{coinbase::CoinbaseSource, file::FileSource};
 use sluice_sinks::{jsonl::JsonlSink, sqlite::SqliteSink};
 
 /// Every source kind of the CLI.
 #[derive(Debug)]
 pub(crate) enum AnySource {
     File(FileSource),
+    Coinbase(CoinbaseSource),
 }
 
 impl Source for AnySource {
@@ -22,18 +23,21 @@ impl Source for AnySource {
     fn name(&self) -> &str {
         match self {
             AnySource::File(s) => s.name(),
+            AnySource::Coinbase(s) => s.name(),
         }
     }
 
     fn idle_timeout(&self) -> Option<std::time::Duration> {
         match self {
             AnySource::File(s) => s.idle_timeout(),
+            AnySource::Coinbase(s) => s.idle_timeout(),
         }
     }
 
     async fn run(&mut self, ctx: SourceContext<Value>) -> Result<SessionEnd, SourceError> {
         match self {
             AnySource::File(s) => s.run(ctx).await,
+            AnySource::Coinbase(s) => s.run(ctx).await,
         }
     }
 }

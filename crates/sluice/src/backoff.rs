@@ -36,7 +36,7 @@ impl Default for BackoffPolicy {
             initial: Duration::from_millis(500),
             max: Duration::from_secs(30),
             multiplier: 2.0,
-            stable_after: Duration::from_secs(30),
+            stable_after: Duration::from_secs(10),
         }
     }
 }

@@ -190,6 +190,11 @@ where
         self
     }
 
+    /// The source (for its own counters).
+    pub fn source(&self) -> &Src {
+        &self.source
+    }
+
     /// The pipeline id.
     pub fn id(&self) -> &str {
         &self.id

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use sluice::{Column, OnError};
-use sluice_connectors::file::FileConfig;
+use sluice_connectors::{coinbase::CoinbaseConfig, file::FileConfig};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -76,11 +76,13 @@ pub(crate) struct RawPipeline {
 }
 
 /// `source = { kind = …, … }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum RawSource {
     /// A JSON-lines file.
     File(FileConfig),
+    /// Coinbase Exchange trades.
+    Coinbase(CoinbaseConfig),
 }
 
 /// `[pipelines.ID.resources.NAME]`.

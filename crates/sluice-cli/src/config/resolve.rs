@@ -14,7 +14,10 @@ use sluice::{
     BatchLimits, JqTransform, NullSink, OnError, Pipeline, PipelineOptions, Resource, Resources,
     TableSchema,
 };
-use sluice_connectors::file::FileSource;
+use sluice_connectors::{
+    coinbase::{self, CoinbaseConfig, CoinbaseSource},
+    file::FileSource,
+};
 use sluice_sinks::{jsonl::JsonlSink, sqlite::SqliteSink};
 use sluice_stores::sqlite::{SqliteDb, SqliteStore};
 
@@ -131,6 +134,44 @@ impl Config {
         })
     }
 
+    /// The built-in Coinbase pipeline: trades into table `coinbase_trades` of `db`, cursors in
+    /// the same file (one transaction: exactly-once), poison in `sluice_dead_letters`.
+    pub(crate) fn builtin_coinbase(source: CoinbaseConfig, db: &Path) -> anyhow::Result<Self> {
+        source.validate().map_err(|e| anyhow!("coinbase: {e}"))?;
+        let mut sinks = BTreeMap::new();
+        sinks.insert(
+            STORE_SINK.to_owned(),
+            SinkSpec::Sqlite {
+                path: db.to_path_buf(),
+            },
+        );
+        let resources = vec![ResourceSpec {
+            name: coinbase::RESOURCE.into(),
+            sink: STORE_SINK.into(),
+            schema: Some(coinbase::trades_table()),
+            transform: None,
+            on_error: OnError::DeadLetter,
+        }];
+        let spec = PipelineSpec {
+            source: RawSource::Coinbase(source),
+            resources,
+            dead_letters: (STORE_SINK.to_owned(), default_dead_letter_table()),
+            on_unknown: OnError::DeadLetter,
+            limits: BatchLimits {
+                linger: Duration::from_millis(50),
+                ..BatchLimits::default()
+            },
+            drain_timeout: PipelineOptions::default().drain_timeout,
+        };
+        let pipelines = BTreeMap::from([(coinbase::PIPELINE_ID.to_owned(), spec)]);
+        Ok(Self {
+            store_path: db.to_path_buf(),
+            sinks,
+            pipelines,
+            metrics_addr: None,
+        })
+    }
+
     /// The pipeline ids.
     pub(crate) fn pipeline_ids(&self) -> impl Iterator<Item = &str> {
         self.pipelines.keys().map(String::as_str)
@@ -159,6 +200,9 @@ impl Config {
         let store = SqliteStore::new(databases.open(&self.store_path)?);
         let source = match &spec.source {
             RawSource::File(config) => AnySource::File(FileSource::new(config.clone())),
+            RawSource::Coinbase(config) => {
+                AnySource::Coinbase(CoinbaseSource::new(config.clone())?)
+            }
         };
         let mut resources = Resources::new().on_unknown(spec.on_unknown);
         let mut sinks = Vec::new();
