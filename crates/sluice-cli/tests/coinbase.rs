@@ -1,0 +1,216 @@
+//! `sluice run coinbase` and `sluice demo` as processes, against the simulator in this test
+//! process: SIGKILL at several points with restarts, SIGTERM, a bad product.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use sluice_sim::coinbase::{Chaos, CoinbaseSim, CoinbaseSimConfig};
+
+fn sluice() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .env("RUST_LOG", "warn")
+        .env_remove("SLUICE_DB")
+        .env_remove("COINBASE_PRODUCTS");
+    command
+}
+
+fn spawn(sim: &CoinbaseSim, db: &Path) -> Child {
+    sluice()
+        .args([
+            "run",
+            "coinbase",
+            "--ws-url",
+            &sim.ws_url(),
+            "--rest-url",
+            &sim.rest_url(),
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn query(db: &Path, sql: &str) -> i64 {
+    if !db.exists() {
+        return 0;
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigterm(child: &Child) {
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// SIGKILL the process at several points while trades flow (with faults on), restart it each
+/// time, then stop cleanly: every trade of the simulator's log is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_several_points_with_restarts_loses_and_repeats_nothing() {
+    let chaos = Chaos {
+        drop: 0.01,
+        duplicate: 0.01,
+        reorder: 0.01,
+        ..Chaos::default()
+    };
+    let sim = CoinbaseSim::start(CoinbaseSimConfig {
+        rate: 0.0,
+        chaos,
+        heartbeat: Duration::from_millis(250),
+        ..CoinbaseSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("trades.db");
+    let mut child = spawn(&sim, &db);
+    wait_for("the starting cursors", Duration::from_secs(30), || {
+        query(&db, "SELECT count(*) FROM sluice_checkpoints") >= 2
+    })
+    .await;
+    sim.set_rate(300.0);
+    for delay_ms in [700, 250, 1300, 500] {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await; // trades while down
+        child = spawn(&sim, &db);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    sim.set_rate(0.0);
+    let generated = sim.generated() as i64;
+    wait_for("every trade", Duration::from_secs(60), || {
+        query(&db, "SELECT count(*) FROM coinbase_trades") >= generated
+    })
+    .await;
+    sigterm(&child);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for product in sim.products() {
+        let range = sim.trade_range(product).unwrap();
+        let count = query(
+            &db,
+            &format!("SELECT count(*) FROM coinbase_trades WHERE product_id = '{product}'"),
+        );
+        let lo = query(
+            &db,
+            &format!("SELECT min(trade_id) FROM coinbase_trades WHERE product_id = '{product}'"),
+        );
+        let hi = query(
+            &db,
+            &format!("SELECT max(trade_id) FROM coinbase_trades WHERE product_id = '{product}'"),
+        );
+        assert_eq!(
+            (lo as u64, hi as u64),
+            (*range.start(), *range.end()),
+            "{product}: stored range"
+        );
+        assert_eq!(
+            count as u64,
+            range.end() - range.start() + 1,
+            "{product}: every id once"
+        );
+    }
+    let saved = query(
+        &db,
+        "SELECT count(*) FROM sluice_checkpoints WHERE pipeline = 'coinbase-trades-listener'",
+    );
+    assert_eq!(saved, 2, "one cursor per product");
+}
+
+/// An unknown product is a configuration error: exit 1 with the exchange's reason, no loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_product_exits_with_the_reason() {
+    let sim = CoinbaseSim::start(CoinbaseSimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::task::spawn_blocking({
+        let (ws, rest, db) = (sim.ws_url(), sim.rest_url(), dir.path().join("x.db"));
+        move || {
+            sluice()
+                .args([
+                    "run",
+                    "coinbase",
+                    "--products",
+                    "BTC-USDX",
+                    "--ws-url",
+                    &ws,
+                    "--rest-url",
+                    &rest,
+                    "--db",
+                    db.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("BTC-USDX is not a valid product"),
+        "{stderr}"
+    );
+}
+
+/// The demo, short: it ends with the verification line.
+#[test]
+fn the_demo_ends_with_nothing_missing_and_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let output = sluice()
+        .args([
+            "demo",
+            "--duration",
+            "4",
+            "--rate",
+            "400",
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("\n0 missing, 0 duplicates"), "{stdout}");
+    assert!(
+        stdout.contains("missing 0, duplicates 0, mismatched 0, unexpected 0"),
+        "{stdout}"
+    );
+}
