@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
+    path::Path,
     process::ExitCode,
     sync::atomic::Ordering,
     time::{Duration, Instant},
@@ -256,7 +256,7 @@ fn verify(sim: &CoinbaseSim, store: &sluice_stores::sqlite::SqliteDb) -> anyhow:
     Ok(verdict)
 }
 
-fn print_summary(sim: &CoinbaseSim, source: &CoinbaseStats, verdict: &Verdict, db: &PathBuf) {
+fn print_summary(sim: &CoinbaseSim, source: &CoinbaseStats, verdict: &Verdict, db: &Path) {
     let c = sim.counters();
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     println!();

@@ -153,7 +153,7 @@ where
 
 impl<Src, R, S, C, D> Pipeline<Src, R, S, C, D>
 where
-    Src: Source,
+    Src: Source + 'static,
     Src::Payload: Serialize,
     R: Record,
     S: Sink<R>,
@@ -296,16 +296,12 @@ where
             hard_stop.clone(),
             stats.clone(),
         );
+        // The source runs in its own task (parsing on one core while the processor writes on
+        // another); the mutex hands it from session to session and is released when a session's
+        // task is dropped.
+        let source = Arc::new(tokio::sync::Mutex::new(self.source));
         let result = run_sessions(
-            &id,
-            &mut self.source,
-            processor,
-            store,
-            &lease,
-            &options,
-            &shutdown,
-            &hard_stop,
-            &stats,
+            &id, &source, processor, store, &lease, &options, &shutdown, &hard_stop, &stats,
         )
         .await;
         stats.set_up(false);
@@ -400,7 +396,7 @@ enum Ending {
 #[allow(clippy::too_many_arguments)]
 async fn run_sessions<Src, R, S, C, D>(
     id: &Arc<str>,
-    source: &mut Src,
+    source: &Arc<tokio::sync::Mutex<Src>>,
     mut processor: Processor<'_, Src::Payload, R, S, D, C>,
     store: &C,
     lease: &Lease,
@@ -410,7 +406,7 @@ async fn run_sessions<Src, R, S, C, D>(
     stats: &PipelineStats,
 ) -> Result<PipelineExit, PipelineError>
 where
-    Src: Source,
+    Src: Source + 'static,
     Src::Payload: Serialize,
     R: Record,
     S: Sink<R>,
@@ -418,7 +414,13 @@ where
     D: Sink<DeadLetter>,
 {
     let mut backoff = Backoff::new(options.reconnect);
-    let idle_timeout = options.idle_timeout.or_else(|| source.idle_timeout());
+    let (name, idle_timeout) = {
+        let source = source.lock().await;
+        (
+            source.name().to_owned(),
+            options.idle_timeout.or_else(|| source.idle_timeout()),
+        )
+    };
     let renew_every = (options.lease_ttl / 3).max(Duration::from_millis(10));
     loop {
         // Resume from what the store holds, never from memory.
@@ -427,7 +429,7 @@ where
         else {
             return Ok(PipelineExit::Stopped);
         };
-        tracing::info!(pipeline = %id, source = source.name(), cursors = saved.len(), "session starting");
+        tracing::info!(pipeline = %id, source = %name, cursors = saved.len(), "session starting");
         processor.begin_session(saved.clone());
         let (tx, mut rx) = mpsc::channel(options.channel_capacity);
         let liveness = Arc::new(Liveness::default());
@@ -435,14 +437,24 @@ where
         let started = Instant::now();
         stats.set_up(true);
 
-        let mut session = Box::pin(source.run(ctx));
+        let guard = source.clone().lock_owned().await;
+        let mut session = tokio::spawn(async move {
+            let mut source = guard;
+            source.run(ctx).await
+        });
+        let mut session_done = false;
         let mut consume = pin!(processor.consume(&mut rx));
         let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
         let ending = loop {
             tokio::select! {
                 biased;
                 result = &mut consume => break Ending::Processor(result),
-                result = &mut session => break Ending::Source(result),
+                result = &mut session => {
+                    session_done = true;
+                    break Ending::Source(result.unwrap_or_else(|join| {
+                        Err(SourceError::transient(format!("source task failed: {join}")))
+                    }));
+                }
                 _ = shutdown.cancelled() => break Ending::Shutdown,
                 _ = watchdog::idle(&liveness, idle_timeout) => break Ending::Idle,
                 _ = renew.tick() => {
@@ -458,7 +470,10 @@ where
         };
         // Stop the source first: dropping the session closes its connection and the channel,
         // so the drain below is a barrier, not a snapshot.
-        drop(session);
+        if !session_done {
+            session.abort();
+            let _ = session.await;
+        }
         stats.set_up(false);
         let (drained, ending) = match ending {
             Ending::Processor(Ok(())) => {

@@ -227,6 +227,11 @@ where
                             self.flush(Target::DeadLetters).await?;
                         }
                     }
+                    // A steady trickle keeps this branch ready, so the timer branch below may
+                    // never be polled: honour lingers that expired meanwhile here.
+                    if self.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                        self.flush_due().await?;
+                    }
                 }
                 _ = sleep_until_opt(deadline) => self.flush_due().await?,
             }
@@ -720,6 +725,7 @@ async fn write_isolating<T: Record, K: Sink<T>>(
             },
         }
     }
+    tracing::debug!(pipeline, destination = %slot.name, records = slot.records.len(), write_ms = started.elapsed().as_secs_f64() * 1e3, "batch written");
     metrics::histogram!("sluice_batch_write_seconds", "pipeline" => pipeline.to_owned(), "destination" => slot.name.clone())
         .record(started.elapsed().as_secs_f64());
     Ok((committed, rejected))

@@ -45,7 +45,7 @@ pub(crate) fn pipeline<Src, C: CheckpointStore>(
     max_records: usize,
 ) -> Pipeline<Src, Value, RecordingSink<Value>, C, RecordingSink<DeadLetter>>
 where
-    Src: Source<Payload = Value>,
+    Src: Source<Payload = Value> + 'static,
 {
     Pipeline::new(
         "p",

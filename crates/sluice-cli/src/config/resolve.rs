@@ -158,7 +158,12 @@ impl Config {
             dead_letters: (STORE_SINK.to_owned(), default_dead_letter_table()),
             on_unknown: OnError::DeadLetter,
             limits: BatchLimits {
-                linger: Duration::from_millis(50),
+                // A short linger keeps frame-to-durable latency low at feed rates; under load
+                // batches fill by count first.
+                linger: Duration::from_millis(5),
+                // Small enough that the source fills the next batch (channel: 4096) while this
+                // one is written: reading and writing overlap on two cores.
+                max_records: 2_000,
                 ..BatchLimits::default()
             },
             drain_timeout: PipelineOptions::default().drain_timeout,

@@ -328,9 +328,7 @@ impl Session<'_> {
             Some("heartbeat") => {
                 self.ctx.alive();
                 match (frame.product_id.as_deref(), frame.last_trade_id) {
-                    (Some(product), Some(last)) => {
-                        self.on_heartbeat(&product.to_owned(), last).await
-                    }
+                    (Some(product), Some(last)) => self.on_heartbeat(product, last).await,
                     _ => {
                         self.reject(
                             text.to_owned(),
@@ -402,7 +400,8 @@ impl Source for CoinbaseSource {
         let url = self.config.ws_url.clone();
         let (mut socket, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url.as_str()),
+            // No Nagle on our side either: the subscribe goes out at once.
+            tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
         )
         .await
         .map_err(|_| SourceError::transient(format!("coinbase: connecting to {url} timed out")))?

@@ -248,6 +248,10 @@ impl CoinbaseSim {
             .with_state(state.clone());
         let token = state.shutdown.clone();
         tokio::spawn(async move {
+            // Frames go out as they are generated, like the real feed: no Nagle delay.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { token.cancelled().await })
                 .await;
