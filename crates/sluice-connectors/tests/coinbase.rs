@@ -157,11 +157,9 @@ async fn stop(running: Running) -> Result<PipelineExit, sluice::PipelineError> {
     running.handle.await.unwrap()
 }
 
-async fn run_with(chaos: Chaos, seconds: u64) -> Running {
-    let sim = sim(0.0, chaos).await;
-    let store = Arc::new(MemoryStore::new());
-    let running = start(source_config(&sim), store.clone(), RecordingSink::new());
-    // The pipeline's starting point is saved (from the first heartbeat) before trading starts.
+/// Waits until the pipeline's starting point is saved (from the first heartbeat), so that every
+/// trade generated afterwards is expected.
+async fn wait_started(sim: &CoinbaseSim, store: &MemoryStore) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while store.snapshot(PIPELINE_ID).len() < sim.products().len() {
         assert!(
@@ -170,6 +168,13 @@ async fn run_with(chaos: Chaos, seconds: u64) -> Running {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn run_with(chaos: Chaos, seconds: u64) -> Running {
+    let sim = sim(0.0, chaos).await;
+    let store = Arc::new(MemoryStore::new());
+    let running = start(source_config(&sim), store.clone(), RecordingSink::new());
+    wait_started(&sim, &store).await;
     sim.set_rate(400.0);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     verify(&sim, &running, Duration::from_secs(20)).await;
@@ -325,10 +330,12 @@ async fn every_fault_at_once_loses_nothing() {
 /// A restart resumes from the saved cursors and backfills what traded while it was down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_backfills_what_traded_while_down() {
-    let sim = sim(300.0, Chaos::default()).await;
+    let sim = sim(0.0, Chaos::default()).await;
     let store = Arc::new(MemoryStore::new());
     let sink = RecordingSink::new();
     let first = start(source_config(&sim), store.clone(), sink.clone());
+    wait_started(&sim, &store).await;
+    sim.set_rate(300.0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop(first).await.unwrap();
     let saved = store.snapshot(PIPELINE_ID);

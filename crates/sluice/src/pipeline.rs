@@ -390,7 +390,36 @@ enum Ending {
     Shutdown,
     Idle,
     Processor(Result<(), PipelineError>),
+    /// The processor drained a closed channel; the source's result.
+    Drained(Result<SessionEnd, SourceError>),
     LeaseLost(StoreError),
+}
+
+fn source_result(
+    joined: Result<Result<SessionEnd, SourceError>, tokio::task::JoinError>,
+) -> Result<SessionEnd, SourceError> {
+    joined.unwrap_or_else(|join| {
+        Err(SourceError::transient(format!(
+            "source task failed: {join}"
+        )))
+    })
+}
+
+/// The result of a source task whose channel closed. A source that dropped its context but goes
+/// on running is stopped after a grace period.
+async fn joined(
+    session: &mut tokio::task::JoinHandle<Result<SessionEnd, SourceError>>,
+) -> Result<SessionEnd, SourceError> {
+    match tokio::time::timeout(Duration::from_secs(5), &mut *session).await {
+        Ok(result) => source_result(result),
+        Err(_) => {
+            session.abort();
+            let _ = session.await;
+            Err(SourceError::transient(
+                "the source dropped its context but kept running; stopped",
+            ))
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -448,12 +477,18 @@ where
         let ending = loop {
             tokio::select! {
                 biased;
-                result = &mut consume => break Ending::Processor(result),
+                result = &mut consume => match result {
+                    // The channel closed: the source's task ended (or dropped its context) and
+                    // everything it sent is written. Its own result says how it ended.
+                    Ok(()) => {
+                        session_done = true;
+                        break Ending::Drained(joined(&mut session).await);
+                    }
+                    Err(error) => break Ending::Processor(Err(error)),
+                },
                 result = &mut session => {
                     session_done = true;
-                    break Ending::Source(result.unwrap_or_else(|join| {
-                        Err(SourceError::transient(format!("source task failed: {join}")))
-                    }));
+                    break Ending::Source(source_result(result));
                 }
                 _ = shutdown.cancelled() => break Ending::Shutdown,
                 _ = watchdog::idle(&liveness, idle_timeout) => break Ending::Idle,
@@ -476,10 +511,7 @@ where
         }
         stats.set_up(false);
         let (drained, ending) = match ending {
-            Ending::Processor(Ok(())) => {
-                tracing::warn!(pipeline = %id, "source dropped its context; reconnecting");
-                (Ok(()), Ending::Source(Ok(SessionEnd::Closed)))
-            }
+            Ending::Drained(result) => (Ok(()), Ending::Source(result)),
             Ending::Processor(Err(error)) => (Err(error), Ending::Shutdown),
             Ending::LeaseLost(source) => (
                 Err(PipelineError::Store {
@@ -527,7 +559,9 @@ where
             Ending::Idle => {
                 tracing::warn!(pipeline = %id, timeout_s = idle_timeout.unwrap_or_default().as_secs_f64(), "source idle; reconnecting")
             }
-            Ending::Processor(_) | Ending::LeaseLost(_) => unreachable!("mapped above"),
+            Ending::Processor(_) | Ending::Drained(_) | Ending::LeaseLost(_) => {
+                unreachable!("mapped above")
+            }
         }
         stats.add_reconnect();
         backoff.reset_if_stable(up_for);
