@@ -296,9 +296,8 @@ where
             hard_stop.clone(),
             stats.clone(),
         );
-        // The source runs in its own task (parsing on one core while the processor writes on
-        // another); the mutex hands it from session to session and is released when a session's
-        // task is dropped.
+        // The mutex hands the source from session to session (see `SessionTask`); a session
+        // releases it when it is dropped.
         let source = Arc::new(tokio::sync::Mutex::new(self.source));
         let result = run_sessions(
             &id, &source, processor, store, &lease, &options, &shutdown, &hard_stop, &stats,
@@ -395,29 +394,68 @@ enum Ending {
     LeaseLost(StoreError),
 }
 
-fn source_result(
-    joined: Result<Result<SessionEnd, SourceError>, tokio::task::JoinError>,
-) -> Result<SessionEnd, SourceError> {
-    joined.unwrap_or_else(|join| {
-        Err(SourceError::transient(format!(
-            "source task failed: {join}"
-        )))
-    })
+type SessionFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<SessionEnd, SourceError>> + Send>>;
+
+/// A running source session: its own task on a multi-threaded runtime (the source parses on one
+/// core while the processor writes on another), polled in place on a current-thread runtime
+/// (where a second task would only add wake-ups).
+enum SessionTask {
+    Inline(Option<SessionFuture>),
+    Spawned(tokio::task::JoinHandle<Result<SessionEnd, SourceError>>),
 }
 
-/// The result of a source task whose channel closed. A source that dropped its context but goes
-/// on running is stopped after a grace period.
-async fn joined(
-    session: &mut tokio::task::JoinHandle<Result<SessionEnd, SourceError>>,
-) -> Result<SessionEnd, SourceError> {
-    match tokio::time::timeout(Duration::from_secs(5), &mut *session).await {
-        Ok(result) => source_result(result),
-        Err(_) => {
-            session.abort();
-            let _ = session.await;
-            Err(SourceError::transient(
-                "the source dropped its context but kept running; stopped",
-            ))
+impl SessionTask {
+    fn start(session: SessionFuture) -> Self {
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => Self::Spawned(tokio::spawn(session)),
+            _ => Self::Inline(Some(session)),
+        }
+    }
+
+    /// Stops the session: drops it, which closes its connection and its end of the channel.
+    async fn stop(&mut self) {
+        match self {
+            Self::Inline(session) => drop(session.take()),
+            Self::Spawned(handle) => {
+                handle.abort();
+                let _ = handle.await;
+            }
+        }
+    }
+
+    /// The result of a session whose channel closed. A source that dropped its context but goes
+    /// on running is stopped after a grace period.
+    async fn finish(&mut self) -> Result<SessionEnd, SourceError> {
+        match tokio::time::timeout(Duration::from_secs(5), &mut *self).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.stop().await;
+                Err(SourceError::transient(
+                    "the source dropped its context but kept running; stopped",
+                ))
+            }
+        }
+    }
+}
+
+impl Future for SessionTask {
+    type Output = Result<SessionEnd, SourceError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Inline(Some(session)) => session.as_mut().poll(cx),
+            Self::Inline(None) => std::task::Poll::Pending,
+            Self::Spawned(handle) => std::pin::Pin::new(handle).poll(cx).map(|joined| {
+                joined.unwrap_or_else(|join| {
+                    Err(SourceError::transient(format!(
+                        "source task failed: {join}"
+                    )))
+                })
+            }),
         }
     }
 }
@@ -467,10 +505,10 @@ where
         stats.set_up(true);
 
         let guard = source.clone().lock_owned().await;
-        let mut session = tokio::spawn(async move {
+        let mut session = SessionTask::start(Box::pin(async move {
             let mut source = guard;
             source.run(ctx).await
-        });
+        }));
         let mut session_done = false;
         let mut consume = pin!(processor.consume(&mut rx));
         let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
@@ -482,13 +520,13 @@ where
                     // everything it sent is written. Its own result says how it ended.
                     Ok(()) => {
                         session_done = true;
-                        break Ending::Drained(joined(&mut session).await);
+                        break Ending::Drained(session.finish().await);
                     }
                     Err(error) => break Ending::Processor(Err(error)),
                 },
                 result = &mut session => {
                     session_done = true;
-                    break Ending::Source(source_result(result));
+                    break Ending::Source(result);
                 }
                 _ = shutdown.cancelled() => break Ending::Shutdown,
                 _ = watchdog::idle(&liveness, idle_timeout) => break Ending::Idle,
@@ -506,8 +544,7 @@ where
         // Stop the source first: dropping the session closes its connection and the channel,
         // so the drain below is a barrier, not a snapshot.
         if !session_done {
-            session.abort();
-            let _ = session.await;
+            session.stop().await;
         }
         stats.set_up(false);
         let (drained, ending) = match ending {
