@@ -288,3 +288,58 @@ fn shipped_examples_validate_and_the_orders_example_runs() {
         "the malformed line, once per pipeline"
     );
 }
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response))
+}
+
+/// `--metrics-addr` serves Prometheus metrics, /health and /ready while pipelines run.
+#[test]
+fn metrics_health_and_readiness_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_input, db, config) = ingest_setup(dir.path(), 500, true);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = sluice()
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("all rows", Duration::from_secs(30), || {
+        table_rows(&db) >= 500
+    });
+    let mut metrics = String::new();
+    wait_for("the metrics endpoint", Duration::from_secs(30), || {
+        metrics = http_get(port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        metrics.contains("sluice_records_written_total")
+    });
+    let health = http_get(port, "/health");
+    let ready = http_get(port, "/ready");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(metrics.contains("pipeline=\"ingest\""), "{metrics}");
+    assert!(
+        metrics.contains("sluice_checkpoint_saves_total"),
+        "{metrics}"
+    );
+    assert_eq!(health.map(|(status, _)| status), Some(200));
+    assert_eq!(ready.map(|(status, _)| status), Some(200));
+}

@@ -18,3 +18,5 @@ mod flow;
 mod exactly_once;
 // Random failure schedules never save ahead of the writes and never lose an envelope.
 mod properties;
+// The supervisor restarts transient failures and panics, stops on fatal ones.
+mod supervision;
