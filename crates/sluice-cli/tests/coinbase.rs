@@ -94,7 +94,21 @@ async fn sigkill_at_several_points_with_restarts_loses_and_repeats_nothing() {
     })
     .await;
     sim.set_rate(300.0);
-    for delay_ms in [700, 250, 1300, 500] {
+    // Kill points drawn at random (the seed is printed to replay a failure).
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("kill schedule seed: {seed}");
+    let mut state = seed | 1;
+    let mut next_delay = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        150 + state % 1350
+    };
+    for _ in 0..4 {
+        let delay_ms = next_delay();
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

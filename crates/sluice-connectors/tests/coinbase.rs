@@ -94,6 +94,10 @@ async fn sim(rate: f64, chaos: Chaos) -> CoinbaseSim {
     .unwrap()
 }
 
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn ids_by_product(rows: &[Value]) -> BTreeMap<String, Vec<u64>> {
     let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for row in rows {
@@ -184,13 +188,7 @@ async fn run_with(chaos: Chaos, seconds: u64) -> Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_feed_is_stored_whole() {
     let running = run_with(Chaos::default(), 2).await;
-    assert_eq!(
-        running
-            .stats
-            .gaps_backfilled
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(count(&running.stats.gaps_backfilled), 0);
     assert_eq!(stop(running).await.unwrap(), PipelineExit::Stopped);
 }
 
@@ -204,13 +202,7 @@ async fn dropped_matches_are_backfilled_through_rest() {
         3,
     )
     .await;
-    assert!(
-        running
-            .stats
-            .trades_rest
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    assert!(count(&running.stats.trades_rest) > 0);
     stop(running).await.unwrap();
 }
 
@@ -225,13 +217,7 @@ async fn duplicates_and_reordered_matches_are_stored_once_in_order() {
         3,
     )
     .await;
-    assert!(
-        running
-            .stats
-            .duplicates
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    assert!(count(&running.stats.duplicates) > 0);
     for ids in ids_by_product(&running.sink.rows()).values() {
         assert!(
             ids.windows(2).all(|w| w[0] < w[1]),
@@ -256,40 +242,82 @@ async fn a_stalled_feed_is_reopened_by_the_watchdog() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abrupt_closes_error_frames_and_throttled_upgrades_reconnect_without_loss() {
-    let chaos = Chaos {
-        close_every: Some(Duration::from_millis(600)),
-        error_every: Some(Duration::from_millis(900)),
-        throttle: 0.3,
-        ..Chaos::default()
-    };
-    let running = run_with(chaos, 4).await;
-    assert!(running.pipeline.snapshot().reconnects >= 2);
+async fn abrupt_closes_reconnect_without_loss() {
+    let running = run_with(
+        Chaos {
+            close_every: Some(Duration::from_millis(600)),
+            ..Chaos::default()
+        },
+        3,
+    )
+    .await;
+    assert!(running.pipeline.snapshot().reconnects >= 1);
     stop(running).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_types_are_ignored_and_malformed_frames_dead_lettered() {
+async fn error_frames_reconnect_without_loss() {
+    let running = run_with(
+        Chaos {
+            error_every: Some(Duration::from_millis(600)),
+            ..Chaos::default()
+        },
+        3,
+    )
+    .await;
+    assert!(running.pipeline.snapshot().reconnects >= 1);
+    stop(running).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_upgrades_are_retried_with_backoff() {
+    // Every second connection attempt is refused with HTTP 429; closes force reconnects.
+    let chaos = Chaos {
+        throttle: 0.5,
+        close_every: Some(Duration::from_millis(800)),
+        ..Chaos::default()
+    };
+    let running = run_with(chaos, 3).await;
+    stop(running).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_types_are_ignored_and_counted() {
     let running = run_with(
         Chaos {
             unknown: 0.05,
+            ..Chaos::default()
+        },
+        2,
+    )
+    .await;
+    assert!(count(&running.stats.unknown) > 0);
+    assert!(
+        running.dead.rows().is_empty(),
+        "unknown types are not poison"
+    );
+    stop(running).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_are_dead_lettered_and_the_connection_stays_up() {
+    let running = run_with(
+        Chaos {
             malformed: 0.05,
             ..Chaos::default()
         },
         2,
     )
     .await;
-    assert!(
-        running
-            .stats
-            .unknown
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
     let dead = running.dead.rows();
     assert!(!dead.is_empty());
     assert!(dead.iter().all(|d| d.resource == RESOURCE
         && (d.reason.contains("not JSON") || d.reason.contains("without a valid"))));
+    assert_eq!(
+        running.pipeline.snapshot().reconnects,
+        0,
+        "poison does not reconnect"
+    );
     stop(running).await.unwrap();
 }
 
@@ -345,11 +373,7 @@ async fn a_restart_backfills_what_traded_while_down() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     verify(&sim, &second, Duration::from_secs(20)).await;
     assert!(
-        second
-            .stats
-            .trades_rest
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0,
+        count(&second.stats.trades_rest) > 0,
         "the downtime was backfilled"
     );
     stop(second).await.unwrap();
@@ -379,13 +403,6 @@ async fn an_unknown_or_delisted_product_stops_the_pipeline_with_a_clear_error() 
             "{}",
             sluice::report(&error)
         );
-        assert_eq!(
-            running
-                .stats
-                .sessions
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1,
-            "no reconnect loop"
-        );
+        assert_eq!(count(&running.stats.sessions), 1, "no reconnect loop");
     }
 }

@@ -169,9 +169,10 @@ async fn connection(mut socket: WebSocket, state: Arc<State>) {
         }
     }
     let chaos = state.chaos();
-    let mut stall_at = deadline(state.exponential(chaos.stall_every));
-    let mut close_at = deadline(state.exponential(chaos.close_every));
-    let mut error_at = deadline(state.exponential(chaos.error_every));
+    // Each of these ends the connection when it fires, so each fires at most once.
+    let stall_at = deadline(state.exponential(chaos.stall_every));
+    let close_at = deadline(state.exponential(chaos.close_every));
+    let error_at = deadline(state.exponential(chaos.error_every));
     let mut beat = tokio::time::interval(state.config.heartbeat);
     let mut held: HashMap<usize, String> = HashMap::new();
     loop {
@@ -229,10 +230,6 @@ async fn connection(mut socket: WebSocket, state: Arc<State>) {
                 return;
             }
         }
-        // Timers fire once per connection.
-        stall_at = stall_at.filter(|d| *d > Instant::now());
-        close_at = close_at.filter(|d| *d > Instant::now());
-        error_at = error_at.filter(|d| *d > Instant::now());
     }
 }
 
