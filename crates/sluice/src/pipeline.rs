@@ -511,6 +511,9 @@ where
         }));
         let mut session_done = false;
         let mut consume = pin!(processor.consume(&mut rx));
+        // Created once per session: a fresh watchdog on every lease renewal would forget the
+        // silence so far, and never fire when the renewal period is shorter than the timeout.
+        let mut idle = pin!(watchdog::idle(&liveness, idle_timeout));
         let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
         let ending = loop {
             tokio::select! {
@@ -529,7 +532,7 @@ where
                     break Ending::Source(result);
                 }
                 _ = shutdown.cancelled() => break Ending::Shutdown,
-                _ = watchdog::idle(&liveness, idle_timeout) => break Ending::Idle,
+                _ = &mut idle => break Ending::Idle,
                 _ = renew.tick() => {
                     if let Err(error) = store.renew(lease, options.lease_ttl).await {
                         if error.class() == ErrorClass::Transient {

@@ -207,3 +207,26 @@ async fn a_silent_session_is_reopened_by_the_watchdog() {
         Some(4)
     );
 }
+
+/// Regression: lease renewals more frequent than the idle timeout must not reset the watchdog.
+#[tokio::test]
+async fn the_watchdog_fires_even_when_the_lease_renews_more_often() {
+    let memory = Arc::new(MemoryStore::new());
+    let sink = RecordingSink::new();
+    let source = ScriptedSource::new(json_log("r", 10, 1))
+        .sessions([SessionScript::StallAfter(4)], SessionScript::Finish)
+        .idle_timeout(Duration::from_millis(400));
+    let run = pipeline(source, memory, sink.clone(), RecordingSink::new(), 2).options(
+        sluice::PipelineOptions {
+            lease_ttl: Duration::from_millis(150),
+            ..crate::common::fast_options()
+        },
+    );
+    let stats = run.stats();
+    tokio::time::timeout(Duration::from_secs(10), run.run(CancellationToken::new()))
+        .await
+        .expect("the watchdog fired")
+        .unwrap();
+    assert_eq!(ns(&sink.rows()), (0..10).collect::<Vec<_>>());
+    assert_eq!(stats.snapshot().reconnects, 1);
+}

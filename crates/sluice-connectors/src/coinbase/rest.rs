@@ -55,6 +55,7 @@ impl RestClient {
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
             metrics::counter!("sluice_coinbase_rest_requests_total", "product" => product.to_owned()).increment(1);
+            tracing::debug!(product, after_id, before_id, "REST trades request");
             match self.http.get(&url).query(&query).send().await {
                 Ok(response) => {
                     let status = response.status();
