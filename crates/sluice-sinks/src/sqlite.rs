@@ -9,6 +9,7 @@ use rusqlite::{
 use serde_json::Value;
 use sluice::{
     CheckpointCommit, ColumnType, DeadLetter, ErrorClass, Record, Sink, SinkError, TableSchema,
+    is_plain_decimal,
 };
 use sluice_stores::sqlite::{SqliteDb, classify, save_in_tx};
 
@@ -112,7 +113,7 @@ fn bind<'a>(
             ToSqlOutput::Owned(SqlValue::Real(n.as_f64().ok_or_else(mismatch)?))
         }
         (ColumnType::Boolean, Value::Bool(b)) => ToSqlOutput::Owned(SqlValue::Integer(*b as i64)),
-        (ColumnType::Decimal, Value::String(s)) if is_decimal(s) => {
+        (ColumnType::Decimal, Value::String(s)) if is_plain_decimal(s) => {
             ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
         }
         (ColumnType::Decimal, Value::Number(n)) => {
@@ -127,15 +128,6 @@ fn bind<'a>(
         (ColumnType::Json, other) => ToSqlOutput::Owned(SqlValue::Text(other.to_string())),
         _ => return Err(mismatch()),
     })
-}
-
-/// A plain decimal: optional sign, digits, optional fraction (what exchanges and databases send).
-fn is_decimal(text: &str) -> bool {
-    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    !(whole.is_empty() && fraction.is_empty())
-        && whole.bytes().all(|b| b.is_ascii_digit())
-        && fraction.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Runs blocking SQLite work: in place on a multi-threaded runtime (no copy of the batch),

@@ -99,7 +99,7 @@ pub use error::{
 #[cfg(feature = "jq")]
 pub use jq::JqTransform;
 pub use pipeline::{NoDeadLetters, Pipeline, PipelineExit, PipelineOptions, default_holder};
-pub use record::{Column, ColumnType, DeadLetter, Record, TableSchema};
+pub use record::{Column, ColumnType, DeadLetter, Record, TableSchema, is_plain_decimal};
 pub use resource::{IntoRecords, OnError, Resource, Resources, Transform, Transformed};
 pub use sink::{BatchLimits, CheckpointCommit, NullSink, Sink};
 pub use source::{Rejected, SessionEnd, Source, SourceContext};

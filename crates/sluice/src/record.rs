@@ -121,6 +121,17 @@ pub enum ColumnType {
     Json,
 }
 
+/// Whether `text` is a plain decimal: optional sign, digits, optional fraction — what exchanges
+/// and databases send for exact amounts (`"84140.83000000"`, `"-0.5"`), and what
+/// [`ColumnType::Decimal`] columns accept as text.
+pub fn is_plain_decimal(text: &str) -> bool {
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    !(whole.is_empty() && fraction.is_empty())
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && fraction.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// One column of a table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {

@@ -1,0 +1,350 @@
+//! Maps a [`TableSchema`] to ClickHouse: the `CREATE TABLE` statement and the JSONEachRow body
+//! of a batch. Values are checked against their column here, so a bad field is a data error
+//! naming the column instead of a server parse error about a whole batch.
+
+use std::io::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sluice::{ColumnType, SinkError, TableSchema, is_plain_decimal};
+
+use super::client::ServerVersion;
+
+/// Digits after the point of `Decimal` columns: enough for crypto amounts (satoshis are 8,
+/// wei 18) while leaving 20 digits before the point.
+const DECIMAL_SCALE: u32 = 18;
+
+/// Quotes an identifier for ClickHouse: `` `name` ``, backquotes and backslashes escaped.
+pub(crate) fn quote(identifier: &str) -> String {
+    format!("`{}`", identifier.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+/// A string literal: `'text'`, quotes and backslashes escaped.
+pub(crate) fn string_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[derive(Debug)]
+struct ColumnSpec {
+    name: String,
+    /// `"name":` ready to write.
+    json_key: Vec<u8>,
+    kind: ColumnType,
+    nullable: bool,
+    /// The version column is `UInt64` (ReplacingMergeTree wants an unsigned version).
+    unsigned: bool,
+}
+
+/// The table definition and row encoder for one schema on one server version.
+#[derive(Debug)]
+pub(crate) struct Encoder {
+    table: String,
+    columns: Vec<ColumnSpec>,
+    key: Vec<String>,
+    version: Option<String>,
+    datetime64: bool,
+}
+
+impl Encoder {
+    pub(crate) fn new(schema: &TableSchema, version: Option<&str>, server: ServerVersion) -> Self {
+        let columns = schema
+            .columns
+            .iter()
+            .map(|c| {
+                let required = schema.key.contains(&c.name) || Some(c.name.as_str()) == version;
+                let mut json_key = serde_json::to_vec(&c.name).unwrap_or_default();
+                json_key.push(b':');
+                ColumnSpec {
+                    name: c.name.clone(),
+                    json_key,
+                    kind: c.kind,
+                    nullable: c.nullable && !required,
+                    unsigned: Some(c.name.as_str()) == version && c.kind == ColumnType::Integer,
+                }
+            })
+            .collect();
+        Self {
+            table: schema.table.clone(),
+            columns,
+            key: schema.key.clone(),
+            version: version.map(str::to_owned),
+            datetime64: server.has_datetime64(),
+        }
+    }
+
+    pub(crate) fn has_timestamps(&self) -> bool {
+        self.columns.iter().any(|c| c.kind == ColumnType::Timestamp)
+    }
+
+    fn column_type(&self, column: &ColumnSpec) -> String {
+        let base = match column.kind {
+            ColumnType::Integer if column.unsigned => "UInt64".to_owned(),
+            ColumnType::Integer => "Int64".to_owned(),
+            ColumnType::Float => "Float64".to_owned(),
+            ColumnType::Decimal => format!("Decimal(38, {DECIMAL_SCALE})"),
+            ColumnType::Text | ColumnType::Json => "String".to_owned(),
+            ColumnType::Boolean => "UInt8".to_owned(),
+            ColumnType::Timestamp if self.datetime64 => "DateTime64(6, 'UTC')".to_owned(),
+            ColumnType::Timestamp => "DateTime('UTC')".to_owned(),
+        };
+        if column.nullable {
+            format!("Nullable({base})")
+        } else {
+            base
+        }
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS`: `ReplacingMergeTree([version])` ordered by the key, or an
+    /// append-only `MergeTree` without a key.
+    pub(crate) fn create_table(&self) -> String {
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", quote(&c.name), self.column_type(c)))
+            .collect();
+        let (engine, order) = if self.key.is_empty() {
+            ("MergeTree()".to_owned(), "tuple()".to_owned())
+        } else {
+            let key: Vec<_> = self.key.iter().map(|k| quote(k)).collect();
+            let version = self.version.as_deref().map(quote).unwrap_or_default();
+            (
+                format!("ReplacingMergeTree({version})"),
+                format!("({})", key.join(", ")),
+            )
+        };
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE = {engine} ORDER BY {order}",
+            quote(&self.table),
+            columns.join(", ")
+        )
+    }
+
+    /// The JSONEachRow body of `batch`.
+    ///
+    /// # Errors
+    /// A data error naming the table and column of the first field that does not fit.
+    pub(crate) fn rows(&self, batch: &[Value]) -> Result<Vec<u8>, SinkError> {
+        let mut out = Vec::with_capacity(batch.len() * 64 * self.columns.len().max(1));
+        for record in batch {
+            let Value::Object(fields) = record else {
+                return Err(SinkError::data(format!(
+                    "record is not a JSON object: {record}"
+                )));
+            };
+            out.push(b'{');
+            for (i, column) in self.columns.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&column.json_key);
+                self.value(&mut out, column, fields.get(&column.name))
+                    .map_err(|why| {
+                        SinkError::data(format!(
+                            "table {}: column {} {why}",
+                            self.table, column.name
+                        ))
+                    })?;
+            }
+            out.extend_from_slice(b"}\n");
+        }
+        Ok(out)
+    }
+
+    fn value(
+        &self,
+        out: &mut Vec<u8>,
+        column: &ColumnSpec,
+        value: Option<&Value>,
+    ) -> Result<(), String> {
+        let value = match value {
+            None | Some(Value::Null) if column.nullable => {
+                out.extend_from_slice(b"null");
+                return Ok(());
+            }
+            None | Some(Value::Null) => return Err("is null but the column is not nullable".into()),
+            Some(value) => value,
+        };
+        let mismatch = || format!("expects {:?}, got {value}", column.kind);
+        match (column.kind, value) {
+            (ColumnType::Integer, Value::Number(n)) if column.unsigned => {
+                let n = n
+                    .as_u64()
+                    .ok_or_else(|| format!("is a version and must be ≥ 0, got {n}"))?;
+                write!(out, "{n}").map_err(|e| e.to_string())?;
+            }
+            (ColumnType::Integer, Value::Number(n)) => {
+                let n = n.as_i64().ok_or_else(mismatch)?;
+                write!(out, "{n}").map_err(|e| e.to_string())?;
+            }
+            (ColumnType::Float, Value::Number(n)) => {
+                let n = n.as_f64().ok_or_else(mismatch)?;
+                write!(out, "{n}").map_err(|e| e.to_string())?;
+            }
+            (ColumnType::Decimal, Value::String(s)) if is_plain_decimal(s) => {
+                // Unquoted: 18.x servers read JSONEachRow decimals only as numbers.
+                let s = s.strip_prefix('+').unwrap_or(s);
+                let fraction = s.split_once('.').map_or(0, |(_, f)| f.len());
+                if fraction > DECIMAL_SCALE as usize {
+                    return Err(format!(
+                        "has {fraction} digits after the point; the column keeps {DECIMAL_SCALE}"
+                    ));
+                }
+                out.extend_from_slice(s.as_bytes());
+            }
+            (ColumnType::Decimal, Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                write!(out, "{n}").map_err(|e| e.to_string())?;
+            }
+            (ColumnType::Text, Value::String(s)) => write_json(out, s)?,
+            (ColumnType::Boolean, Value::Bool(b)) => out.push(if *b { b'1' } else { b'0' }),
+            (ColumnType::Timestamp, Value::String(s)) => {
+                let time = DateTime::parse_from_rfc3339(s)
+                    .map_err(|e| format!("is not an RFC 3339 time ({e}): {s:?}"))?
+                    .with_timezone(&Utc);
+                self.write_time(out, time)?;
+            }
+            (ColumnType::Timestamp, Value::Number(n)) => {
+                // Microseconds since the Unix epoch.
+                let micros = n.as_i64().ok_or_else(mismatch)?;
+                let time = DateTime::from_timestamp_micros(micros).ok_or_else(mismatch)?;
+                self.write_time(out, time)?;
+            }
+            (ColumnType::Json, Value::String(s)) => {
+                write_json(out, &serde_json::to_string(s).map_err(|e| e.to_string())?)?;
+            }
+            (ColumnType::Json, other) => write_json(out, &other.to_string())?,
+            _ => return Err(mismatch()),
+        }
+        Ok(())
+    }
+
+    fn write_time(&self, out: &mut Vec<u8>, time: DateTime<Utc>) -> Result<(), String> {
+        if time.timestamp() < 0 {
+            return Err(format!(
+                "is before 1970 ({time}), which ClickHouse cannot store"
+            ));
+        }
+        // `YYYY-MM-DD hh:mm:ss[.ffffff]`: what both old and new servers parse.
+        let text = if self.datetime64 {
+            time.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+        } else {
+            time.format("%Y-%m-%d %H:%M:%S").to_string()
+        };
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        Ok(())
+    }
+}
+
+fn write_json(out: &mut Vec<u8>, text: &str) -> Result<(), String> {
+    serde_json::to_writer(out, text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sluice::Column;
+
+    use super::*;
+
+    fn schema() -> TableSchema {
+        let col = |name: &str, kind| Column {
+            name: name.into(),
+            kind,
+            nullable: true,
+        };
+        TableSchema {
+            table: "trades".into(),
+            columns: vec![
+                col("id", ColumnType::Integer),
+                col("price", ColumnType::Decimal),
+                col("time", ColumnType::Timestamp),
+                col("seq", ColumnType::Integer),
+                col("meta", ColumnType::Json),
+                col("ok", ColumnType::Boolean),
+            ],
+            key: vec!["id".into()],
+        }
+    }
+
+    const OLD: ServerVersion = ServerVersion {
+        major: 18,
+        minor: 16,
+    };
+    const NEW: ServerVersion = ServerVersion {
+        major: 24,
+        minor: 8,
+    };
+
+    #[test]
+    fn the_table_is_a_replacing_merge_tree_ordered_by_the_key() {
+        let old = Encoder::new(&schema(), Some("seq"), OLD).create_table();
+        assert_eq!(
+            old,
+            "CREATE TABLE IF NOT EXISTS `trades` (`id` Int64, `price` Nullable(Decimal(38, 18)), \
+             `time` Nullable(DateTime('UTC')), `seq` UInt64, `meta` Nullable(String), \
+             `ok` Nullable(UInt8)) ENGINE = ReplacingMergeTree(`seq`) ORDER BY (`id`)"
+        );
+        let new = Encoder::new(&schema(), None, NEW).create_table();
+        assert!(
+            new.contains("`time` Nullable(DateTime64(6, 'UTC'))"),
+            "{new}"
+        );
+        assert!(new.contains("`seq` Nullable(Int64)"), "{new}");
+        assert!(
+            new.ends_with("ReplacingMergeTree() ORDER BY (`id`)"),
+            "{new}"
+        );
+    }
+
+    #[test]
+    fn rows_keep_decimals_exact_and_times_to_the_microsecond_where_the_server_can() {
+        let row = json!({"id": 1, "price": "84140.83000000", "time": "2024-01-02T03:04:05.123456Z",
+                         "seq": 7, "meta": {"a": "b"}, "ok": true});
+        let new = Encoder::new(&schema(), Some("seq"), NEW)
+            .rows(std::slice::from_ref(&row))
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(new).unwrap(),
+            "{\"id\":1,\"price\":84140.83000000,\"time\":\"2024-01-02 03:04:05.123456\",\
+             \"seq\":7,\"meta\":\"{\\\"a\\\":\\\"b\\\"}\",\"ok\":1}\n"
+        );
+        let old = Encoder::new(&schema(), Some("seq"), OLD)
+            .rows(&[row])
+            .unwrap();
+        assert!(
+            String::from_utf8(old)
+                .unwrap()
+                .contains("\"time\":\"2024-01-02 03:04:05\"")
+        );
+    }
+
+    #[test]
+    fn a_field_that_does_not_fit_is_a_data_error_naming_the_column() {
+        let encoder = Encoder::new(&schema(), Some("seq"), NEW);
+        for (row, expect) in [
+            (json!({"id": 1, "price": "1e5", "seq": 1}), "column price"),
+            (json!({"price": "1", "seq": 1}), "column id is null"),
+            (json!({"id": 1, "seq": -1}), "column seq is a version"),
+            (
+                json!({"id": 1, "seq": 1, "time": "yesterday"}),
+                "column time",
+            ),
+            (
+                json!({"id": 1, "seq": 1, "price": "0.1234567890123456789"}),
+                "19 digits",
+            ),
+            (json!([1]), "not a JSON object"),
+        ] {
+            let error = encoder.rows(&[row]).unwrap_err();
+            assert_eq!(error.class(), sluice::ErrorClass::Data);
+            assert!(error.to_string().contains(expect), "{error}");
+        }
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_escaped() {
+        assert_eq!(quote("we`ird"), "`we\\`ird`");
+        assert_eq!(string_literal("it's"), "'it\\'s'");
+    }
+}
