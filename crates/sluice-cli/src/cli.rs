@@ -53,6 +53,11 @@ pub(crate) struct RunArgs {
     pub(crate) db: PathBuf,
     /// With --config: pipelines to run (default: all). Without: `coinbase`.
     pub(crate) targets: Vec<String>,
+    /// Built-in pipelines: write records here instead of the SQLite file
+    /// (`clickhouse://user:password@host:8123/database` or `kafka://host:9092/topic`); cursors
+    /// and dead letters stay in the SQLite file.
+    #[arg(long, env = "SLUICE_SINK", hide_env_values = true)]
+    pub(crate) sink: Option<String>,
     /// Serve Prometheus metrics on /metrics and health on /health and /ready at this address.
     #[arg(long, env = "SLUICE_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,

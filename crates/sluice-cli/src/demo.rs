@@ -112,7 +112,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         products: sim.products().to_vec(),
         ..CoinbaseConfig::default()
     };
-    let config = Config::builtin_coinbase(source, &db)?;
+    let config = Config::builtin_coinbase(source, &db, None)?;
     let databases = Databases::default();
     let pipeline = config.build(coinbase::PIPELINE_ID, &databases)?;
     let AnySource::Coinbase(source) = pipeline.source() else {

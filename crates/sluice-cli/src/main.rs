@@ -127,9 +127,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if args.coinbase.products.is_some()
                 || args.coinbase.ws_url.is_some()
                 || args.coinbase.rest_url.is_some()
+                || args.sink.is_some()
             {
                 anyhow::bail!(
-                    "--products, --ws-url and --rest-url are for `sluice run coinbase`; with --config set them in the file"
+                    "--products, --ws-url, --rest-url and --sink are for `sluice run coinbase`; with --config set them in the file"
                 );
             }
             let config = Config::load(path, &args.db)?;
@@ -158,7 +159,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .unwrap_or(defaults.rest_url.clone()),
                     ..defaults
                 };
-                let config = Config::builtin_coinbase(source, &args.db)?;
+                let config = Config::builtin_coinbase(source, &args.db, args.sink.as_deref())?;
                 (
                     config,
                     vec![sluice_connectors::coinbase::PIPELINE_ID.to_owned()],

@@ -8,7 +8,9 @@ use sluice::{
     SourceError,
 };
 use sluice_connectors::{coinbase::CoinbaseSource, file::FileSource};
-use sluice_sinks::{jsonl::JsonlSink, sqlite::SqliteSink};
+use sluice_sinks::{
+    clickhouse::ClickHouseSink, jsonl::JsonlSink, kafka::KafkaSink, sqlite::SqliteSink,
+};
 
 /// Every source kind of the CLI.
 #[derive(Debug)]
@@ -46,6 +48,8 @@ impl Source for AnySource {
 #[derive(Debug)]
 pub(crate) enum AnySink {
     Sqlite(SqliteSink),
+    ClickHouse(Box<ClickHouseSink>),
+    Kafka(KafkaSink),
     Jsonl(JsonlSink),
     Null(NullSink),
 }
@@ -54,6 +58,8 @@ impl Sink<Value> for AnySink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         match self {
             AnySink::Sqlite(s) => Sink::<Value>::prepare(s).await,
+            AnySink::ClickHouse(s) => Sink::<Value>::prepare(&mut **s).await,
+            AnySink::Kafka(s) => Sink::<Value>::prepare(s).await,
             AnySink::Jsonl(_) | AnySink::Null(_) => Ok(()),
         }
     }
@@ -65,6 +71,8 @@ impl Sink<Value> for AnySink {
     ) -> Result<(), SinkError> {
         match self {
             AnySink::Sqlite(s) => Sink::<Value>::write(s, batch, commit).await,
+            AnySink::ClickHouse(s) => Sink::<Value>::write(&mut **s, batch, commit).await,
+            AnySink::Kafka(s) => Sink::<Value>::write(s, batch, commit).await,
             AnySink::Jsonl(s) => Sink::<Value>::write(s, batch, commit).await,
             AnySink::Null(s) => Sink::<Value>::write(s, batch, commit).await,
         }
@@ -90,6 +98,8 @@ impl Sink<DeadLetter> for AnySink {
     ) -> Result<(), SinkError> {
         match self {
             AnySink::Sqlite(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
+            AnySink::ClickHouse(s) => Sink::<DeadLetter>::write(&mut **s, batch, commit).await,
+            AnySink::Kafka(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
             AnySink::Jsonl(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
             AnySink::Null(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
         }

@@ -19,6 +19,10 @@ fn sluice() -> Command {
 }
 
 fn spawn(sim: &CoinbaseSim, db: &Path) -> Child {
+    spawn_with(sim, db, &[])
+}
+
+fn spawn_with(sim: &CoinbaseSim, db: &Path, extra: &[&str]) -> Child {
     sluice()
         .args([
             "run",
@@ -30,6 +34,7 @@ fn spawn(sim: &CoinbaseSim, db: &Path) -> Child {
             "--db",
             db.to_str().unwrap(),
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -227,4 +232,113 @@ fn the_demo_ends_with_nothing_missing_and_nothing_twice() {
         stdout.contains("missing 0, duplicates 0, mismatched 0, unexpected 0"),
         "{stdout}"
     );
+}
+
+/// The ClickHouse server `scripts/services` started, or `None` when it is not running (and not
+/// required).
+fn clickhouse() -> Option<String> {
+    match std::env::var("SLUICE_TEST_CLICKHOUSE_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var_os("SLUICE_REQUIRE_SERVICES").is_some() => {
+            panic!("SLUICE_TEST_CLICKHOUSE_URL is not set: run the tests through scripts/test")
+        }
+        Err(_) => None,
+    }
+}
+
+async fn clickhouse_query(url: &str, sql: &str) -> String {
+    let url = reqwest::Url::parse(url).unwrap();
+    let base = format!(
+        "http://{}:{}/",
+        url.host_str().unwrap(),
+        url.port().unwrap()
+    );
+    let response = reqwest::Client::new()
+        .post(base)
+        .body(sql.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{sql}");
+    response.text().await.unwrap()
+}
+
+/// `sluice run coinbase --sink clickhouse://…`, SIGKILLed twice while trades flow: cursors stay
+/// in SQLite, replayed batches converge in the ReplacingMergeTree, and after `FINAL` every trade
+/// is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
+    let Some(url) = clickhouse() else { return };
+    let database = format!("sluice_cli_{}", std::process::id());
+    clickhouse_query(&url, &format!("CREATE DATABASE IF NOT EXISTS {database}")).await;
+    let parsed = reqwest::Url::parse(&url).unwrap();
+    let sink = format!(
+        "clickhouse://default@{}:{}/{database}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap()
+    );
+    let sim = CoinbaseSim::start(CoinbaseSimConfig {
+        rate: 0.0,
+        heartbeat: Duration::from_millis(250),
+        ..CoinbaseSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cursors.db");
+    let mut child = spawn_with(&sim, &db, &["--sink", &sink]);
+    wait_for("the starting cursors", Duration::from_secs(30), || {
+        query(&db, "SELECT count(*) FROM sluice_checkpoints") >= 2
+    })
+    .await;
+    sim.set_rate(500.0);
+    for delay in [700, 1100] {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        child = spawn_with(&sim, &db, &["--sink", &sink]);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    sim.set_rate(0.0);
+    for product in sim.products() {
+        let range = sim.trade_range(product).unwrap();
+        let expect = format!(
+            "{}\t{}\t{}\t{}",
+            range.end() - range.start() + 1,
+            range.end() - range.start() + 1,
+            range.start(),
+            range.end()
+        );
+        let sql = format!(
+            "SELECT count(), uniqExact(trade_id), min(trade_id), max(trade_id) FROM {database}.coinbase_trades FINAL WHERE product_id = '{product}'"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = clickhouse_query(&url, &sql).await;
+            if got.trim() == expect {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{product}: {got} != {expect}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    sigterm(&child);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        query(
+            &db,
+            "SELECT count(*) FROM sqlite_master WHERE name = 'coinbase_trades'"
+        ),
+        0,
+        "no trades in SQLite"
+    );
+    clickhouse_query(&url, &format!("DROP DATABASE {database}")).await;
 }

@@ -42,6 +42,31 @@ pub(crate) enum RawSink {
         /// The file (default: the store's file, so records and cursors commit together).
         path: Option<String>,
     },
+    /// Tables in a ClickHouse database (over HTTP).
+    Clickhouse {
+        /// `clickhouse://user:password@host:8123/database`; better kept out of the file with
+        /// `url_env`.
+        url: Option<String>,
+        /// The environment variable holding the URL (default `CLICKHOUSE_URL` when `url` is
+        /// absent).
+        url_env: Option<String>,
+        /// Seconds one INSERT may take.
+        timeout_s: Option<f64>,
+        /// Retries of a transient failure inside one write.
+        retries: Option<u32>,
+    },
+    /// Topics of a Kafka-protocol cluster.
+    Kafka {
+        /// `host:port[,host:port]`.
+        brokers: String,
+        /// Create missing topics with this many partitions (default: let the broker decide).
+        partitions: Option<i32>,
+        /// Replication factor of created topics.
+        replication: Option<i32>,
+        /// Extra librdkafka settings.
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+    },
     /// JSON lines appended to a file.
     Jsonl {
         /// The file.
@@ -94,7 +119,14 @@ pub(crate) struct RawResource {
     /// The table, for table sinks (default: the resource name).
     #[serde(default)]
     pub(crate) table: Option<String>,
-    /// Key columns: writes upsert by key.
+    /// The topic, for Kafka sinks (default: the table, then the resource name).
+    #[serde(default)]
+    pub(crate) topic: Option<String>,
+    /// The column whose larger value wins between rows of equal key (ClickHouse
+    /// `ReplacingMergeTree` version).
+    #[serde(default)]
+    pub(crate) version: Option<String>,
+    /// Key columns: writes upsert by key (the message key for Kafka).
     #[serde(default)]
     pub(crate) key: Vec<String>,
     /// Columns, for table sinks.

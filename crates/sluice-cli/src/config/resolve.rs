@@ -18,7 +18,12 @@ use sluice_connectors::{
     coinbase::{self, CoinbaseConfig, CoinbaseSource},
     file::FileSource,
 };
-use sluice_sinks::{jsonl::JsonlSink, sqlite::SqliteSink};
+use sluice_sinks::{
+    clickhouse::{ClickHouseEndpoint, ClickHouseOptions, ClickHouseSink},
+    jsonl::JsonlSink,
+    kafka::{KafkaConfig, KafkaSink},
+    sqlite::SqliteSink,
+};
 use sluice_stores::sqlite::{SqliteDb, SqliteStore};
 
 use super::raw::{RawConfig, RawPipeline, RawSink, RawSource, default_dead_letter_table};
@@ -30,15 +35,44 @@ pub(crate) type CliPipeline = Pipeline<AnySource, Value, AnySink, SqliteStore, A
 /// A named sink.
 #[derive(Debug, Clone)]
 pub(crate) enum SinkSpec {
-    Sqlite { path: PathBuf },
-    Jsonl { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
+    ClickHouse {
+        endpoint: ClickHouseEndpoint,
+        options: ClickHouseOptions,
+    },
+    Kafka {
+        /// Brokers, topic (from a URL), topic creation and extra settings.
+        config: KafkaConfig,
+    },
+    Jsonl {
+        path: PathBuf,
+    },
     Stdout,
     Null,
 }
 
 impl SinkSpec {
     fn is_table(&self) -> bool {
-        matches!(self, SinkSpec::Sqlite { .. })
+        matches!(self, SinkSpec::Sqlite { .. } | SinkSpec::ClickHouse { .. })
+    }
+
+    /// A sink given as a URL on the command line: `clickhouse://…` or `kafka://…`.
+    pub(crate) fn from_url(url: &str) -> anyhow::Result<Self> {
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
+        match scheme {
+            "clickhouse" | "clickhouses" | "http" | "https" => Ok(SinkSpec::ClickHouse {
+                endpoint: ClickHouseEndpoint::parse(url).map_err(|e| anyhow!("--sink: {e}"))?,
+                options: ClickHouseOptions::default(),
+            }),
+            "kafka" => Ok(SinkSpec::Kafka {
+                config: KafkaConfig::from_url(url).map_err(|e| anyhow!("--sink: {e}"))?,
+            }),
+            _ => bail!(
+                "--sink: expected clickhouse://user:password@host:port/database or kafka://brokers/topic"
+            ),
+        }
     }
 }
 
@@ -47,6 +81,12 @@ struct ResourceSpec {
     name: String,
     sink: String,
     schema: Option<TableSchema>,
+    /// The ClickHouse version column.
+    version: Option<String>,
+    /// The Kafka topic.
+    topic: String,
+    /// The Kafka message key fields.
+    key: Vec<String>,
     transform: Option<Arc<JqTransform>>,
     on_error: OnError,
 }
@@ -97,6 +137,56 @@ impl Config {
                         .map(PathBuf::from)
                         .unwrap_or_else(|| store_path.clone()),
                 },
+                RawSink::Clickhouse {
+                    url,
+                    url_env,
+                    timeout_s,
+                    retries,
+                } => {
+                    let url = match (url, url_env) {
+                        (Some(url), None) => url,
+                        (None, env) => {
+                            let var = env.unwrap_or_else(|| "CLICKHOUSE_URL".to_owned());
+                            std::env::var(&var).map_err(|_| {
+                                anyhow!("sinks.{name}: environment variable {var} (the ClickHouse URL) is not set")
+                            })?
+                        }
+                        (Some(_), Some(_)) => bail!("sinks.{name}: set url or url_env, not both"),
+                    };
+                    let endpoint = ClickHouseEndpoint::parse(&url)
+                        .map_err(|e| anyhow!("sinks.{name}: {e}"))?;
+                    let defaults = ClickHouseOptions::default();
+                    let request_timeout = match timeout_s {
+                        Some(s) if !(s.is_finite() && s > 0.0) => {
+                            bail!("sinks.{name}.timeout_s: must be a positive number of seconds")
+                        }
+                        Some(s) => Duration::from_secs_f64(s),
+                        None => defaults.request_timeout,
+                    };
+                    SinkSpec::ClickHouse {
+                        endpoint,
+                        options: ClickHouseOptions {
+                            request_timeout,
+                            retries: retries.unwrap_or(defaults.retries),
+                            ..defaults
+                        },
+                    }
+                }
+                RawSink::Kafka {
+                    brokers,
+                    partitions,
+                    replication,
+                    properties,
+                } => {
+                    if brokers.trim().is_empty() {
+                        bail!("sinks.{name}.brokers: empty; e.g. brokers = \"127.0.0.1:9092\"");
+                    }
+                    let mut config = KafkaConfig::new(brokers, "");
+                    config.create_topic =
+                        partitions.map(|p| (p.max(1), replication.unwrap_or(1).max(1)));
+                    config.properties = properties.into_iter().collect();
+                    SinkSpec::Kafka { config }
+                }
                 RawSink::Jsonl { path } => SinkSpec::Jsonl { path: path.into() },
                 RawSink::Stdout => SinkSpec::Stdout,
                 RawSink::Null => SinkSpec::Null,
@@ -136,7 +226,14 @@ impl Config {
 
     /// The built-in Coinbase pipeline: trades into table `coinbase_trades` of `db`, cursors in
     /// the same file (one transaction: exactly-once), poison in `sluice_dead_letters`.
-    pub(crate) fn builtin_coinbase(source: CoinbaseConfig, db: &Path) -> anyhow::Result<Self> {
+    ///
+    /// With `sink` (a [`SinkSpec::from_url`] URL) trades go there instead; cursors and dead
+    /// letters stay in `db`.
+    pub(crate) fn builtin_coinbase(
+        source: CoinbaseConfig,
+        db: &Path,
+        sink: Option<&str>,
+    ) -> anyhow::Result<Self> {
         source.validate().map_err(|e| anyhow!("coinbase: {e}"))?;
         let mut sinks = BTreeMap::new();
         sinks.insert(
@@ -145,10 +242,24 @@ impl Config {
                 path: db.to_path_buf(),
             },
         );
+        let trades = coinbase::trades_table();
+        let mut target = STORE_SINK.to_owned();
+        let mut topic = trades.table.clone();
+        if let Some(url) = sink {
+            let spec = SinkSpec::from_url(url)?;
+            if let SinkSpec::Kafka { config } = &spec {
+                topic = config.topic.clone();
+            }
+            target = "out".to_owned();
+            sinks.insert(target.clone(), spec);
+        }
         let resources = vec![ResourceSpec {
             name: coinbase::RESOURCE.into(),
-            sink: STORE_SINK.into(),
-            schema: Some(coinbase::trades_table()),
+            sink: target,
+            key: trades.key.clone(),
+            schema: Some(trades),
+            version: None,
+            topic,
             transform: None,
             on_error: OnError::DeadLetter,
         }];
@@ -220,7 +331,7 @@ impl Config {
                 resource.name.as_str(),
                 definition.on_error(resource.on_error),
             );
-            let sink = self.open_sink(&resource.sink, resource.schema.clone(), databases)?;
+            let sink = self.open_sink(&resource.sink, id, Some(resource), databases)?;
             sinks.push((resource.name.clone(), sink));
         }
         let (dead_sink, dead_table) = &spec.dead_letters;
@@ -228,7 +339,17 @@ impl Config {
             SinkSpec::Sqlite { path } => {
                 AnySink::Sqlite(SqliteSink::dead_letters(databases.open(path)?, dead_table))
             }
-            _ => self.open_sink(dead_sink, None, databases)?,
+            SinkSpec::ClickHouse { endpoint, options } => AnySink::ClickHouse(Box::new(
+                ClickHouseSink::dead_letters(endpoint.clone(), dead_table, options.clone())?,
+            )),
+            SinkSpec::Kafka { config } => {
+                let mut config = config.clone();
+                config.topic = dead_table.clone();
+                config.pipeline = id.to_owned();
+                config.resource = "dead_letters".to_owned();
+                AnySink::Kafka(KafkaSink::new(config)?)
+            }
+            _ => self.open_sink(dead_sink, id, None, databases)?,
         };
         let mut pipeline = Pipeline::new(id, source, store, resources);
         for (name, sink) in sinks {
@@ -244,13 +365,36 @@ impl Config {
     fn open_sink(
         &self,
         name: &str,
-        schema: Option<TableSchema>,
+        pipeline: &str,
+        resource: Option<&ResourceSpec>,
         databases: &Databases,
     ) -> anyhow::Result<AnySink> {
+        let schema = || {
+            resource
+                .and_then(|r| r.schema.clone())
+                .expect("table sinks have a schema (checked in resolve)")
+        };
         Ok(match self.sinks.get(name).expect("checked in resolve") {
             SinkSpec::Sqlite { path } => {
-                let schema = schema.expect("table sinks have a schema (checked in resolve)");
-                AnySink::Sqlite(SqliteSink::new(databases.open(path)?, schema)?)
+                AnySink::Sqlite(SqliteSink::new(databases.open(path)?, schema())?)
+            }
+            SinkSpec::ClickHouse { endpoint, options } => {
+                let mut sink = ClickHouseSink::new(endpoint.clone(), schema(), options.clone())?;
+                if let Some(version) = resource.and_then(|r| r.version.as_deref()) {
+                    sink = sink.version(version)?;
+                }
+                AnySink::ClickHouse(Box::new(sink))
+            }
+            SinkSpec::Kafka { config } => {
+                let resource = resource.expect("kafka sinks are opened for a resource");
+                let mut config = config.clone();
+                if config.topic.is_empty() {
+                    config.topic = resource.topic.clone();
+                }
+                config.key = resource.key.clone();
+                config.pipeline = pipeline.to_owned();
+                config.resource = resource.name.clone();
+                AnySink::Kafka(KafkaSink::new(config)?)
             }
             SinkSpec::Jsonl { path } => AnySink::Jsonl(JsonlSink::new(path)),
             SinkSpec::Stdout => AnySink::Jsonl(JsonlSink::stdout()),
@@ -288,6 +432,13 @@ fn resolve_pipeline(
                 known()
             )
         })?;
+        if resource.version.is_some() && !matches!(sink, SinkSpec::ClickHouse { .. }) {
+            bail!("{context}.version: only ClickHouse sinks have a version column");
+        }
+        if resource.topic.is_some() && !matches!(sink, SinkSpec::Kafka { .. }) {
+            bail!("{context}.topic: only Kafka sinks have topics");
+        }
+        let key = resource.key.clone();
         let schema = if sink.is_table() {
             if resource.columns.is_empty() {
                 bail!(
@@ -313,10 +464,22 @@ fn resolve_pipeline(
                     .map_err(|e| anyhow!("{context}.transform: {e}"))
             })
             .transpose()?;
+        if let (Some(version), Some(schema)) = (&resource.version, &schema)
+            && !schema.columns.iter().any(|c| &c.name == version)
+        {
+            bail!("{context}.version: {version:?} is not one of the columns");
+        }
+        let topic = resource
+            .topic
+            .or_else(|| resource.table.clone())
+            .unwrap_or_else(|| name.clone());
         resources.push(ResourceSpec {
             name,
             sink: resource.sink,
             schema,
+            version: resource.version,
+            topic,
+            key,
             transform,
             on_error: resource.on_error,
         });
