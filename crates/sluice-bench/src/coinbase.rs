@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 const FIRST_ID: u64 = 1_000_000_000;
 
-fn frames(n: u64) -> Arc<Vec<String>> {
+pub(crate) fn frames(n: u64) -> Arc<Vec<String>> {
     Arc::new(
         (0..n)
             .map(|i| Trade::generate(7, 0, "BTC-USD", FIRST_ID, FIRST_ID + i).frame("match"))
@@ -257,15 +257,21 @@ fn peak_rss_kib(child: &Child) -> u64 {
         .unwrap_or(0)
 }
 
-struct SluiceRun {
-    elapsed: Duration,
+pub(crate) struct SluiceRun {
+    pub(crate) elapsed: Duration,
     latencies: Vec<Duration>,
-    rss_kib: u64,
+    pub(crate) rss_kib: u64,
 }
 
 /// Runs `sluice run coinbase` against a replay server; returns when the cursor reaches the last id.
 #[allow(clippy::disallowed_methods)] // a plain thread polling the database, no runtime on it
-fn run_sluice(frames: Arc<Vec<String>>, rate: Option<f64>, dir: &Path, name: &str) -> SluiceRun {
+pub(crate) fn run_sluice(
+    frames: Arc<Vec<String>>,
+    rate: Option<f64>,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> SluiceRun {
     let db = dir.join(format!("{name}.db"));
     let total = frames.len() as u64;
     let last_id = FIRST_ID + total - 1;
@@ -302,6 +308,7 @@ fn run_sluice(frames: Arc<Vec<String>>, rate: Option<f64>, dir: &Path, name: &st
             "--db",
             db.to_str().unwrap(),
         ])
+        .args(extra)
         .env(
             "RUST_LOG",
             std::env::var("SLUICE_BENCH_LOG").unwrap_or_else(|_| "error".into()),
@@ -369,7 +376,7 @@ pub(crate) fn main(arg: Option<String>) {
     );
     let reader = bare_reader(frames.clone());
     let sqlite = sqlite_ceiling(&frames, dir.path());
-    let full = run_sluice(frames.clone(), None, dir.path(), "full");
+    let full = run_sluice(frames.clone(), None, dir.path(), "full", &[]);
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let ceiling = rate(reader).min(rate(sqlite));
     println!(
@@ -395,6 +402,7 @@ pub(crate) fn main(arg: Option<String>) {
         Some(10_000.0),
         dir.path(),
         "paced",
+        &[],
     );
     let mut latencies = paced.latencies;
     latencies.sort();

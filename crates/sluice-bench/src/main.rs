@@ -4,17 +4,23 @@
 //! - `sluice-bench core [N]`: the runtime vs the seed POC's per-event design.
 //! - `sluice-bench coinbase [N]`: websocket replay → `sluice run coinbase` → SQLite, beside a bare
 //!   websocket reader and a bare SQLite writer; latency at 10k trades/s; peak RSS.
+//! - `sluice-bench clickhouse [N]` / `sluice-bench kafka [N]`: the same replay into ClickHouse
+//!   or a Kafka-protocol broker, beside `clickhouse-client` bulk inserts / a plain rdkafka
+//!   producer (servers from `scripts/services`).
 
 mod coinbase;
 mod runtime;
+mod sinks;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         None | Some("core") => runtime::main(args.next()),
         Some("coinbase") => coinbase::main(args.next()),
+        Some("clickhouse") => sinks::clickhouse(args.next()),
+        Some("kafka") => sinks::kafka(args.next()),
         Some(other) => {
-            eprintln!("unknown workload {other:?}: core | coinbase");
+            eprintln!("unknown workload {other:?}: core | coinbase | clickhouse | kafka");
             std::process::exit(2);
         }
     }

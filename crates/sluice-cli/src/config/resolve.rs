@@ -245,6 +245,7 @@ impl Config {
         let trades = coinbase::trades_table();
         let mut target = STORE_SINK.to_owned();
         let mut topic = trades.table.clone();
+        let remote = sink.is_some();
         if let Some(url) = sink {
             let spec = SinkSpec::from_url(url)?;
             if let SinkSpec::Kafka { config } = &spec {
@@ -268,14 +269,24 @@ impl Config {
             resources,
             dead_letters: (STORE_SINK.to_owned(), default_dead_letter_table()),
             on_unknown: OnError::DeadLetter,
-            limits: BatchLimits {
-                // A short linger keeps frame-to-durable latency low at feed rates; under load
-                // batches fill by count first.
-                linger: Duration::from_millis(5),
-                // Small enough that the source fills the next batch (channel: 4096) while this
-                // one is written: reading and writing overlap on two cores.
-                max_records: 2_000,
-                ..BatchLimits::default()
+            limits: if remote {
+                // Network sinks pay a round trip per batch and ClickHouse a part per INSERT
+                // (too many small parts fail with TOO_MANY_PARTS): fewer, larger batches.
+                BatchLimits {
+                    linger: Duration::from_millis(50),
+                    max_records: 20_000,
+                    ..BatchLimits::default()
+                }
+            } else {
+                BatchLimits {
+                    // A short linger keeps frame-to-durable latency low at feed rates; under load
+                    // batches fill by count first.
+                    linger: Duration::from_millis(5),
+                    // Small enough that the source fills the next batch (channel: 4096) while this
+                    // one is written: reading and writing overlap on two cores.
+                    max_records: 2_000,
+                    ..BatchLimits::default()
+                }
             },
             drain_timeout: PipelineOptions::default().drain_timeout,
         };
