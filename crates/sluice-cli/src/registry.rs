@@ -7,7 +7,9 @@ use sluice::{
     CheckpointCommit, DeadLetter, NullSink, SessionEnd, Sink, SinkError, Source, SourceContext,
     SourceError,
 };
-use sluice_connectors::{coinbase::CoinbaseSource, file::FileSource};
+use sluice_connectors::{
+    coinbase::CoinbaseSource, file::FileSource, postgres_cdc::PostgresCdcSource,
+};
 use sluice_sinks::{
     clickhouse::ClickHouseSink, jsonl::JsonlSink, kafka::KafkaSink, sqlite::SqliteSink,
 };
@@ -17,6 +19,7 @@ use sluice_sinks::{
 pub(crate) enum AnySource {
     File(FileSource),
     Coinbase(CoinbaseSource),
+    PostgresCdc(PostgresCdcSource),
 }
 
 impl Source for AnySource {
@@ -26,6 +29,7 @@ impl Source for AnySource {
         match self {
             AnySource::File(s) => s.name(),
             AnySource::Coinbase(s) => s.name(),
+            AnySource::PostgresCdc(s) => s.name(),
         }
     }
 
@@ -33,6 +37,7 @@ impl Source for AnySource {
         match self {
             AnySource::File(s) => s.idle_timeout(),
             AnySource::Coinbase(s) => s.idle_timeout(),
+            AnySource::PostgresCdc(s) => s.idle_timeout(),
         }
     }
 
@@ -40,6 +45,7 @@ impl Source for AnySource {
         match self {
             AnySource::File(s) => s.run(ctx).await,
             AnySource::Coinbase(s) => s.run(ctx).await,
+            AnySource::PostgresCdc(s) => s.run(ctx).await,
         }
     }
 }

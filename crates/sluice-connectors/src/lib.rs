@@ -5,8 +5,12 @@
 //! - [`file`]: tails a JSON-lines file; the cursor is the byte offset after the last line.
 //! - [`coinbase`]: Coinbase Exchange trades (`matches` + `heartbeat`), gap-free: gaps are
 //!   detected by trade id and heartbeat and backfilled through REST.
+//! - [`postgres_cdc`]: Postgres logical replication (`pgoutput`) from a persistent slot; the
+//!   commit LSN is the cursor and is acknowledged only once durable.
 
 #[cfg(feature = "coinbase")]
 pub mod coinbase;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "postgres_cdc")]
+pub mod postgres_cdc;

@@ -500,7 +500,13 @@ where
         processor.begin_session(saved.clone());
         let (tx, mut rx) = mpsc::channel(options.channel_capacity);
         let liveness = Arc::new(Liveness::default());
-        let ctx = SourceContext::new(saved, tx, shutdown.child_token(), liveness.clone());
+        let ctx = SourceContext::new(
+            saved,
+            tx,
+            shutdown.child_token(),
+            liveness.clone(),
+            processor.durable(),
+        );
         let started = Instant::now();
         stats.set_up(true);
 

@@ -130,6 +130,8 @@ pub(crate) struct Processor<'s, P, R, S, D, C> {
     next_seq: Seq,
     pending: VecDeque<(Seq, Checkpoint)>,
     saved: Checkpoints,
+    /// The durable cursors, published after each save for sources that acknowledge upstream.
+    durable: tokio::sync::watch::Sender<Checkpoints>,
     last_save: Instant,
     options: ProcessorOptions,
     hard_stop: CancellationToken,
@@ -190,11 +192,17 @@ where
             next_seq: 0,
             pending: VecDeque::new(),
             saved: Checkpoints::new(),
+            durable: tokio::sync::watch::Sender::new(Checkpoints::new()),
             last_save: Instant::now(),
             options,
             hard_stop,
             stats,
         }
+    }
+
+    /// A receiver of the durable cursors (updated after every save).
+    pub(crate) fn durable(&self) -> tokio::sync::watch::Receiver<Checkpoints> {
+        self.durable.subscribe()
     }
 
     /// Starts a session from the cursors loaded from the store.
@@ -203,6 +211,7 @@ where
             self.pending.is_empty(),
             "a session began with unsaved cursors"
         );
+        self.durable.send_replace(saved.clone());
         self.saved = saved;
     }
 
@@ -500,6 +509,7 @@ where
         self.last_save = Instant::now();
         if !checkpoints.is_empty() {
             self.stats.add_checkpoint_save();
+            self.durable.send_replace(self.saved.clone());
         }
     }
 

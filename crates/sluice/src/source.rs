@@ -98,6 +98,7 @@ pub struct SourceContext<P> {
     tx: mpsc::Sender<Item<P>>,
     cancel: CancellationToken,
     liveness: Arc<Liveness>,
+    durable: tokio::sync::watch::Receiver<Checkpoints>,
 }
 
 impl<P> std::fmt::Debug for Item<P> {
@@ -122,13 +123,23 @@ impl<P: Send> SourceContext<P> {
         tx: mpsc::Sender<Item<P>>,
         cancel: CancellationToken,
         liveness: Arc<Liveness>,
+        durable: tokio::sync::watch::Receiver<Checkpoints>,
     ) -> Self {
         Self {
             checkpoints,
             tx,
             cancel,
             liveness,
+            durable,
         }
+    }
+
+    /// The cursors the runtime has made durable, updated after every save (and equal to
+    /// [`checkpoints`](Self::checkpoints) when the session starts). A source whose upstream
+    /// wants an acknowledgement (a Postgres replication slot's flush position, a queue's ack)
+    /// sends it from here and from nowhere else: only what this shows may be acknowledged.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<Checkpoints> {
+        self.durable.clone()
     }
 
     /// The saved cursors of every partition.

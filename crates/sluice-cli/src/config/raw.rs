@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use sluice::{Column, OnError};
-use sluice_connectors::{coinbase::CoinbaseConfig, file::FileConfig};
+use sluice_connectors::{
+    coinbase::CoinbaseConfig, file::FileConfig, postgres_cdc::PostgresCdcConfig,
+};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -108,6 +110,8 @@ pub(crate) enum RawSource {
     File(FileConfig),
     /// Coinbase Exchange trades.
     Coinbase(CoinbaseConfig),
+    /// Postgres logical replication (pgoutput).
+    PostgresCdc(PostgresCdcConfig),
 }
 
 /// `[pipelines.ID.resources.NAME]`.

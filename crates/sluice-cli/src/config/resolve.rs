@@ -17,6 +17,7 @@ use sluice::{
 use sluice_connectors::{
     coinbase::{self, CoinbaseConfig, CoinbaseSource},
     file::FileSource,
+    postgres_cdc::{self, PostgresCdcSource},
 };
 use sluice_sinks::{
     clickhouse::{ClickHouseEndpoint, ClickHouseOptions, ClickHouseSink},
@@ -330,6 +331,9 @@ impl Config {
             RawSource::Coinbase(config) => {
                 AnySource::Coinbase(CoinbaseSource::new(config.clone())?)
             }
+            RawSource::PostgresCdc(config) => {
+                AnySource::PostgresCdc(PostgresCdcSource::new(config.clone()))
+            }
         };
         let mut resources = Resources::new().on_unknown(spec.on_unknown);
         let mut sinks = Vec::new();
@@ -451,19 +455,24 @@ fn resolve_pipeline(
         }
         let key = resource.key.clone();
         let schema = if sink.is_table() {
-            if resource.columns.is_empty() {
+            if resource.columns.is_empty() && matches!(raw.source, RawSource::PostgresCdc(_)) {
+                // Change records have a fixed shape: the change-log table unless told otherwise.
+                let table = resource.table.clone().unwrap_or_else(|| name.clone());
+                Some(postgres_cdc::changes_table(&table))
+            } else if resource.columns.is_empty() {
                 bail!(
                     "{context}.columns: the table sink {:?} needs columns, e.g. columns = [{{ name = \"id\", type = \"integer\" }}]",
                     resource.sink
                 );
+            } else {
+                let schema = TableSchema {
+                    table: resource.table.clone().unwrap_or_else(|| name.clone()),
+                    columns: resource.columns,
+                    key: resource.key,
+                };
+                schema.validate().map_err(|e| anyhow!("{context}: {e}"))?;
+                Some(schema)
             }
-            let schema = TableSchema {
-                table: resource.table.clone().unwrap_or_else(|| name.clone()),
-                columns: resource.columns,
-                key: resource.key,
-            };
-            schema.validate().map_err(|e| anyhow!("{context}: {e}"))?;
-            Some(schema)
         } else {
             None
         };

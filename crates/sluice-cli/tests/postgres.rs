@@ -1,0 +1,249 @@
+//! `sluice run` with a `postgres_cdc` source against the real Postgres 15 that
+//! `scripts/services` starts (wal_level=logical): SIGKILL and restart while transactions
+//! commit, then every change is in SQLite exactly once, the slot was acknowledged only up to
+//! the durable cursor, and unchanged TOAST values are never written as NULL.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+fn postgres() -> Option<String> {
+    match std::env::var("SLUICE_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var_os("SLUICE_REQUIRE_SERVICES").is_some() => {
+            panic!("SLUICE_TEST_POSTGRES_URL is not set: run the tests through scripts/test")
+        }
+        Err(_) => None,
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn sqlite(db: &Path, sql: &str) -> Vec<Vec<String>> {
+    if !db.exists() {
+        return Vec::new();
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let Ok(mut stmt) = conn.prepare(sql) else {
+        return Vec::new();
+    };
+    let columns = stmt.column_count();
+    stmt.query_map([], |r| {
+        Ok((0..columns)
+            .map(|i| match r.get_ref(i).unwrap() {
+                rusqlite::types::ValueRef::Null => "NULL".to_owned(),
+                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                rusqlite::types::ValueRef::Real(f) => f.to_string(),
+                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                    String::from_utf8_lossy(t).into_owned()
+                }
+            })
+            .collect())
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    sqlite(db, sql)
+        .first()
+        .and_then(|r| r[0].parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_with_sigkills_loses_and_repeats_nothing() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let suffix = std::process::id();
+    let (table, slot, publication) = (
+        format!("items_{suffix}"),
+        format!("sluice_test_{suffix}"),
+        format!("sluice_pub_{suffix}"),
+    );
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigint PRIMARY KEY, name text, price numeric(20,8), body text);"
+    ))
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cdc.db");
+    let config = dir.path().join("cdc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+path = "{db}"
+
+[sinks.db]
+kind = "sqlite"
+
+[pipelines.pg]
+source = {{ kind = "postgres_cdc", url = "{url}", slot = "{slot}", publication = "{publication}", create = true, tables = ["{table}"] }}
+resources.changes = {{ sink = "db", table = "pg_changes" }}
+"#,
+            db = db.display()
+        ),
+    )
+    .unwrap();
+    let mut child = spawn(&config);
+    // The slot exists once the source started; changes committed from then on are kept.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pg
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slot was created"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A writer: 300 transactions of 10 inserts, then updates and deletes, while sluice is killed.
+    let writer = {
+        let url = url.clone();
+        let table = table.clone();
+        tokio::spawn(async move {
+            let pg = connect(&url).await;
+            for t in 0..300i64 {
+                let values: Vec<String> = (0..10)
+                    .map(|i| {
+                        let id = t * 10 + i;
+                        format!("({id}, 'n{id}', {id}.12345678, 'b')")
+                    })
+                    .collect();
+                pg.batch_execute(&format!("INSERT INTO {table} VALUES {}", values.join(",")))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            pg.batch_execute(&format!(
+                "UPDATE {table} SET name = name || '!' WHERE id < 100"
+            ))
+            .await
+            .unwrap();
+            pg.batch_execute(&format!("DELETE FROM {table} WHERE id >= 2950"))
+                .await
+                .unwrap();
+            // A TOASTed value, then an update that leaves it unchanged.
+            pg.batch_execute(&format!(
+                "INSERT INTO {table} VALUES (-1, 'toast', 1, (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 400) i));
+                 UPDATE {table} SET name = 'toast2' WHERE id = -1;"
+            ))
+            .await
+            .unwrap();
+        })
+    };
+    for delay in [600, 900] {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        child = spawn(&config);
+    }
+    writer.await.unwrap();
+    let expect = 3000 + 1 + 100 + 50 + 1; // inserts (+ toast row), updates, deletes, toast update
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while count(&db, "SELECT count(*) FROM pg_changes") < expect {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {expect} changes",
+            count(&db, "SELECT count(*) FROM pg_changes")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // status updates go out every second
+    let ops = sqlite(
+        &db,
+        "SELECT op, count(*), count(DISTINCT json_extract(key, '$.id')) FROM pg_changes GROUP BY op ORDER BY op",
+    );
+    assert_eq!(
+        ops,
+        vec![
+            vec!["delete".to_owned(), "50".into(), "50".into()],
+            vec!["insert".to_owned(), "3001".into(), "3001".into()],
+            vec!["update".to_owned(), "101".into(), "101".into()],
+        ]
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pg_changes"),
+        expect,
+        "nothing twice"
+    );
+    let price = sqlite(
+        &db,
+        "SELECT json_extract(row, '$.price') FROM pg_changes WHERE op = 'insert' AND json_extract(key, '$.id') = 7",
+    );
+    assert_eq!(
+        price,
+        vec![vec!["7.12345678".to_owned()]],
+        "numeric stays exact"
+    );
+    let toast = sqlite(
+        &db,
+        "SELECT json_extract(row, '$.body') IS NULL, json_type(row, '$.body'), unchanged_toast FROM pg_changes WHERE op = 'update' AND json_extract(key, '$.id') = -1",
+    );
+    assert_eq!(
+        toast,
+        vec![vec!["1".to_owned(), "NULL".into(), "[\"body\"]".into()]],
+        "unchanged TOAST is named, not nulled"
+    );
+    // The slot is acknowledged exactly up to the durable cursor, never beyond.
+    let saved: i64 = sqlite(
+        &db,
+        "SELECT position FROM sluice_checkpoints WHERE pipeline = 'pg' AND partition = 'wal'",
+    )[0][0]
+        .parse()
+        .unwrap();
+    let row = pg
+        .query_one("SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .unwrap();
+    let confirmed: i64 = row.get::<_, String>(0).parse().unwrap();
+    assert!(
+        confirmed <= saved,
+        "acknowledged {confirmed} beyond the durable cursor {saved}"
+    );
+    assert!(confirmed > 0);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    pg.batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
+}
