@@ -7,7 +7,10 @@
 //! - `sluice-bench clickhouse [N]` / `sluice-bench kafka [N]`: the same replay into ClickHouse
 //!   or a Kafka-protocol broker, beside `clickhouse-client` bulk inserts / a plain rdkafka
 //!   producer (servers from `scripts/services`).
+//! - `sluice-bench cdc [N]`: Postgres logical replication → `postgres_cdc` → SQLite, beside
+//!   `pg_recvlogical` reading the same changes.
 
+mod cdc;
 mod coinbase;
 mod runtime;
 mod sinks;
@@ -19,8 +22,9 @@ fn main() {
         Some("coinbase") => coinbase::main(args.next()),
         Some("clickhouse") => sinks::clickhouse(args.next()),
         Some("kafka") => sinks::kafka(args.next()),
+        Some("cdc") => cdc::main(args.next()),
         Some(other) => {
-            eprintln!("unknown workload {other:?}: core | coinbase | clickhouse | kafka");
+            eprintln!("unknown workload {other:?}: core | coinbase | clickhouse | kafka | cdc");
             std::process::exit(2);
         }
     }
