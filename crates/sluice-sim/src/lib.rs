@@ -3,5 +3,8 @@
 //!
 //! - [`coinbase`]: the Coinbase Exchange websocket feed (`matches`, `heartbeat`) and REST trades
 //!   endpoint, with deterministic trades and every fault knob of protocols.md §1.14.
+//! - [`supabase`]: Supabase Realtime (`postgres_changes` over Phoenix channels) and a PostgREST
+//!   subset, driven by a real Postgres, with the fault knobs of protocols.md §2.13.
 
 pub mod coinbase;
+pub mod supabase;

@@ -387,7 +387,7 @@ impl Source for PostgresCdcSource {
                                     .await?;
                             }
                         }
-                        Message::Other(_) => {}
+                        Message::Begin { .. } | Message::Commit { .. } | Message::Other(_) => {}
                     }
                 }
                 ReplicationEvent::Message { .. } => {}

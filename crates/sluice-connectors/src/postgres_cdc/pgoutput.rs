@@ -86,7 +86,20 @@ pub enum Message {
     Relation(u32, Relation),
     /// A row change.
     Change(Change),
-    /// Anything else (type, origin, begin/commit copies): nothing to do.
+    /// The start of a transaction (seen when reading a slot through SQL, where no transport
+    /// decodes it).
+    Begin {
+        /// The LSN of the commit record.
+        final_lsn: u64,
+        /// Commit time, microseconds since 2000-01-01.
+        commit_time_micros: i64,
+    },
+    /// The end of a transaction.
+    Commit {
+        /// The end LSN of the commit.
+        end_lsn: u64,
+    },
+    /// Anything else (type, origin): nothing to do.
     Other(u8),
 }
 
@@ -122,6 +135,9 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     fn i32(&mut self) -> Result<i32, DecodeError> {
         Ok(i32::from_be_bytes(
@@ -240,6 +256,19 @@ pub fn decode(data: &[u8]) -> Result<Message, DecodeError> {
             let _options = r.u8()?;
             let relations = (0..n).map(|_| r.u32()).collect::<Result<_, _>>()?;
             Message::Change(Change::Truncate { relations })
+        }
+        b'B' => {
+            let final_lsn = r.u64()?;
+            let commit_time_micros = r.u64()? as i64;
+            Message::Begin {
+                final_lsn,
+                commit_time_micros,
+            }
+        }
+        b'C' => {
+            let _flags = r.u8()?;
+            let _commit_lsn = r.u64()?;
+            Message::Commit { end_lsn: r.u64()? }
         }
         other => Message::Other(other),
     })
