@@ -7,6 +7,8 @@
 //!   detected by trade id and heartbeat and backfilled through REST.
 //! - [`postgres_cdc`]: Postgres logical replication (`pgoutput`) from a persistent slot; the
 //!   commit LSN is the cursor and is acknowledged only once durable.
+//! - [`supabase`]: Supabase Realtime `postgres_changes`, gap-free through PostgREST keyset
+//!   backfill on every (re)subscribe.
 
 #[cfg(feature = "coinbase")]
 pub mod coinbase;
@@ -14,3 +16,5 @@ pub mod coinbase;
 pub mod file;
 #[cfg(feature = "postgres_cdc")]
 pub mod postgres_cdc;
+#[cfg(feature = "supabase")]
+pub mod supabase;

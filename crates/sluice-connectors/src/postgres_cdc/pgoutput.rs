@@ -137,7 +137,9 @@ impl<'a> Reader<'a> {
         ))
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn i32(&mut self) -> Result<i32, DecodeError> {
         Ok(i32::from_be_bytes(

@@ -136,7 +136,10 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn faults(&self) -> Faults {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn roll(&self, p: f64) -> bool {
@@ -225,7 +228,10 @@ impl SupabaseSim {
         });
         tokio::spawn(poll(state.clone(), client, name, types));
         let app = axum::Router::new()
-            .route("/realtime/v1/websocket", axum::routing::get(realtime::upgrade))
+            .route(
+                "/realtime/v1/websocket",
+                axum::routing::get(realtime::upgrade),
+            )
             .route("/socket/websocket", axum::routing::get(realtime::upgrade))
             .route("/rest/v1/{table}", axum::routing::get(rest::select))
             .with_state(state.clone());

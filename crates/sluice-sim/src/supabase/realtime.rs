@@ -95,7 +95,14 @@ fn parse(text: &str, v2: bool) -> Option<Frame> {
 }
 
 /// Renders a server frame; 1.0.0 never carries `join_ref`.
-fn render(v2: bool, join_ref: Option<&str>, reference: Option<&str>, topic: &str, event: &str, payload: Value) -> String {
+fn render(
+    v2: bool,
+    join_ref: Option<&str>,
+    reference: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: Value,
+) -> String {
     if v2 {
         json!([join_ref, reference, topic, event, payload]).to_string()
     } else {
@@ -221,7 +228,14 @@ fn fan_out(state: &State, v2: bool, channels: &[Channel], change: &ChangeEvent) 
                 record.retain(|_, v| v.to_string().len() <= 64);
             }
         }
-        let text = render(v2, None, None, &channel.topic, "postgres_changes", json!({"ids": ids, "data": data}));
+        let text = render(
+            v2,
+            None,
+            None,
+            &channel.topic,
+            "postgres_changes",
+            json!({"ids": ids, "data": data}),
+        );
         if state.roll(faults.duplicate) {
             out.push(text.clone());
         }
@@ -255,7 +269,12 @@ fn handle(
         ("phoenix", "heartbeat") => vec![reply(v2, &frame, "ok", json!({}))],
         (topic, "phx_join") if topic.starts_with("realtime:") => {
             if topic == "realtime:" {
-                return vec![reply(v2, &frame, "error", json!({"reason": "TopicNameRequired: You must provide a topic name"}))];
+                return vec![reply(
+                    v2,
+                    &frame,
+                    "error",
+                    json!({"reason": "TopicNameRequired: You must provide a topic name"}),
+                )];
             }
             if let Some(reason) = faults.join_error {
                 return vec![reply(v2, &frame, "error", json!({"reason": reason}))];
@@ -283,7 +302,14 @@ fn handle(
             let mut out = Vec::new();
             if let Some(i) = channels.iter().position(|c| c.topic == frame.topic) {
                 let old = channels.remove(i);
-                out.push(render(v2, old.join_ref.as_deref(), old.join_ref.as_deref(), &old.topic, "phx_close", json!({})));
+                out.push(render(
+                    v2,
+                    old.join_ref.as_deref(),
+                    old.join_ref.as_deref(),
+                    &old.topic,
+                    "phx_close",
+                    json!({}),
+                ));
             }
             channels.push(Channel {
                 topic: frame.topic.clone(),
@@ -318,10 +344,22 @@ fn handle(
             channels.retain(|c| c.topic != topic);
             vec![
                 reply(v2, &frame, "ok", json!({})),
-                render(v2, frame.join_ref.as_deref(), frame.reference.as_deref(), &frame.topic, "phx_close", json!({})),
+                render(
+                    v2,
+                    frame.join_ref.as_deref(),
+                    frame.reference.as_deref(),
+                    &frame.topic,
+                    "phx_close",
+                    json!({}),
+                ),
             ]
         }
         (topic, "access_token") if channels.iter().any(|c| c.topic == topic) => Vec::new(),
-        _ => vec![reply(v2, &frame, "error", json!({"reason": "unmatched topic"}))],
+        _ => vec![reply(
+            v2,
+            &frame,
+            "error",
+            json!({"reason": "unmatched topic"}),
+        )],
     }
 }

@@ -59,8 +59,12 @@ fn condition(text: &str) -> Result<String, String> {
             return Ok(format!("({})", parts.join(joiner)));
         }
     }
-    let (column, rest) = text.split_once('.').ok_or(format!("bad condition {text:?}"))?;
-    let (op, value) = rest.split_once('.').ok_or(format!("bad condition {text:?}"))?;
+    let (column, rest) = text
+        .split_once('.')
+        .ok_or(format!("bad condition {text:?}"))?;
+    let (op, value) = rest
+        .split_once('.')
+        .ok_or(format!("bad condition {text:?}"))?;
     comparison(column, op, value)
 }
 
@@ -74,7 +78,10 @@ fn comparison(column: &str, op: &str, value: &str) -> Result<String, String> {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({"code": code, "message": message, "details": null, "hint": null})))
+    (
+        status,
+        axum::Json(json!({"code": code, "message": message, "details": null, "hint": null})),
+    )
         .into_response()
 }
 
@@ -104,19 +111,16 @@ pub(crate) async fn select(
                 .parse::<u64>()
                 .map(|n| limit = Some(n))
                 .map_err(|_| "bad limit".to_owned()),
-            "order" => value
-                .split(',')
-                .map(|part| {
-                    let (column, direction) = part.split_once('.').unwrap_or((part, "asc"));
-                    let direction = match direction {
-                        "asc" => "ASC",
-                        "desc" => "DESC",
-                        other => return Err(format!("bad order {other:?}")),
-                    };
-                    order.push(format!("t.{} {direction}", quote(column)));
-                    Ok(())
-                })
-                .collect(),
+            "order" => value.split(',').try_for_each(|part| {
+                let (column, direction) = part.split_once('.').unwrap_or((part, "asc"));
+                let direction = match direction {
+                    "asc" => "ASC",
+                    "desc" => "DESC",
+                    other => return Err(format!("bad order {other:?}")),
+                };
+                order.push(format!("t.{} {direction}", quote(column)));
+                Ok(())
+            }),
             "or" => condition(&format!("or{value}")).map(|c| conditions.push(c)),
             "and" => condition(&format!("and{value}")).map(|c| conditions.push(c)),
             column => {
@@ -148,8 +152,14 @@ pub(crate) async fn select(
             .into_response(),
         Err(e) => {
             let code = e.code().map(|c| c.code().to_owned()).unwrap_or_default();
-            let message = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
-            let status = if code == "42P01" { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+            let message = e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+            let status = if code == "42P01" {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            };
             error(status, &code, &message)
         }
     }
