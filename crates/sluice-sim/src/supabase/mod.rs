@@ -301,14 +301,17 @@ async fn poll(
 ) {
     let mut relations: HashMap<u32, Relation> = HashMap::new();
     let mut commit_micros = 0i64;
-    let query = "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, \
-                 'proto_version', '1', 'publication_names', $1)";
+    // The slot and the publication share one generated name (no quoting needed).
+    let query = format!(
+        "SELECT data FROM pg_logical_slot_get_binary_changes('{slot}', NULL, NULL, \
+         'proto_version', '1', 'publication_names', '{slot}')"
+    );
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tokio::time::sleep(state.config.poll_interval) => {}
         }
-        let rows = match client.query(query, &[&slot]).await {
+        let rows = match client.query(&query, &[]).await {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::warn!(%error, "supabase sim: polling the slot failed");

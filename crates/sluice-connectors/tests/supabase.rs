@@ -1,0 +1,376 @@
+//! The Supabase source against the simulated Realtime server, which the real Postgres of
+//! `scripts/services` drives: what the database committed is compared with what the pipeline
+//! stored, through disconnects, dropped and duplicated events and the premature-subscribe
+//! window; bad keys, missing tables and silent heartbeats.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use serde_json::Value;
+use sluice::{
+    BackoffPolicy, BatchLimits, DeadLetter, MemoryStore, Pipeline, PipelineError, PipelineOptions,
+    Resource, Resources, testing::RecordingSink,
+};
+use sluice_connectors::supabase::{
+    RESOURCE, SupabaseConfig, SupabaseSource, types::normalize_time,
+};
+use sluice_sim::supabase::{Faults, SupabaseSim, SupabaseSimConfig};
+use tokio_util::sync::CancellationToken;
+
+fn postgres() -> Option<String> {
+    match std::env::var("SLUICE_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var_os("SLUICE_REQUIRE_SERVICES").is_some() => {
+            panic!("SLUICE_TEST_POSTGRES_URL is not set: run the tests through scripts/test")
+        }
+        Err(_) => None,
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// A table with an `updated_at` kept by a trigger, as Supabase projects do.
+async fn orders_table(pg: &tokio_postgres::Client, name: &str) {
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {name};
+         CREATE TABLE {name} (id bigint PRIMARY KEY, status text, total numeric(12,2),
+                              updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE OR REPLACE FUNCTION {name}_touch() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN NEW.updated_at = clock_timestamp(); RETURN NEW; END $$;
+         CREATE TRIGGER {name}_touch BEFORE UPDATE ON {name} FOR EACH ROW EXECUTE FUNCTION {name}_touch();"
+    ))
+    .await
+    .unwrap();
+}
+
+fn options() -> PipelineOptions {
+    let quick = BackoffPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(300),
+        multiplier: 2.0,
+        stable_after: Duration::from_secs(5),
+    };
+    PipelineOptions {
+        reconnect: quick,
+        retry: quick,
+        commit_interval: Duration::from_millis(10),
+        holder: "test".into(),
+        ..PipelineOptions::default()
+    }
+}
+
+fn limits() -> BatchLimits {
+    BatchLimits {
+        max_records: 200,
+        max_bytes: usize::MAX,
+        linger: Duration::from_millis(10),
+    }
+}
+
+fn config(sim: &SupabaseSim, tables: &[&str]) -> SupabaseConfig {
+    let mut config = SupabaseConfig::new(sim.url(), sim.api_key(), tables);
+    config.heartbeat_ms = 300;
+    config.join_timeout_ms = 5_000;
+    config.reconcile_ms = 1_000;
+    config.overlap_ms = 2_000;
+    config
+}
+
+type Run = tokio::task::JoinHandle<Result<sluice::PipelineExit, PipelineError>>;
+
+fn start(
+    config: SupabaseConfig,
+    sink: RecordingSink<Value>,
+    dead: RecordingSink<DeadLetter>,
+    token: CancellationToken,
+) -> Run {
+    let pipeline = Pipeline::new(
+        "supabase",
+        SupabaseSource::new(config).unwrap(),
+        Arc::new(MemoryStore::new()),
+        Resources::new().with(RESOURCE, Resource::direct("changes")),
+    )
+    .sink("changes", sink, limits())
+    .dead_letters(dead, limits())
+    .options(options());
+    tokio::spawn(pipeline.run(token))
+}
+
+/// (id, version) of every row the database has now.
+async fn committed(pg: &tokio_postgres::Client, table: &str) -> BTreeSet<(i64, String)> {
+    pg.query(&format!("SELECT id, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM {table}"), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+        .collect()
+}
+
+/// (id, version) of every non-delete change stored.
+fn stored(sink: &RecordingSink<Value>, table: &str) -> BTreeSet<(i64, String)> {
+    sink.rows()
+        .iter()
+        .filter(|r| r["table"] == table && r["deleted"] == false)
+        .map(|r| {
+            (
+                r["key"]["id"].as_i64().unwrap(),
+                r["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Disconnects, dropped and duplicated events, the premature-subscribe window: every version
+/// the database holds at the end is stored, whatever Realtime failed to deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_closes_every_gap_realtime_leaves() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let table = format!("orders_gap_{}", std::process::id());
+    orders_table(&pg, &table).await;
+    pg.batch_execute(&format!("INSERT INTO {table} (id, status, total) SELECT i, 'new', i * 1.5 FROM generate_series(1, 50) i")).await.unwrap();
+    let mut sim_config = SupabaseSimConfig::new(&url, &[table.as_str()]);
+    sim_config.faults = Faults {
+        subscribe_delay: Duration::from_millis(700),
+        drop: 0.15,
+        duplicate: 0.1,
+        ..Faults::default()
+    };
+    let sim = SupabaseSim::start(sim_config).await.unwrap();
+    let sink = RecordingSink::new();
+    let dead = RecordingSink::new();
+    let token = CancellationToken::new();
+    let run = start(
+        config(&sim, &[table.as_str()]),
+        sink.clone(),
+        dead.clone(),
+        token.clone(),
+    );
+    // Writes from the first moment on: some land in the premature-subscribe window.
+    for i in 51..=250i64 {
+        pg.batch_execute(&format!(
+            "INSERT INTO {table} (id, status, total) VALUES ({i}, 'new', {i}.25)"
+        ))
+        .await
+        .unwrap();
+        if i % 5 == 0 {
+            pg.batch_execute(&format!(
+                "UPDATE {table} SET status = 'paid' WHERE id = {}",
+                i - 40
+            ))
+            .await
+            .unwrap();
+        }
+        if i == 120 || i == 190 {
+            sim.close_all(); // an abrupt disconnect; nothing is replayed
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let expect = committed(&pg, &table).await;
+    assert_eq!(expect.len(), 250);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: Vec<_> = expect.difference(&stored(&sink, &table)).cloned().collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} versions never stored, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counters = sim.counters();
+    assert!(
+        counters
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3,
+        "the disconnects happened"
+    );
+    assert!(
+        counters.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "Realtime lost changes"
+    );
+    assert!(
+        sink.rows().iter().any(|r| r["source"] == "realtime"),
+        "live events were used"
+    );
+    token.cancel();
+    run.await.unwrap().unwrap();
+    assert!(dead.rows().is_empty(), "{:?}", dead.rows());
+}
+
+/// Deletes arrive live with the primary key; numeric values and times come through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_changes_carry_keys_and_deletes_in_both_protocol_versions() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    for vsn in ["1.0.0", "2.0.0"] {
+        let table = format!(
+            "orders_live_{}_{}",
+            vsn.replace('.', ""),
+            std::process::id()
+        );
+        orders_table(&pg, &table).await;
+        let sim = SupabaseSim::start(SupabaseSimConfig::new(&url, &[table.as_str()]))
+            .await
+            .unwrap();
+        let sink = RecordingSink::new();
+        let token = CancellationToken::new();
+        let mut config = config(&sim, &[table.as_str()]);
+        config.vsn = vsn.to_owned();
+        let run = start(config, sink.clone(), RecordingSink::new(), token.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while sim
+            .counters()
+            .joins
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await; // live
+        pg.batch_execute(&format!(
+            "INSERT INTO {table} (id, status, total) VALUES (1, 'new', 10.50), (2, 'new', 3);
+             UPDATE {table} SET status = 'paid' WHERE id = 1; DELETE FROM {table} WHERE id = 2;"
+        ))
+        .await
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !sink.rows().iter().any(|r| r["op"] == "DELETE") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{vsn}: no delete arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rows = sink.rows();
+        let delete = rows.iter().find(|r| r["op"] == "DELETE").unwrap();
+        assert_eq!(delete["key"], serde_json::json!({"id": 2}), "{vsn}");
+        assert_eq!(delete["deleted"], true);
+        assert!(normalize_time(delete["commit_time"].as_str().unwrap()).is_some());
+        let update = rows.iter().find(|r| r["op"] == "UPDATE").unwrap();
+        assert_eq!(update["row"]["status"], "paid");
+        assert_eq!(update["row"]["total"], 10.5);
+        token.cancel();
+        run.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_key_and_a_missing_table_are_fatal_with_the_reason() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let table = format!("orders_fatal_{}", std::process::id());
+    orders_table(&pg, &table).await;
+    let sim = SupabaseSim::start(SupabaseSimConfig::new(&url, &[table.as_str()]))
+        .await
+        .unwrap();
+    let mut bad_key = config(&sim, &[table.as_str()]);
+    bad_key.key = "not-the-key".into();
+    let error = start(
+        bad_key,
+        RecordingSink::new(),
+        RecordingSink::new(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    let shown = format!("{error:?}");
+    assert!(
+        shown.contains("401") && shown.contains("Failed to validate JWT signature"),
+        "{shown}"
+    );
+    assert!(!shown.contains("not-the-key"), "the key leaked: {shown}");
+    let error = start(
+        config(&sim, &["nope"]),
+        RecordingSink::new(),
+        RecordingSink::new(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        format!("{error:?}").contains("cannot follow the tables"),
+        "{error:?}"
+    );
+    sim.set_faults(Faults {
+        join_error: Some("InvalidJWTToken: Token has expired 300 seconds ago".into()),
+        ..Faults::default()
+    });
+    let error = start(
+        config(&sim, &[table.as_str()]),
+        RecordingSink::new(),
+        RecordingSink::new(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        format!("{error:?}").contains("Token has expired"),
+        "{error:?}"
+    );
+}
+
+/// A server that stops answering heartbeats (half-open socket): the client notices, reconnects,
+/// and a change made meanwhile still arrives (by backfill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_heartbeats_end_the_session_and_nothing_is_lost() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let table = format!("orders_hb_{}", std::process::id());
+    orders_table(&pg, &table).await;
+    let sim = SupabaseSim::start(SupabaseSimConfig::new(&url, &[table.as_str()]))
+        .await
+        .unwrap();
+    let sink = RecordingSink::new();
+    let token = CancellationToken::new();
+    let run = start(
+        config(&sim, &[table.as_str()]),
+        sink.clone(),
+        RecordingSink::new(),
+        token.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sim.set_faults(Faults {
+        mute_heartbeats: true,
+        drop: 1.0,
+        ..Faults::default()
+    });
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} (id, status, total) VALUES (7, 'new', 1)"
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sim.set_faults(Faults::default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !sink.rows().iter().any(|r| r["key"]["id"] == 7) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the row never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        sim.counters()
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "it reconnected"
+    );
+    token.cancel();
+    run.await.unwrap().unwrap();
+}
