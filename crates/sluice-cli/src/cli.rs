@@ -51,7 +51,8 @@ pub(crate) struct RunArgs {
     /// name none.
     #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
     pub(crate) db: PathBuf,
-    /// With --config: pipelines to run (default: all). Without: `coinbase`.
+    /// With --config: pipelines to run (default: all). Without: `coinbase` or `supabase` (from
+    /// SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, SUPABASE_SCHEMA, SUPABASE_TABLES).
     pub(crate) targets: Vec<String>,
     /// Built-in pipelines: write records here instead of the SQLite file
     /// (`clickhouse://user:password@host:8123/database` or `kafka://host:9092/topic`); cursors

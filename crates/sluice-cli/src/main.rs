@@ -13,7 +13,7 @@ use std::{process::ExitCode, sync::Arc};
 use anyhow::Context;
 use clap::Parser;
 use sluice::{BackoffPolicy, PipelineError, PipelineExit, PipelineStats, Supervisor};
-use sluice_connectors::coinbase::CoinbaseConfig;
+use sluice_connectors::{coinbase::CoinbaseConfig, supabase::SupabaseConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -165,11 +165,20 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     vec![sluice_connectors::coinbase::PIPELINE_ID.to_owned()],
                 )
             }
+            [name] if name == "supabase" => {
+                let source =
+                    SupabaseConfig::from_env().map_err(|e| anyhow::anyhow!("supabase: {e}"))?;
+                let config = Config::builtin_supabase(source, &args.db, args.sink.as_deref())?;
+                (
+                    config,
+                    vec![sluice_connectors::supabase::PIPELINE_ID.to_owned()],
+                )
+            }
             [] => anyhow::bail!(
-                "nothing to run: `sluice run coinbase`, or `sluice run --config FILE [PIPELINE…]`"
+                "nothing to run: `sluice run coinbase`, `sluice run supabase`, or `sluice run --config FILE [PIPELINE…]`"
             ),
             other => anyhow::bail!(
-                "unknown built-in pipeline {:?} (built-in: coinbase); for configured pipelines pass --config FILE",
+                "unknown built-in pipeline {:?} (built-in: coinbase, supabase); for configured pipelines pass --config FILE",
                 other.join(" ")
             ),
         },

@@ -9,6 +9,7 @@ use sluice::{
 };
 use sluice_connectors::{
     coinbase::CoinbaseSource, file::FileSource, postgres_cdc::PostgresCdcSource,
+    supabase::SupabaseSource,
 };
 use sluice_sinks::{
     clickhouse::ClickHouseSink, jsonl::JsonlSink, kafka::KafkaSink, sqlite::SqliteSink,
@@ -20,6 +21,7 @@ pub(crate) enum AnySource {
     File(FileSource),
     Coinbase(CoinbaseSource),
     PostgresCdc(PostgresCdcSource),
+    Supabase(Box<SupabaseSource>),
 }
 
 impl Source for AnySource {
@@ -30,6 +32,7 @@ impl Source for AnySource {
             AnySource::File(s) => s.name(),
             AnySource::Coinbase(s) => s.name(),
             AnySource::PostgresCdc(s) => s.name(),
+            AnySource::Supabase(s) => s.name(),
         }
     }
 
@@ -38,6 +41,7 @@ impl Source for AnySource {
             AnySource::File(s) => s.idle_timeout(),
             AnySource::Coinbase(s) => s.idle_timeout(),
             AnySource::PostgresCdc(s) => s.idle_timeout(),
+            AnySource::Supabase(s) => s.idle_timeout(),
         }
     }
 
@@ -46,6 +50,7 @@ impl Source for AnySource {
             AnySource::File(s) => s.run(ctx).await,
             AnySource::Coinbase(s) => s.run(ctx).await,
             AnySource::PostgresCdc(s) => s.run(ctx).await,
+            AnySource::Supabase(s) => s.run(ctx).await,
         }
     }
 }

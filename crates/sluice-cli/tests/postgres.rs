@@ -247,3 +247,115 @@ resources.changes = {{ sink = "db", table = "pg_changes" }}
     );
     pg.batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
 }
+
+/// `sluice run supabase` from the seed's environment variables, against the simulated Realtime
+/// server driven by the real Postgres: SIGKILLed once while rows change, restarted, stopped with
+/// SIGTERM; every committed row version is in SQLite and the key never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_run_supabase_survives_sigkill_and_misses_nothing() {
+    use sluice_sim::supabase::{Faults, SupabaseSim, SupabaseSimConfig};
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let table = format!("accounts_{}", std::process::id());
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id bigint PRIMARY KEY, balance numeric(12,2), updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE OR REPLACE FUNCTION {table}_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at = clock_timestamp(); RETURN NEW; END $$;
+         CREATE TRIGGER {table}_touch BEFORE UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_touch();
+         INSERT INTO {table} (id, balance) SELECT i, i FROM generate_series(1, 20) i;"
+    ))
+    .await
+    .unwrap();
+    let mut sim_config = SupabaseSimConfig::new(&url, &[table.as_str()]);
+    sim_config.api_key = "service-role-secret-123".into();
+    sim_config.faults = Faults {
+        subscribe_delay: Duration::from_millis(400),
+        ..Faults::default()
+    };
+    let sim = SupabaseSim::start(sim_config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("supabase.db");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "supabase", "--db", db.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .env("SUPABASE_URL", sim.url())
+            .env("SUPABASE_SERVICE_ROLE_KEY", sim.api_key())
+            .env("SUPABASE_SCHEMA", "public")
+            .env("SUPABASE_TABLES", &table)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    for i in 21..=120i64 {
+        pg.batch_execute(&format!(
+            "INSERT INTO {table} (id, balance) VALUES ({i}, {i}.50)"
+        ))
+        .await
+        .unwrap();
+        if i % 4 == 0 {
+            pg.batch_execute(&format!(
+                "UPDATE {table} SET balance = balance + 1 WHERE id = {}",
+                i - 10
+            ))
+            .await
+            .unwrap();
+        }
+        if i == 70 {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            child = spawn();
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let expect: std::collections::BTreeSet<(String, String)> = pg
+        .query(&format!("SELECT id::text, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM {table}"), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored: std::collections::BTreeSet<(String, String)> = sqlite(
+            &db,
+            "SELECT json_extract(key, '$.id'), version FROM supabase_changes WHERE deleted = 0",
+        )
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+        let missing = expect.difference(&stored).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} of {} versions missing",
+            expect.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        !log.contains("service-role-secret-123"),
+        "the key reached the log"
+    );
+    assert!(
+        count(
+            &db,
+            "SELECT count(*) FROM sluice_checkpoints WHERE pipeline = 'supabase-cdc-listener'"
+        ) == 1,
+        "one cursor per table"
+    );
+}

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use sluice::{Column, OnError};
 use sluice_connectors::{
     coinbase::CoinbaseConfig, file::FileConfig, postgres_cdc::PostgresCdcConfig,
+    supabase::SupabaseConfig,
 };
 
 /// The whole file.
@@ -112,6 +113,8 @@ pub(crate) enum RawSource {
     Coinbase(CoinbaseConfig),
     /// Postgres logical replication (pgoutput).
     PostgresCdc(PostgresCdcConfig),
+    /// Supabase Realtime `postgres_changes` with PostgREST backfill.
+    Supabase(SupabaseConfig),
 }
 
 /// `[pipelines.ID.resources.NAME]`.

@@ -18,6 +18,7 @@ use sluice_connectors::{
     coinbase::{self, CoinbaseConfig, CoinbaseSource},
     file::FileSource,
     postgres_cdc::{self, PostgresCdcSource},
+    supabase::{self, SupabaseConfig, SupabaseSource},
 };
 use sluice_sinks::{
     clickhouse::{ClickHouseEndpoint, ClickHouseOptions, ClickHouseSink},
@@ -236,6 +237,43 @@ impl Config {
         sink: Option<&str>,
     ) -> anyhow::Result<Self> {
         source.validate().map_err(|e| anyhow!("coinbase: {e}"))?;
+        Self::builtin(
+            coinbase::PIPELINE_ID,
+            RawSource::Coinbase(source),
+            coinbase::RESOURCE,
+            coinbase::trades_table(),
+            db,
+            sink,
+        )
+    }
+
+    /// The built-in Supabase pipeline: every change into table `supabase_changes` of `db` (or
+    /// `sink`), cursors in `db`.
+    pub(crate) fn builtin_supabase(
+        source: SupabaseConfig,
+        db: &Path,
+        sink: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        source.validate().map_err(|e| anyhow!("supabase: {e}"))?;
+        Self::builtin(
+            supabase::PIPELINE_ID,
+            RawSource::Supabase(source),
+            supabase::RESOURCE,
+            supabase::changes_table("supabase_changes"),
+            db,
+            sink,
+        )
+    }
+
+    /// A one-resource pipeline into `table` of `db`, or of `sink` when given.
+    fn builtin(
+        id: &str,
+        source: RawSource,
+        resource: &str,
+        trades: TableSchema,
+        db: &Path,
+        sink: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut sinks = BTreeMap::new();
         sinks.insert(
             STORE_SINK.to_owned(),
@@ -243,7 +281,6 @@ impl Config {
                 path: db.to_path_buf(),
             },
         );
-        let trades = coinbase::trades_table();
         let mut target = STORE_SINK.to_owned();
         let mut topic = trades.table.clone();
         let remote = sink.is_some();
@@ -256,7 +293,7 @@ impl Config {
             sinks.insert(target.clone(), spec);
         }
         let resources = vec![ResourceSpec {
-            name: coinbase::RESOURCE.into(),
+            name: resource.into(),
             sink: target,
             key: trades.key.clone(),
             schema: Some(trades),
@@ -266,7 +303,7 @@ impl Config {
             on_error: OnError::DeadLetter,
         }];
         let spec = PipelineSpec {
-            source: RawSource::Coinbase(source),
+            source,
             resources,
             dead_letters: (STORE_SINK.to_owned(), default_dead_letter_table()),
             on_unknown: OnError::DeadLetter,
@@ -291,7 +328,7 @@ impl Config {
             },
             drain_timeout: PipelineOptions::default().drain_timeout,
         };
-        let pipelines = BTreeMap::from([(coinbase::PIPELINE_ID.to_owned(), spec)]);
+        let pipelines = BTreeMap::from([(id.to_owned(), spec)]);
         Ok(Self {
             store_path: db.to_path_buf(),
             sinks,
@@ -333,6 +370,9 @@ impl Config {
             }
             RawSource::PostgresCdc(config) => {
                 AnySource::PostgresCdc(PostgresCdcSource::new(config.clone()))
+            }
+            RawSource::Supabase(config) => {
+                AnySource::Supabase(Box::new(SupabaseSource::new(config.clone())?))
             }
         };
         let mut resources = Resources::new().on_unknown(spec.on_unknown);
@@ -455,10 +495,18 @@ fn resolve_pipeline(
         }
         let key = resource.key.clone();
         let schema = if sink.is_table() {
-            if resource.columns.is_empty() && matches!(raw.source, RawSource::PostgresCdc(_)) {
+            if resource.columns.is_empty()
+                && matches!(
+                    raw.source,
+                    RawSource::PostgresCdc(_) | RawSource::Supabase(_)
+                )
+            {
                 // Change records have a fixed shape: the change-log table unless told otherwise.
                 let table = resource.table.clone().unwrap_or_else(|| name.clone());
-                Some(postgres_cdc::changes_table(&table))
+                Some(match raw.source {
+                    RawSource::Supabase(_) => supabase::changes_table(&table),
+                    _ => postgres_cdc::changes_table(&table),
+                })
             } else if resource.columns.is_empty() {
                 bail!(
                     "{context}.columns: the table sink {:?} needs columns, e.g. columns = [{{ name = \"id\", type = \"integer\" }}]",
