@@ -27,6 +27,8 @@ pub(crate) enum Command {
     /// Run a simulated service on loopback.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Generate Rust record types for tables from a Postgres schema (information_schema).
+    Codegen(CodegenArgs),
     /// The whole thing offline: a simulated Coinbase with faults, the Coinbase pipeline into a
     /// fresh SQLite file, live progress, and a verification against the simulator's trade log.
     Demo(DemoArgs),
@@ -150,4 +152,20 @@ pub(crate) struct DemoArgs {
     /// The SQLite file (must not exist; default: a new file in the temp directory).
     #[arg(long)]
     pub(crate) db: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CodegenArgs {
+    /// The database (`postgres://user:password@host:port/db`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub(crate) url: String,
+    /// The schema.
+    #[arg(long, default_value = "public")]
+    pub(crate) schema: String,
+    /// Tables, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) tables: Vec<String>,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
 }

@@ -101,6 +101,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Sim(SimCommand::Coinbase(args)) => demo::sim(args).await,
         Command::Demo(args) => demo::demo(args).await,
+        Command::Codegen(args) => codegen(args).await,
     }
 }
 
@@ -262,4 +263,23 @@ pub(crate) fn spawn_signal_handler(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
+}
+
+/// `sluice codegen`: introspect, generate, write.
+async fn codegen(args: cli::CodegenArgs) -> anyhow::Result<ExitCode> {
+    use sluice_connectors::supabase::codegen;
+    let (client, connection) = tokio_postgres::connect(&args.url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("codegen: cannot connect: {e}"))?;
+    tokio::spawn(connection);
+    let tables = codegen::introspect(&client, &args.schema, &args.tables)
+        .await
+        .map_err(|e| anyhow::anyhow!("codegen: {e}"))?;
+    let source = codegen::generate(&tables);
+    match &args.out {
+        Some(path) => std::fs::write(path, source)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{source}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -72,6 +72,7 @@
 
 mod backoff;
 mod checkpoint;
+pub mod codegen_support;
 mod envelope;
 mod error;
 #[cfg(feature = "jq")]

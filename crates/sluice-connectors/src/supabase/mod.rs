@@ -15,8 +15,9 @@
 //!
 //! Layout as in the seed: [`connector`] (configuration, defaults), [`types`] (Phoenix frames,
 //! change records), [`source`] (the session), [`rest`] (PostgREST keyset reads), [`sinks`]
-//! (default tables).
+//! (default tables), [`codegen`] (record types from `information_schema`).
 
+pub mod codegen;
 pub mod connector;
 pub mod rest;
 pub mod sinks;
