@@ -15,6 +15,7 @@ use sluice_connectors::supabase::codegen;
 use tokio_util::sync::CancellationToken;
 
 #[rustfmt::skip]
+#[allow(unreachable_pub)] // generated for use from other crates
 #[path = "golden/orders.rs"]
 mod generated;
 
