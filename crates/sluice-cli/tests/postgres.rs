@@ -358,4 +358,24 @@ async fn sluice_run_supabase_survives_sigkill_and_misses_nothing() {
         ) == 1,
         "one cursor per table"
     );
+    // The current state: one row per source row, at its newest version.
+    let state = sqlite(
+        &db,
+        &format!(
+            "SELECT count(*), count(DISTINCT key) FROM supabase_rows WHERE \"table\" = '{table}' AND deleted = 0"
+        ),
+    );
+    assert_eq!(state, vec![vec!["120".to_owned(), "120".into()]]);
+    let newest: std::collections::BTreeMap<String, String> = expect.iter().cloned().collect();
+    for row in sqlite(
+        &db,
+        "SELECT json_extract(key, '$.id'), version FROM supabase_rows",
+    ) {
+        assert_eq!(
+            newest.get(&row[0]),
+            Some(&row[1]),
+            "row {} is not at its newest version",
+            row[0]
+        );
+    }
 }

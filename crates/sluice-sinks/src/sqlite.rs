@@ -63,7 +63,7 @@ pub fn create_table_sql(schema: &TableSchema) -> String {
     )
 }
 
-fn insert_sql(schema: &TableSchema) -> String {
+fn insert_sql(schema: &TableSchema, version: Option<&str>) -> String {
     let names: Vec<_> = schema.columns.iter().map(|c| quote(&c.name)).collect();
     let params: Vec<_> = (1..=names.len()).map(|i| format!("?{i}")).collect();
     let mut sql = format!(
@@ -88,6 +88,14 @@ fn insert_sql(schema: &TableSchema) -> String {
                 key.join(", "),
                 updates.join(", ")
             ));
+            if let Some(version) = version {
+                // An older version arriving late (a replay, a backfill) never beats newer data.
+                sql.push_str(&format!(
+                    " WHERE excluded.{0} >= {1}.{0}",
+                    quote(version),
+                    quote(&schema.table)
+                ));
+            }
         }
     }
     sql
@@ -146,15 +154,31 @@ impl SqliteSink {
     /// A fatal error when the schema is invalid.
     pub fn new(db: SqliteDb, schema: TableSchema) -> Result<Self, SinkError> {
         schema.validate().map_err(SinkError::fatal)?;
-        let insert = insert_sql(&schema);
+        let insert = insert_sql(&schema, None);
         Ok(Self { db, schema, insert })
     }
 
     /// The dead-letter table `table` in `db`.
     pub fn dead_letters(db: SqliteDb, table: &str) -> Self {
         let schema = TableSchema::dead_letters(table);
-        let insert = insert_sql(&schema);
+        let insert = insert_sql(&schema, None);
         Self { db, schema, insert }
+    }
+
+    /// Upserts only when the incoming row's `column` is at least the stored one, so a replayed
+    /// or late older version never overwrites newer data (a current-state table).
+    ///
+    /// # Errors
+    /// A fatal error when the column is not in the schema or the table has no key.
+    pub fn version(mut self, column: &str) -> Result<Self, SinkError> {
+        if !self.schema.columns.iter().any(|c| c.name == column) || self.schema.key.is_empty() {
+            return Err(SinkError::fatal(format!(
+                "table {}: version column {column} must be a column of a keyed table",
+                self.schema.table
+            )));
+        }
+        self.insert = insert_sql(&self.schema, Some(column));
+        Ok(self)
     }
 
     /// The table schema.
@@ -339,6 +363,51 @@ mod tests {
             .query_row("SELECT price FROM trades WHERE id = 1", [], |r| r.get(0))
             .unwrap();
         assert_eq!(price, "84140.83000000");
+    }
+
+    #[tokio::test]
+    async fn with_a_version_column_an_older_row_never_overwrites_a_newer_one() {
+        let (_dir, db) = open();
+        let mut schema = schema(&["id"]);
+        schema.columns.push(Column {
+            name: "v".into(),
+            kind: ColumnType::Text,
+            nullable: false,
+        });
+        let mut sink = SqliteSink::new(db.clone(), schema)
+            .unwrap()
+            .version("v")
+            .unwrap();
+        Sink::<Value>::prepare(&mut sink).await.unwrap();
+        let row = |price: &str, v: &str| json!({"id": 1, "price": price, "v": v});
+        Sink::<Value>::write(&mut sink, &[row("2", "2026-01-02")], None)
+            .await
+            .unwrap();
+        Sink::<Value>::write(&mut sink, &[row("1", "2026-01-01")], None)
+            .await
+            .unwrap();
+        let price: String = db
+            .lock()
+            .query_row("SELECT price FROM trades", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(price, "2", "the late older row lost");
+        Sink::<Value>::write(&mut sink, &[row("3", "2026-01-03")], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM trades WHERE price = '3'"),
+            1
+        );
+        assert!(
+            SqliteSink::new(db, schema_without_key())
+                .unwrap()
+                .version("id")
+                .is_err()
+        );
+    }
+
+    fn schema_without_key() -> TableSchema {
+        schema(&[])
     }
 
     #[tokio::test]

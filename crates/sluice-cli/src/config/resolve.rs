@@ -255,14 +255,42 @@ impl Config {
         sink: Option<&str>,
     ) -> anyhow::Result<Self> {
         source.validate().map_err(|e| anyhow!("supabase: {e}"))?;
-        Self::builtin(
+        let source = SupabaseConfig {
+            current_state: true,
+            ..source
+        };
+        let mut config = Self::builtin(
             supabase::PIPELINE_ID,
             RawSource::Supabase(source),
             supabase::RESOURCE,
             supabase::changes_table("supabase_changes"),
             db,
             sink,
-        )
+        )?;
+        // The current state beside the changes: newest version per row wins.
+        let spec = config
+            .pipelines
+            .get_mut(supabase::PIPELINE_ID)
+            .expect("just built");
+        let changes = &spec.resources[0];
+        let state = supabase::state_table("supabase_rows");
+        let topic = if changes.topic == "supabase_changes" {
+            state.table.clone()
+        } else {
+            changes.topic.clone()
+        };
+        let resource = ResourceSpec {
+            name: supabase::STATE_RESOURCE.into(),
+            sink: changes.sink.clone(),
+            key: state.key.clone(),
+            version: Some("version".into()),
+            schema: Some(state),
+            topic,
+            transform: None,
+            on_error: OnError::DeadLetter,
+        };
+        spec.resources.push(resource);
+        Ok(config)
     }
 
     /// A one-resource pipeline into `table` of `db`, or of `sink` when given.
@@ -431,7 +459,11 @@ impl Config {
         };
         Ok(match self.sinks.get(name).expect("checked in resolve") {
             SinkSpec::Sqlite { path } => {
-                AnySink::Sqlite(SqliteSink::new(databases.open(path)?, schema())?)
+                let mut sink = SqliteSink::new(databases.open(path)?, schema())?;
+                if let Some(version) = resource.and_then(|r| r.version.as_deref()) {
+                    sink = sink.version(version)?;
+                }
+                AnySink::Sqlite(sink)
             }
             SinkSpec::ClickHouse { endpoint, options } => {
                 let mut sink = ClickHouseSink::new(endpoint.clone(), schema(), options.clone())?;
@@ -487,9 +519,10 @@ fn resolve_pipeline(
                 known()
             )
         })?;
-        if resource.version.is_some() && !matches!(sink, SinkSpec::ClickHouse { .. }) {
-            bail!("{context}.version: only ClickHouse sinks have a version column");
+        if resource.version.is_some() && !sink.is_table() {
+            bail!("{context}.version: only table sinks (sqlite, clickhouse) have a version column");
         }
+        let mut version = resource.version.clone();
         if resource.topic.is_some() && !matches!(sink, SinkSpec::Kafka { .. }) {
             bail!("{context}.topic: only Kafka sinks have topics");
         }
@@ -504,6 +537,10 @@ fn resolve_pipeline(
                 // Change records have a fixed shape: the change-log table unless told otherwise.
                 let table = resource.table.clone().unwrap_or_else(|| name.clone());
                 Some(match raw.source {
+                    RawSource::Supabase(_) if name == supabase::STATE_RESOURCE => {
+                        version.get_or_insert_with(|| "version".to_owned());
+                        supabase::state_table(&table)
+                    }
                     RawSource::Supabase(_) => supabase::changes_table(&table),
                     _ => postgres_cdc::changes_table(&table),
                 })
@@ -545,7 +582,7 @@ fn resolve_pipeline(
             name,
             sink: resource.sink,
             schema,
-            version: resource.version,
+            version,
             topic,
             key,
             transform,

@@ -9,6 +9,8 @@ use serde::Deserialize;
 pub const PIPELINE_ID: &str = "supabase-cdc-listener";
 /// The resource every change is emitted on.
 pub const RESOURCE: &str = "changes";
+/// The resource of the current-state rows (when `current_state` is on).
+pub const STATE_RESOURCE: &str = "state";
 
 /// `source = { kind = "supabase", … }`.
 #[derive(Clone, Deserialize)]
@@ -49,6 +51,10 @@ pub struct SupabaseConfig {
     /// truncated payload). 0: only on (re)subscribe.
     #[serde(default = "default_reconcile_ms")]
     pub reconcile_ms: u64,
+    /// Also emit every change on resource `state`, for a current-state table keyed by
+    /// (schema, table, key) whose newest `version` wins (deletes kept as tombstones).
+    #[serde(default)]
+    pub current_state: bool,
     /// How long to wait for the join reply and then for "Subscribed to PostgreSQL", ms.
     #[serde(default = "default_join_timeout_ms")]
     pub join_timeout_ms: u64,
@@ -111,6 +117,7 @@ impl SupabaseConfig {
             vsn: default_vsn(),
             heartbeat_ms: default_heartbeat_ms(),
             reconcile_ms: default_reconcile_ms(),
+            current_state: false,
             join_timeout_ms: default_join_timeout_ms(),
         }
     }

@@ -24,6 +24,6 @@ pub mod sinks;
 pub mod source;
 pub mod types;
 
-pub use connector::{PIPELINE_ID, RESOURCE, SupabaseConfig};
-pub use sinks::changes_table;
+pub use connector::{PIPELINE_ID, RESOURCE, STATE_RESOURCE, SupabaseConfig};
+pub use sinks::{changes_table, state_table};
 pub use source::SupabaseSource;

@@ -19,7 +19,7 @@ pub fn changes_table(table: &str) -> TableSchema {
             col("schema", ColumnType::Text, false),
             col("table", ColumnType::Text, false),
             col("key", ColumnType::Json, false),
-            col("version", ColumnType::Text, false),
+            col("version", ColumnType::Timestamp, false),
             col("deleted", ColumnType::Boolean, false),
             col("op", ColumnType::Text, false),
             col("commit_time", ColumnType::Timestamp, true),
@@ -32,5 +32,29 @@ pub fn changes_table(table: &str) -> TableSchema {
             "version".into(),
             "deleted".into(),
         ],
+    }
+}
+
+/// The current-state table: one row per source row, keyed by (schema, table, key); the sink
+/// keeps the newest `version` (a late or replayed older change never wins), and a delete stays as
+/// a tombstone (`deleted = true`, `row` null) so a late older update cannot resurrect the row.
+pub fn state_table(table: &str) -> TableSchema {
+    let col = |name: &str, kind, nullable| Column {
+        name: name.into(),
+        kind,
+        nullable,
+    };
+    TableSchema {
+        table: table.into(),
+        columns: vec![
+            col("schema", ColumnType::Text, false),
+            col("table", ColumnType::Text, false),
+            col("key", ColumnType::Json, false),
+            col("version", ColumnType::Timestamp, false),
+            col("deleted", ColumnType::Boolean, false),
+            col("row", ColumnType::Json, true),
+            col("source", ColumnType::Text, false),
+        ],
+        key: vec!["schema".into(), "table".into(), "key".into()],
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
 use super::{
-    connector::{RESOURCE, SupabaseConfig},
+    connector::{RESOURCE, STATE_RESOURCE, SupabaseConfig},
     rest::{From, RestClient},
     types::{Frame, change_record, normalize_time, position},
 };
@@ -106,6 +106,26 @@ impl SupabaseSource {
         let rest = RestClient::new(config.clone())?;
         let name = format!("supabase:{}", config.schema);
         Ok(Self { config, rest, name })
+    }
+
+    /// Emits a change on `changes` and, with `current_state`, on `state`; the checkpoint rides
+    /// on the last envelope so it moves only once both are written.
+    async fn emit(
+        &self,
+        ctx: &SourceContext<Value>,
+        record: Value,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<(), SourceError> {
+        let with = |envelope: Envelope<Value>| match checkpoint.clone() {
+            Some(c) => envelope.with_checkpoint(c),
+            None => envelope,
+        };
+        if self.config.current_state {
+            ctx.emit(Envelope::new(RESOURCE, record.clone())).await?;
+            ctx.emit(with(Envelope::new(STATE_RESOURCE, record))).await
+        } else {
+            ctx.emit(with(Envelope::new(RESOURCE, record))).await
+        }
     }
 
     fn page(&self, table: &str, from: From) -> Page {
@@ -279,7 +299,7 @@ impl Source for SupabaseSource {
                         let checkpoint = Checkpoint::new(table.as_str(), position(&version, &key[&c.primary_key]));
                         last = Some((version.clone(), key[&c.primary_key].clone()));
                         let record = change_record(&c.schema, &table, key, &version, "SNAPSHOT", None, Some(row), "backfill");
-                        ctx.emit(Envelope::new(RESOURCE, record).with_checkpoint(checkpoint)).await?;
+                        self.emit(&ctx, record, Some(checkpoint)).await?;
                     }
                     metrics::counter!("sluice_supabase_backfill_pages_total").increment(1);
                     match last {
@@ -386,18 +406,14 @@ impl Source for SupabaseSource {
                                 backfills.push_back((table, from));
                                 continue;
                             }
-                            let envelope = match kind {
+                            let (record, checkpoint) = match kind {
                                 "INSERT" | "UPDATE" => {
                                     let row = data["record"].clone();
                                     let (key, version) = self.identify(&table, &row)?;
                                     let pk = key[&c.primary_key].clone();
                                     let record = change_record(&c.schema, &table, key, &version, kind, commit.as_deref(), Some(row), "realtime");
-                                    let envelope = Envelope::new(RESOURCE, record);
-                                    if backfill_done {
-                                        envelope.with_checkpoint(Checkpoint::new(table.as_str(), position(&version, &pk)))
-                                    } else {
-                                        envelope
-                                    }
+                                    let checkpoint = backfill_done.then(|| Checkpoint::new(table.as_str(), position(&version, &pk)));
+                                    (record, checkpoint)
                                 }
                                 "DELETE" => {
                                     let old = &data["old_record"];
@@ -406,12 +422,12 @@ impl Source for SupabaseSource {
                                         None => old.clone(),
                                     };
                                     let version = commit.clone().unwrap_or_default();
-                                    Envelope::new(RESOURCE, change_record(&c.schema, &table, key, &version, "DELETE", commit.as_deref(), None, "realtime"))
+                                    (change_record(&c.schema, &table, key, &version, "DELETE", commit.as_deref(), None, "realtime"), None)
                                 }
                                 _ => continue,
                             };
                             metrics::counter!("sluice_supabase_changes_total", "op" => kind.to_owned()).increment(1);
-                            ctx.emit(envelope).await?;
+                            self.emit(&ctx, record, checkpoint).await?;
                         }
                         // presence_state, presence_diff, broadcast, replies to other pushes.
                         _ => metrics::counter!("sluice_supabase_ignored_frames_total").increment(1),
