@@ -374,3 +374,75 @@ async fn silent_heartbeats_end_the_session_and_nothing_is_lost() {
     token.cancel();
     run.await.unwrap().unwrap();
 }
+
+/// Expired tokens close the channel (system error, then `phx_close`), malformed frames and
+/// truncated records arrive: the pipeline reconnects, dead-letters the bad frames with their
+/// text, backfills what it could not trust, and stores every committed version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_bad_frames_and_truncated_records_lose_nothing() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let table = format!("orders_bad_{}", std::process::id());
+    orders_table(&pg, &table).await;
+    let sim = SupabaseSim::start(SupabaseSimConfig::new(&url, &[table.as_str()]))
+        .await
+        .unwrap();
+    let sink = RecordingSink::new();
+    let dead = RecordingSink::new();
+    let token = CancellationToken::new();
+    let mut config = config(&sim, &[table.as_str()]);
+    config.reconcile_ms = 0; // only subscribes and truncated records trigger backfill here
+    let run = start(config, sink.clone(), dead.clone(), token.clone());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sim.set_faults(Faults {
+        malformed: 0.2,
+        errors: 0.2,
+        ..Faults::default()
+    });
+    for i in 1..=120i64 {
+        pg.batch_execute(&format!(
+            "INSERT INTO {table} (id, status, total) VALUES ({i}, '{}', 1)",
+            "x".repeat(100)
+        ))
+        .await
+        .unwrap();
+        if i == 60 {
+            sim.expire_tokens();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.set_faults(Faults::default());
+    let expect = committed(&pg, &table).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !expect.is_subset(&stored(&sink, &table)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} versions missing",
+            expect.difference(&stored(&sink, &table)).count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let letters = dead.rows();
+    assert!(
+        letters
+            .iter()
+            .any(|d| d.payload.starts_with("{\"topic\": \"realtime:")
+                && d.reason.contains("not JSON")),
+        "malformed frames dead-lettered"
+    );
+    assert!(
+        letters
+            .iter()
+            .any(|d| d.reason.contains("truncated change")),
+        "truncated records dead-lettered"
+    );
+    assert!(
+        sim.counters()
+            .joins
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "rejoined after the token expired"
+    );
+    token.cancel();
+    run.await.unwrap().unwrap();
+}

@@ -92,6 +92,8 @@ pub struct Faults {
     pub duplicate: f64,
     /// Probability a change carries `errors: ["…"]` and a record cut to short fields.
     pub errors: f64,
+    /// Probability a malformed text frame (not JSON) is sent before a change.
+    pub malformed: f64,
 }
 
 /// Counters of what the simulator did.

@@ -228,6 +228,9 @@ fn fan_out(state: &State, v2: bool, channels: &[Channel], change: &ChangeEvent) 
                 record.retain(|_, v| v.to_string().len() <= 64);
             }
         }
+        if state.roll(faults.malformed) {
+            out.push("{\"topic\": \"realtime:".to_owned());
+        }
         let text = render(
             v2,
             None,
