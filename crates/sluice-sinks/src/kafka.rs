@@ -265,6 +265,8 @@ impl KafkaSink {
         let mut pending: std::collections::VecDeque<DeliveryFuture> =
             std::collections::VecDeque::with_capacity(messages.len());
         let mut outcome = Ok(());
+        // Whether any report said the producer itself failed (not only the first error's).
+        let mut producer_failed = false;
         for (key, payload) in &messages {
             if outcome.is_err() {
                 break;
@@ -286,7 +288,8 @@ impl KafkaSink {
                         record = back;
                         match pending.pop_front() {
                             Some(delivery) => {
-                                if let Err(e) = delivered(topic, delivery).await {
+                                if let Err((e, fatal)) = delivered(topic, delivery).await {
+                                    producer_failed |= fatal;
                                     outcome = outcome.and(Err(e));
                                 }
                             }
@@ -294,7 +297,7 @@ impl KafkaSink {
                         }
                     }
                     Err((error, _)) => {
-                        outcome = outcome.and(Err((sink_error("enqueue", error), false)));
+                        outcome = outcome.and(Err(sink_error("enqueue", error)));
                         break;
                     }
                 }
@@ -303,14 +306,14 @@ impl KafkaSink {
         // Every report is awaited, even after a failure: none is left dangling for the next
         // batch, and the error returned is the first one.
         for delivery in pending {
-            if let Err(e) = delivered(topic, delivery).await {
+            if let Err((e, fatal)) = delivered(topic, delivery).await {
+                producer_failed |= fatal;
                 outcome = outcome.and(Err(e));
             }
         }
-        if let Err((_, true)) = &outcome {
+        if producer_failed {
             self.renew_producer();
         }
-        let outcome = outcome.map_err(|(e, _)| e);
         if outcome.is_ok() {
             metrics::counter!("sluice_kafka_messages_total", "topic" => self.config.topic.clone())
                 .increment(batch.len() as u64);
