@@ -240,3 +240,95 @@ async fn an_advance_without_data_is_saved_after_what_came_before() {
         vec![("p".into(), 5), ("q".into(), 9)]
     );
 }
+
+/// A source that acknowledges upstream from `ctx.durable()`: every value it sees is already in
+/// the store and its records are written, the values never go back, and a failed write holds
+/// them (the acknowledgement is never ahead of durability).
+struct Acking {
+    memory: Arc<MemoryStore>,
+    sink: RecordingSink<Value>,
+    seen: Arc<Mutex<Vec<u64>>>,
+    /// What was acknowledgeable too early (a panic would only restart the session).
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+impl sluice::Source for Acking {
+    type Payload = Value;
+
+    fn name(&self) -> &str {
+        "acking"
+    }
+
+    async fn run(
+        &mut self,
+        ctx: sluice::SourceContext<Value>,
+    ) -> Result<sluice::SessionEnd, sluice::SourceError> {
+        let mut durable = ctx.durable();
+        let start = ctx.resume_after("p").and_then(|p| p.as_int()).unwrap_or(0);
+        for n in start + 1..=6 {
+            ctx.emit(Envelope::new("r", json!({"n": n})).with_checkpoint(Checkpoint::new("p", n)))
+                .await?;
+        }
+        loop {
+            let acked = durable
+                .borrow_and_update()
+                .get("p")
+                .and_then(|p| p.as_int());
+            if let Some(acked) = acked {
+                let stored = self.memory.snapshot("p").get("p").and_then(|p| p.as_int());
+                let written = ns(&self.sink.rows());
+                let mut violations = self.violations.lock().unwrap();
+                if stored < Some(acked) {
+                    violations.push(format!("acknowledgeable {acked} before the store had it"));
+                }
+                if !(1..=acked).all(|n| written.contains(&n)) {
+                    violations.push(format!(
+                        "{acked} acknowledgeable before its records were written"
+                    ));
+                }
+                drop(violations);
+                self.seen.lock().unwrap().push(acked);
+                if acked == 6 {
+                    return Ok(sluice::SessionEnd::Finished);
+                }
+            }
+            if durable.changed().await.is_err() {
+                return Ok(sluice::SessionEnd::Closed);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_cursors_reach_sources_only_after_the_save() {
+    let memory = Arc::new(MemoryStore::new());
+    let sink = RecordingSink::new();
+    sink.fail_next(1, ErrorClass::Transient); // the first write fails: nothing may be acked
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let source = Acking {
+        memory: memory.clone(),
+        sink: sink.clone(),
+        seen: seen.clone(),
+        violations: violations.clone(),
+    };
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        pipeline(
+            source,
+            memory.clone(),
+            sink.clone(),
+            RecordingSink::new(),
+            2,
+        )
+        .run(CancellationToken::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.last(), Some(&6), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "went back: {seen:?}");
+    let violations = violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:?}");
+}
