@@ -18,8 +18,14 @@ pub const STATE_RESOURCE: &str = "state";
 pub struct SupabaseConfig {
     /// The project URL, `https://<ref>.supabase.co` (self-hosted: the gateway URL).
     pub url: String,
-    /// The service role key (or anon key with RLS). Never logged.
+    /// The service role key (or anon key with RLS). Never logged. Better left out of files:
+    /// see `key_env`.
+    #[serde(default)]
     pub key: String,
+    /// The environment variable holding the key when `key` is empty (default
+    /// `SUPABASE_SERVICE_ROLE_KEY`).
+    #[serde(default)]
+    pub key_env: Option<String>,
     /// The schema of the tables.
     #[serde(default = "default_schema")]
     pub schema: String,
@@ -108,6 +114,7 @@ impl SupabaseConfig {
         Self {
             url: url.into(),
             key: key.into(),
+            key_env: None,
             schema: default_schema(),
             tables: tables.iter().map(|t| (*t).to_owned()).collect(),
             cursor_column: default_cursor_column(),
@@ -148,6 +155,24 @@ impl SupabaseConfig {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The key: `key`, or the environment variable `key_env` names.
+    ///
+    /// # Errors
+    /// Names the variable that is not set.
+    pub fn resolve_key(&mut self) -> Result<(), String> {
+        if self.key.is_empty() {
+            let var = self
+                .key_env
+                .clone()
+                .unwrap_or_else(|| "SUPABASE_SERVICE_ROLE_KEY".to_owned());
+            self.key = std::env::var(&var)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| format!("no key: set key_env's variable {var} (or key)"))?;
+        }
+        Ok(())
     }
 
     /// Checks the configuration.

@@ -99,9 +99,10 @@ impl SupabaseSource {
     ///
     /// # Errors
     /// A fatal error when the configuration is invalid.
-    pub fn new(config: SupabaseConfig) -> Result<Self, SourceError> {
+    pub fn new(mut config: SupabaseConfig) -> Result<Self, SourceError> {
         config
-            .validate()
+            .resolve_key()
+            .and_then(|()| config.validate())
             .map_err(|e| SourceError::fatal(format!("supabase: {e}")))?;
         let rest = RestClient::new(config.clone())?;
         let name = format!("supabase:{}", config.schema);
