@@ -234,16 +234,8 @@ fn the_demo_ends_with_nothing_missing_and_nothing_twice() {
     );
 }
 
-/// The ClickHouse server `scripts/services` started, or `None` when it is not running (and not
-/// required).
 fn clickhouse() -> Option<String> {
-    match std::env::var("SLUICE_TEST_CLICKHOUSE_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var_os("SLUICE_REQUIRE_SERVICES").is_some() => {
-            panic!("SLUICE_TEST_CLICKHOUSE_URL is not set: run the tests through scripts/test")
-        }
-        Err(_) => None,
-    }
+    sluice::testing::service_env("SLUICE_TEST_CLICKHOUSE_URL")
 }
 
 async fn clickhouse_query(url: &str, sql: &str) -> String {

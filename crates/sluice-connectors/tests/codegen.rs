@@ -23,12 +23,8 @@ const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/orders.r
 
 #[tokio::test]
 async fn generated_types_match_the_golden_file() {
-    let url = match std::env::var("SLUICE_TEST_POSTGRES_URL") {
-        Ok(url) => url,
-        Err(_) if std::env::var_os("SLUICE_REQUIRE_SERVICES").is_some() => {
-            panic!("SLUICE_TEST_POSTGRES_URL is not set: run the tests through scripts/test")
-        }
-        Err(_) => return,
+    let Some(url) = sluice::testing::service_env("SLUICE_TEST_POSTGRES_URL") else {
+        return;
     };
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await

@@ -17,13 +17,7 @@ use sluice_sim::supabase::{Faults, SupabaseSim, SupabaseSimConfig};
 use tokio_util::sync::CancellationToken;
 
 fn postgres() -> Option<String> {
-    match std::env::var("SLUICE_TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var_os("SLUICE_REQUIRE_SERVICES").is_some() => {
-            panic!("SLUICE_TEST_POSTGRES_URL is not set: run the tests through scripts/test")
-        }
-        Err(_) => None,
-    }
+    sluice::testing::service_env("SLUICE_TEST_POSTGRES_URL")
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {

@@ -15,7 +15,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, future_producer::DeliveryFuture},
 };
 use serde_json::Value;
-use sluice::{CheckpointCommit, DeadLetter, ErrorClass, Record, Sink, SinkError};
+use sluice::{CheckpointCommit, DeadLetter, ErrorClass, Sink, SinkError};
 
 /// Where and how the sink produces.
 #[derive(Clone)]
@@ -393,11 +393,9 @@ impl Sink<DeadLetter> for KafkaSink {
         batch: &[DeadLetter],
         _commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
-        let rows: Vec<Value> = batch.iter().map(Record::to_json).collect();
-        self.produce(&rows).await.map_err(|e| match e.class() {
-            ErrorClass::Data => SinkError::fatal("dead-letter message rejected").with_source(e),
-            _ => e,
-        })
+        self.produce(&DeadLetter::rows(batch))
+            .await
+            .map_err(SinkError::for_dead_letters)
     }
 }
 

@@ -8,8 +8,7 @@ use rusqlite::{
 };
 use serde_json::Value;
 use sluice::{
-    CheckpointCommit, ColumnType, DeadLetter, ErrorClass, Record, Sink, SinkError, TableSchema,
-    is_plain_decimal,
+    CheckpointCommit, ColumnType, DeadLetter, Sink, SinkError, TableSchema, is_plain_decimal,
 };
 use sluice_stores::sqlite::{SqliteDb, classify, save_in_tx};
 
@@ -297,12 +296,8 @@ impl Sink<DeadLetter> for SqliteSink {
         batch: &[DeadLetter],
         commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
-        let rows: Vec<Value> = batch.iter().map(Record::to_json).collect();
-        blocking(|| self.write_rows(&rows, commit)).map_err(|e| match e.class() {
-            // Nowhere left to put a dead letter that cannot be written.
-            ErrorClass::Data => SinkError::fatal("dead-letter row rejected").with_source(e),
-            _ => e,
-        })
+        let rows = DeadLetter::rows(batch);
+        blocking(|| self.write_rows(&rows, commit)).map_err(SinkError::for_dead_letters)
     }
 
     fn transaction_scope(&self) -> Option<&str> {
@@ -315,16 +310,12 @@ mod tests {
     use std::sync::Arc;
 
     use serde_json::json;
-    use sluice::{Column, Lease};
+    use sluice::{Column, ErrorClass, Lease};
 
     use super::*;
 
     fn schema(key: &[&str]) -> TableSchema {
-        let col = |name: &str, kind| Column {
-            name: name.into(),
-            kind,
-            nullable: true,
-        };
+        let col = |name: &str, kind| Column::new(name, kind, true);
         TableSchema {
             table: "trades".into(),
             columns: vec![

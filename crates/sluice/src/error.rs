@@ -92,6 +92,17 @@ classified_error!(
     /// An error of a sink write. On any error the runtime assumes nothing of the batch was written.
     SinkError
 );
+impl SinkError {
+    /// The error of a dead-letter write: a data error becomes fatal (a dead letter the
+    /// destination rejects has nowhere left to go), anything else stays as it is.
+    pub fn for_dead_letters(self) -> Self {
+        match self.class() {
+            ErrorClass::Data => SinkError::fatal("dead-letter row rejected").with_source(self),
+            _ => self,
+        }
+    }
+}
+
 classified_error!(
     /// An error of a checkpoint store: load, save, or lease.
     StoreError

@@ -91,6 +91,14 @@ impl DeadLetter {
     }
 }
 
+impl DeadLetter {
+    /// A batch of dead letters as JSON rows, for sinks that write JSON records: they write these
+    /// and map their error through [`SinkError::for_dead_letters`].
+    pub fn rows(batch: &[DeadLetter]) -> Vec<Value> {
+        batch.iter().map(Record::to_json).collect()
+    }
+}
+
 impl Record for DeadLetter {
     fn size_hint(&self) -> usize {
         self.payload.len() + self.reason.len() + self.resource.len() + 64
@@ -145,6 +153,17 @@ pub struct Column {
     pub nullable: bool,
 }
 
+impl Column {
+    /// A column `name` of type `kind`.
+    pub fn new(name: &str, kind: ColumnType, nullable: bool) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            nullable,
+        }
+    }
+}
+
 fn default_nullable() -> bool {
     true
 }
@@ -193,11 +212,7 @@ impl TableSchema {
 
     /// The schema of the dead-letter table.
     pub fn dead_letters(table: &str) -> Self {
-        let col = |name: &str, kind| Column {
-            name: name.into(),
-            kind,
-            nullable: true,
-        };
+        let col = |name: &str, kind| Column::new(name, kind, true);
         Self {
             table: table.into(),
             columns: vec![

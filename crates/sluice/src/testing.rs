@@ -435,3 +435,23 @@ pub fn merged(checkpoints: &[Checkpoint]) -> Checkpoints {
     merge_monotonic(&mut map, checkpoints);
     map
 }
+
+/// The value of a test-server variable that `scripts/services` sets (`SLUICE_TEST_POSTGRES_URL`,
+/// …), or `None` when it is unset and the servers are not required: the test then returns early.
+/// With `SLUICE_REQUIRE_SERVICES` set (as `scripts/test` and CI do) an unset variable panics, so
+/// a suite against a real server can never pass by skipping there.
+///
+/// # Panics
+/// When the variable is unset and `SLUICE_REQUIRE_SERVICES` is set.
+pub fn service_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var_os("SLUICE_REQUIRE_SERVICES").is_some() => {
+            panic!("{var} is not set: run the tests through scripts/test (it starts the servers)")
+        }
+        _ => {
+            eprintln!("skipped: {var} is not set (scripts/services start sets it)");
+            None
+        }
+    }
+}

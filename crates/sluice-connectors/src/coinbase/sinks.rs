@@ -5,11 +5,7 @@ use sluice::{Column, ColumnType, TableSchema};
 
 /// The `coinbase_trades` table.
 pub fn trades_table() -> TableSchema {
-    let col = |name: &str, kind, nullable| Column {
-        name: name.into(),
-        kind,
-        nullable,
-    };
+    let col = Column::new;
     TableSchema {
         table: "coinbase_trades".into(),
         columns: vec![

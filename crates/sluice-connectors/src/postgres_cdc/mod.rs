@@ -464,11 +464,7 @@ fn records(
 /// The change-log table: one row per change, keyed by (commit LSN, ordinal in the transaction),
 /// so a replayed transaction converges.
 pub fn changes_table(table: &str) -> TableSchema {
-    let col = |name: &str, kind, nullable| Column {
-        name: name.into(),
-        kind,
-        nullable,
-    };
+    let col = Column::new;
     TableSchema {
         table: table.into(),
         columns: vec![

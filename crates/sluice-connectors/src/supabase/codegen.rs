@@ -219,10 +219,7 @@ pub fn generate(tables: &[TableInfo]) -> String {
             "    /// The table definition sluice sinks create and write."
         );
         let _ = writeln!(out, "    pub fn table_schema() -> sluice::TableSchema {{");
-        let _ = writeln!(
-            out,
-            "        let col = |name: &str, kind, nullable| sluice::Column {{ name: name.into(), kind, nullable }};"
-        );
+        let _ = writeln!(out, "        let col = sluice::Column::new;");
         let _ = writeln!(out, "        sluice::TableSchema {{");
         let _ = writeln!(out, "            table: Self::TABLE.into(),");
         let _ = writeln!(out, "            columns: vec![");

@@ -8,11 +8,7 @@ use sluice::{Column, ColumnType, TableSchema};
 /// one row within the same second stay two rows (seed §4 item 14); `op` is the one operation
 /// column (item 16).
 pub fn changes_table(table: &str) -> TableSchema {
-    let col = |name: &str, kind, nullable| Column {
-        name: name.into(),
-        kind,
-        nullable,
-    };
+    let col = Column::new;
     TableSchema {
         table: table.into(),
         columns: vec![
@@ -39,11 +35,7 @@ pub fn changes_table(table: &str) -> TableSchema {
 /// keeps the newest `version` (a late or replayed older change never wins), and a delete stays as
 /// a tombstone (`deleted = true`, `row` null) so a late older update cannot resurrect the row.
 pub fn state_table(table: &str) -> TableSchema {
-    let col = |name: &str, kind, nullable| Column {
-        name: name.into(),
-        kind,
-        nullable,
-    };
+    let col = Column::new;
     TableSchema {
         table: table.into(),
         columns: vec![

@@ -40,7 +40,7 @@ impl Orders {
 
     /// The table definition sluice sinks create and write.
     pub fn table_schema() -> sluice::TableSchema {
-        let col = |name: &str, kind, nullable| sluice::Column { name: name.into(), kind, nullable };
+        let col = sluice::Column::new;
         sluice::TableSchema {
             table: Self::TABLE.into(),
             columns: vec![

@@ -262,11 +262,7 @@ mod tests {
     use super::*;
 
     fn schema() -> TableSchema {
-        let col = |name: &str, kind| Column {
-            name: name.into(),
-            kind,
-            nullable: true,
-        };
+        let col = |name: &str, kind| Column::new(name, kind, true);
         TableSchema {
             table: "trades".into(),
             columns: vec![

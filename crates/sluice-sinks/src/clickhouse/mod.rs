@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 pub use client::{ClickHouseEndpoint, ServerVersion};
 use serde_json::Value;
 use sluice::{
-    Backoff, BackoffPolicy, CheckpointCommit, DeadLetter, ErrorClass, Record, Sink, SinkError,
-    TableSchema,
+    Backoff, BackoffPolicy, CheckpointCommit, DeadLetter, ErrorClass, Sink, SinkError, TableSchema,
 };
 
 use self::{
@@ -277,11 +276,8 @@ impl Sink<DeadLetter> for ClickHouseSink {
         batch: &[DeadLetter],
         _commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
-        let rows: Vec<Value> = batch.iter().map(Record::to_json).collect();
-        self.insert(&rows).await.map_err(|e| match e.class() {
-            // Nowhere left to put a dead letter that cannot be written.
-            ErrorClass::Data => SinkError::fatal("dead-letter row rejected").with_source(e),
-            _ => e,
-        })
+        self.insert(&DeadLetter::rows(batch))
+            .await
+            .map_err(SinkError::for_dead_letters)
     }
 }

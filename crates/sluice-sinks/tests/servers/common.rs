@@ -9,20 +9,7 @@ use std::{
 use sluice::{BackoffPolicy, BatchLimits, PipelineOptions};
 use tokio::{net::TcpListener, sync::watch};
 
-/// The value of a service variable set by `scripts/services`, or `None` (the test then returns)
-/// when the servers are not running and not required.
-pub(crate) fn service(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ if std::env::var_os("SLUICE_REQUIRE_SERVICES").is_some() => {
-            panic!("{var} is not set: run the tests through scripts/test (it starts the servers)")
-        }
-        _ => {
-            eprintln!("skipped: {var} is not set (scripts/services start sets it)");
-            None
-        }
-    }
-}
+pub(crate) use sluice::testing::service_env as service;
 
 /// A name no other test run uses.
 pub(crate) fn unique(prefix: &str) -> String {
