@@ -42,6 +42,19 @@ async fn orders_table(pg: &tokio_postgres::Client, name: &str) {
     .unwrap();
 }
 
+/// Waits up to `secs` for `done`, then fails with `what()`.
+async fn eventually(secs: u64, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out: {}",
+            what()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn options() -> PipelineOptions {
     let quick = BackoffPolicy {
         initial: Duration::from_millis(50),
@@ -167,20 +180,17 @@ async fn backfill_closes_every_gap_realtime_leaves() {
     }
     let expect = committed(&pg, &table).await;
     assert_eq!(expect.len(), 250);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let missing: Vec<_> = expect.difference(&stored(&sink, &table)).cloned().collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} versions never stored, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        30,
+        || expect.is_subset(&stored(&sink, &table)),
+        || {
+            format!(
+                "{} versions never stored",
+                expect.difference(&stored(&sink, &table)).count()
+            )
+        },
+    )
+    .await;
     let counters = sim.counters();
     assert!(
         counters
@@ -222,16 +232,12 @@ async fn live_changes_carry_keys_and_deletes_in_both_protocol_versions() {
         let mut config = config(&sim, &[table.as_str()]);
         config.vsn = vsn.to_owned();
         let run = start(config, sink.clone(), RecordingSink::new(), token.clone());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while sim
-            .counters()
-            .joins
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let joins = || {
+            sim.counters()
+                .joins
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        eventually(20, || joins() > 0, || "no join".into()).await;
         tokio::time::sleep(Duration::from_millis(300)).await; // live
         pg.batch_execute(&format!(
             "INSERT INTO {table} (id, status, total) VALUES (1, 'new', 10.50), (2, 'new', 3);
@@ -239,14 +245,8 @@ async fn live_changes_carry_keys_and_deletes_in_both_protocol_versions() {
         ))
         .await
         .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !sink.rows().iter().any(|r| r["op"] == "DELETE") {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{vsn}: no delete arrived"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let deleted = || sink.rows().iter().any(|r| r["op"] == "DELETE");
+        eventually(20, deleted, || format!("{vsn}: no delete arrived")).await;
         let rows = sink.rows();
         let delete = rows.iter().find(|r| r["op"] == "DELETE").unwrap();
         assert_eq!(delete["key"], serde_json::json!({"id": 2}), "{vsn}");
@@ -350,14 +350,8 @@ async fn silent_heartbeats_end_the_session_and_nothing_is_lost() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     sim.set_faults(Faults::default());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !sink.rows().iter().any(|r| r["key"]["id"] == 7) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the row never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let arrived = || sink.rows().iter().any(|r| r["key"]["id"] == 7);
+    eventually(20, arrived, || "the row never arrived".into()).await;
     assert!(
         sim.counters()
             .connections
@@ -407,15 +401,17 @@ async fn expired_tokens_bad_frames_and_truncated_records_lose_nothing() {
     }
     sim.set_faults(Faults::default());
     let expect = committed(&pg, &table).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !expect.is_subset(&stored(&sink, &table)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} versions missing",
-            expect.difference(&stored(&sink, &table)).count()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        30,
+        || expect.is_subset(&stored(&sink, &table)),
+        || {
+            format!(
+                "{} versions missing",
+                expect.difference(&stored(&sink, &table)).count()
+            )
+        },
+    )
+    .await;
     let letters = dead.rows();
     assert!(
         letters

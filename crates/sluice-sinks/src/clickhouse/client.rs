@@ -179,7 +179,7 @@ impl Client {
     pub(crate) async fn execute(
         &self,
         statement: &str,
-        data: Option<Vec<u8>>,
+        data: Option<bytes::Bytes>,
     ) -> Result<String, SinkError> {
         let request = self
             .http

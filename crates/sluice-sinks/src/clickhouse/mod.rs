@@ -191,7 +191,8 @@ impl ClickHouseSink {
             .encoder
             .as_ref()
             .ok_or_else(|| SinkError::fatal("clickhouse sink written before prepare"))?;
-        let body = encoder.rows(batch)?;
+        // Shared, not copied, by each retry attempt.
+        let body = bytes::Bytes::from(encoder.rows(batch)?);
         let bytes = body.len();
         let labels = [("table", self.schema.table.clone())];
         let mut backoff = Backoff::new(self.options.backoff);
