@@ -1,6 +1,6 @@
 //! Defines the opt-in HTTP endpoints: `/metrics` (Prometheus text), `/health` (200 unless a
 //! pipeline failed for good or the process is draining: 503), `/ready` (200 when every pipeline
-//! has a session open).
+//! has a session open and holds no partition at a hole it cannot fill).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -74,7 +74,7 @@ async fn health_handler(State(s): State<Shared>) -> (StatusCode, String) {
 }
 
 async fn ready_handler(State(s): State<Shared>) -> StatusCode {
-    if !s.shutdown.is_cancelled() && s.stats.iter().all(|st| st.snapshot().up) {
+    if !s.shutdown.is_cancelled() && s.stats.iter().all(|st| st.snapshot().ready()) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -77,10 +77,13 @@ fn sigterm(child: &Child) {
 /// time, then stop cleanly: every trade of the simulator's log is stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_several_points_with_restarts_loses_and_repeats_nothing() {
+    // REST as harsh as protocols.md §1.12 allows: pages capped at 100, lagging the socket.
     let chaos = Chaos {
         drop: 0.01,
         duplicate: 0.01,
         reorder: 0.01,
+        rest_page_cap: Some(100),
+        rest_lag: Duration::from_millis(300),
         ..Chaos::default()
     };
     let sim = CoinbaseSim::start(CoinbaseSimConfig {

@@ -14,14 +14,16 @@ use sluice::{
     PipelineStats, Resource, Resources, testing::RecordingSink,
 };
 use sluice_connectors::coinbase::{
-    CoinbaseConfig, CoinbaseSource, CoinbaseStats, PIPELINE_ID, RESOURCE,
+    CoinbaseConfig, CoinbaseSource, CoinbaseStats, HOLES_RESOURCE, OnUnfillable, PIPELINE_ID,
+    RESOURCE,
 };
-use sluice_sim::coinbase::{Chaos, CoinbaseSim, CoinbaseSimConfig};
+use sluice_sim::coinbase::{Chaos, CoinbaseSim, CoinbaseSimConfig, RestWindow};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 struct Running {
     sink: RecordingSink<Value>,
+    holes: RecordingSink<Value>,
     dead: RecordingSink<sluice::DeadLetter>,
     stats: Arc<CoinbaseStats>,
     pipeline: Arc<PipelineStats>,
@@ -36,6 +38,17 @@ fn source_config(sim: &CoinbaseSim) -> CoinbaseConfig {
         products: sim.products().to_vec(),
         gap_grace_ms: 100,
         idle_timeout_ms: 1_500,
+        ..CoinbaseConfig::default()
+    }
+}
+
+/// The connector's own defaults (grace, idle timeout, hole policy), pointed at the simulator.
+fn default_config(sim: &CoinbaseSim) -> CoinbaseConfig {
+    CoinbaseConfig {
+        ws_url: sim.ws_url(),
+        rest_url: sim.rest_url(),
+        products: sim.products().to_vec(),
+        ..CoinbaseConfig::default()
     }
 }
 
@@ -43,6 +56,7 @@ fn start(config: CoinbaseConfig, store: Arc<MemoryStore>, sink: RecordingSink<Va
     let source = CoinbaseSource::new(config).unwrap();
     let stats = source.stats();
     let dead = RecordingSink::new();
+    let holes = RecordingSink::new();
     let limits = BatchLimits {
         max_records: 500,
         max_bytes: usize::MAX,
@@ -58,9 +72,12 @@ fn start(config: CoinbaseConfig, store: Arc<MemoryStore>, sink: RecordingSink<Va
         PIPELINE_ID,
         source,
         store,
-        Resources::new().with(RESOURCE, Resource::direct("trades")),
+        Resources::new()
+            .with(RESOURCE, Resource::direct("trades"))
+            .with(HOLES_RESOURCE, Resource::direct("holes")),
     )
     .sink("trades", sink.clone(), limits)
+    .sink("holes", holes.clone(), limits)
     .dead_letters(dead.clone(), limits)
     .options(PipelineOptions {
         reconnect: quick,
@@ -74,6 +91,7 @@ fn start(config: CoinbaseConfig, store: Arc<MemoryStore>, sink: RecordingSink<Va
     let handle = tokio::spawn(pipeline.run(shutdown.clone()));
     Running {
         sink,
+        holes,
         dead,
         stats,
         pipeline: pipeline_stats,
@@ -350,6 +368,7 @@ async fn every_fault_at_once_loses_nothing() {
         throttle: 0.2,
         rest_429: 0.2,
         rest_500: 0.1,
+        ..Chaos::default()
     };
     let running = run_with(chaos, 6).await;
     stop(running).await.unwrap();
@@ -405,4 +424,186 @@ async fn an_unknown_or_delisted_product_stops_the_pipeline_with_a_clear_error() 
         );
         assert_eq!(count(&running.stats.sessions), 1, "no reconnect loop");
     }
+}
+
+/// The REST shapes protocols.md allows at their harshest: pages capped at 100 (older docs), REST
+/// lagging the socket, slow pages, and either end of a large window served first. A restart
+/// after downtime leaves a gap of thousands of ids; with the connector's default grace and
+/// timeouts every one of them is stored, and the simulator shows the pages were short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lagging_rest_pages_fill_large_gaps_whole() {
+    for window in [RestWindow::NewestBelowAfter, RestWindow::OldestAboveBefore] {
+        let chaos = Chaos {
+            drop: 0.02,
+            rest_page_cap: Some(100),
+            rest_lag: Duration::from_millis(800),
+            rest_delay: Duration::from_millis(30),
+            rest_window: window,
+            ..Chaos::default()
+        };
+        let sim = sim(0.0, chaos).await;
+        let store = Arc::new(MemoryStore::new());
+        let sink = RecordingSink::new();
+        let first = start(default_config(&sim), store.clone(), sink.clone());
+        wait_started(&sim, &store).await;
+        sim.set_rate(400.0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop(first).await.unwrap();
+        // Thousands of trades while down: the gap is many pages long.
+        sim.burst(3_000);
+        let second = start(default_config(&sim), store.clone(), sink.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        verify(&sim, &second, Duration::from_secs(60)).await;
+        assert!(
+            count(&sim.counters().rest_capped) > 10,
+            "{window:?}: pages were capped"
+        );
+        assert_eq!(
+            count(&second.stats.unfilled),
+            0,
+            "{window:?}: no hole reported"
+        );
+        assert!(second.holes.rows().is_empty());
+        stop(second).await.unwrap();
+    }
+}
+
+/// REST answering 429 for 8 s with the default 5 s idle timeout: the backfill waits it out
+/// without the watchdog reopening the session, and the gap is filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_backfill_is_not_silence() {
+    let sim = sim(0.0, Chaos::default()).await;
+    let store = Arc::new(MemoryStore::new());
+    let running = start(default_config(&sim), store.clone(), RecordingSink::new());
+    wait_started(&sim, &store).await;
+    sim.set_rate(100.0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sim.throttle_rest_for(Duration::from_secs(8));
+    sim.set_chaos(Chaos {
+        drop: 0.05,
+        ..Chaos::default()
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sim.set_chaos(Chaos::default());
+    verify(&sim, &running, Duration::from_secs(30)).await;
+    assert!(
+        count(&sim.counters().rest_throttled) > 0,
+        "REST was throttled"
+    );
+    assert!(count(&running.stats.gaps_backfilled) > 0);
+    assert_eq!(
+        count(&running.stats.sessions),
+        1,
+        "the watchdog never reopened the session"
+    );
+    assert_eq!(running.pipeline.snapshot().reconnects, 0);
+    stop(running).await.unwrap();
+}
+
+/// Restarts a pipeline after `missed` trades per product traded while REST keeps only the
+/// newest `kept`: the oldest of them can be neither read nor backfilled.
+async fn restart_past_retention(
+    policy: OnUnfillable,
+    missed: u64,
+    kept: u64,
+) -> (CoinbaseSim, Arc<MemoryStore>, Running, sluice::Checkpoints) {
+    let sim = CoinbaseSim::start(CoinbaseSimConfig {
+        rate: 0.0,
+        heartbeat: Duration::from_millis(250),
+        seed: 7,
+        rest_retention: Some(kept),
+        ..CoinbaseSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let config = CoinbaseConfig {
+        on_unfillable: policy,
+        ..default_config(&sim)
+    };
+    let first = start(config.clone(), store.clone(), RecordingSink::new());
+    wait_started(&sim, &store).await;
+    sim.burst(20);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop(first).await.unwrap();
+    let before = store.snapshot(PIPELINE_ID);
+    sim.burst(missed * sim.products().len() as u64);
+    let running = start(config, store.clone(), RecordingSink::new());
+    (sim, store, running, before)
+}
+
+/// Trades REST no longer serves are a hole: by default the cursor is held before it, the hole
+/// is counted and the pipeline is not ready — nothing after the hole is saved as complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_holds_the_cursor_and_the_pipeline_is_not_ready() {
+    let (sim, store, running, before) = restart_past_retention(OnUnfillable::Hold, 600, 200).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while running.pipeline.snapshot().held < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sim.burst(20);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let snapshot = running.pipeline.snapshot();
+    assert!(!snapshot.ready(), "held at a hole: not ready");
+    assert_eq!(
+        store.snapshot(PIPELINE_ID),
+        before,
+        "cursors held before the hole"
+    );
+    assert!(running.sink.rows().is_empty(), "nothing past the hole");
+    assert!(count(&running.stats.unfilled) >= 2 * 200);
+    assert!(running.holes.rows().is_empty());
+    stop(running).await.unwrap();
+}
+
+/// With `on_unfillable = "skip"` the cursor moves past the hole, the hole is written to the
+/// holes resource (product, from, to, seen_at), and every trade after it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_hole_is_recorded_and_everything_after_it_stored() {
+    let (sim, _store, running, before) = restart_past_retention(OnUnfillable::Skip, 600, 200).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = ids_by_product(&running.sink.rows());
+        let complete = sim.products().iter().all(|p| {
+            stored
+                .get(p)
+                .and_then(|ids| ids.iter().max())
+                .is_some_and(|max| max == sim.trade_range(p).unwrap().end())
+        });
+        if complete {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let holes = running.holes.rows();
+    let stored = ids_by_product(&running.sink.rows());
+    for product in sim.products() {
+        let saved = before
+            .get(product.as_str())
+            .and_then(sluice::Position::as_int)
+            .unwrap();
+        let end = *sim.trade_range(product).unwrap().end();
+        let hole: Vec<&Value> = holes
+            .iter()
+            .filter(|h| h["product_id"] == *product)
+            .collect();
+        assert_eq!(hole.len(), 1, "{product}: one hole recorded: {holes:?}");
+        let (from, to) = (
+            hole[0]["from_id"].as_u64().unwrap(),
+            hole[0]["to_id"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            from,
+            saved + 1,
+            "{product}: the hole starts after the cursor"
+        );
+        assert!(hole[0]["seen_at"].as_str().unwrap().ends_with('Z'));
+        // Everything after the hole is stored, once.
+        let ids: BTreeSet<u64> = stored[product].iter().copied().collect();
+        assert_eq!(ids.len(), stored[product].len(), "{product}: duplicates");
+        assert_eq!(ids, (to + 1..=end).collect::<BTreeSet<u64>>(), "{product}");
+    }
+    stop(running).await.unwrap();
 }

@@ -470,7 +470,7 @@ async fn run_sessions<Src, R, S, C, D>(
     options: &PipelineOptions,
     shutdown: &CancellationToken,
     hard_stop: &CancellationToken,
-    stats: &PipelineStats,
+    stats: &Arc<PipelineStats>,
 ) -> Result<PipelineExit, PipelineError>
 where
     Src: Source + 'static,
@@ -506,6 +506,7 @@ where
             shutdown.child_token(),
             liveness.clone(),
             processor.durable(),
+            stats.clone(),
         );
         let started = Instant::now();
         stats.set_up(true);

@@ -15,6 +15,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use crate::{
     envelope::{Checkpoint, Checkpoints, Envelope, Position, ResourceName},
     error::SourceError,
+    stats::PipelineStats,
 };
 
 /// How a session ended without an error.
@@ -99,6 +100,7 @@ pub struct SourceContext<P> {
     cancel: CancellationToken,
     liveness: Arc<Liveness>,
     durable: tokio::sync::watch::Receiver<Checkpoints>,
+    stats: Arc<PipelineStats>,
 }
 
 impl<P> std::fmt::Debug for Item<P> {
@@ -124,14 +126,23 @@ impl<P: Send> SourceContext<P> {
         cancel: CancellationToken,
         liveness: Arc<Liveness>,
         durable: tokio::sync::watch::Receiver<Checkpoints>,
+        stats: Arc<PipelineStats>,
     ) -> Self {
+        stats.set_held(0);
         Self {
             checkpoints,
             tx,
             cancel,
             liveness,
             durable,
+            stats,
         }
+    }
+
+    /// Reports how many partitions the source holds at a hole it cannot fill (0: none). While
+    /// any is held the pipeline is not ready (`/ready` answers 503); each session starts at 0.
+    pub fn set_held(&self, partitions: u64) {
+        self.stats.set_held(partitions);
     }
 
     /// The cursors the runtime has made durable, updated after every save (and equal to

@@ -14,6 +14,7 @@ pub struct PipelineStats {
     checkpoint_saves: AtomicU64,
     reconnects: AtomicU64,
     up: AtomicBool,
+    held: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -33,6 +34,15 @@ pub struct StatsSnapshot {
     pub reconnects: u64,
     /// Whether a session is open.
     pub up: bool,
+    /// Partitions whose cursor the source holds at a hole it cannot fill (not ready).
+    pub held: u64,
+}
+
+impl StatsSnapshot {
+    /// Ready: a session is open and no partition is held at a hole.
+    pub fn ready(&self) -> bool {
+        self.up && self.held == 0
+    }
 }
 
 impl PipelineStats {
@@ -54,6 +64,7 @@ impl PipelineStats {
             checkpoint_saves: self.checkpoint_saves.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             up: self.up.load(Ordering::Relaxed),
+            held: self.held.load(Ordering::Relaxed),
         }
     }
 
@@ -93,6 +104,12 @@ impl PipelineStats {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sluice_reconnects_total", "pipeline" => self.pipeline.clone())
             .increment(1);
+    }
+
+    pub(crate) fn set_held(&self, partitions: u64) {
+        self.held.store(partitions, Ordering::Relaxed);
+        metrics::gauge!("sluice_partitions_held", "pipeline" => self.pipeline.clone())
+            .set(partitions as f64);
     }
 
     pub(crate) fn set_up(&self, up: bool) {

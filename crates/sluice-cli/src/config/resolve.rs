@@ -237,14 +237,31 @@ impl Config {
         sink: Option<&str>,
     ) -> anyhow::Result<Self> {
         source.validate().map_err(|e| anyhow!("coinbase: {e}"))?;
-        Self::builtin(
+        let mut config = Self::builtin(
             coinbase::PIPELINE_ID,
             RawSource::Coinbase(source),
             coinbase::RESOURCE,
             coinbase::trades_table(),
             db,
             sink,
-        )
+        )?;
+        // Holes skipped under `on_unfillable = "skip"` are recorded beside the cursors.
+        let spec = config
+            .pipelines
+            .get_mut(coinbase::PIPELINE_ID)
+            .expect("just built");
+        let holes = coinbase::holes_table();
+        spec.resources.push(ResourceSpec {
+            name: coinbase::HOLES_RESOURCE.into(),
+            sink: STORE_SINK.to_owned(),
+            key: holes.key.clone(),
+            version: None,
+            topic: holes.table.clone(),
+            schema: Some(holes),
+            transform: None,
+            on_error: OnError::DeadLetter,
+        });
+        Ok(config)
     }
 
     /// The built-in Supabase pipeline: every change into table `supabase_changes` of `db` (or

@@ -10,6 +10,9 @@ pub const PIPELINE_ID: &str = "coinbase-trades-listener";
 /// The resource of every trade.
 pub const RESOURCE: &str = "matches";
 
+/// The resource of holes skipped under [`OnUnfillable::Skip`].
+pub const HOLES_RESOURCE: &str = "holes";
+
 /// Configuration of a [`super::CoinbaseSource`].
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +32,22 @@ pub struct CoinbaseConfig {
     /// Silence (no frame, no heartbeat) before reconnecting, in milliseconds.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// What to do at a hole: trade ids REST shows do not exist (or no longer serves).
+    #[serde(default)]
+    pub on_unfillable: OnUnfillable,
+}
+
+/// The policy for a hole REST cannot fill.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnfillable {
+    /// Hold the product's cursor before the hole, retry with backoff, report it (log,
+    /// `sluice_coinbase_held_holes_total`, the pipeline not ready) until REST serves it.
+    #[default]
+    Hold,
+    /// Move past the hole and write it to the `holes` resource (table `coinbase_holes`:
+    /// product, from, to, seen_at), so nothing is lost silently.
+    Skip,
 }
 
 fn default_ws_url() -> String {
@@ -59,6 +78,7 @@ impl Default for CoinbaseConfig {
             products: default_products(),
             gap_grace_ms: default_gap_grace_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            on_unfillable: OnUnfillable::default(),
         }
     }
 }

@@ -10,9 +10,17 @@
 //! - when a heartbeat's `last_trade_id` is above the last trade seen on two heartbeats in a row
 //!   (one heartbeat of grace, so a trade still in flight is not fetched twice).
 //!
-//! `last_match` and repeated frames are duplicates by `(product_id, trade_id)`. A hole REST cannot
-//! fill (older than its retention) is reported — log, `sluice_coinbase_unfilled_trades_total`,
-//! [`CoinbaseStats::unfilled`] — and the cursor moves past it. Prices and sizes stay exact decimal
+//! Backfill pages newest first from the top of the gap (`after`) down to the cursor (`before`)
+//! until every id of the gap is accounted for: a page shorter than asked proves nothing about the
+//! ids it did not reach (servers cap pages at 100, 1,000 or lower). Before paging, the top of the
+//! gap must be served: REST lags the socket, and ids it does not serve yet are not missing.
+//! An id is a *hole* only when REST shows it does not exist — served ids on both sides of it (or
+//! an empty page between the cursor and a served id). The default policy
+//! ([`OnUnfillable::Hold`]) holds the cursor before the hole, retries with backoff and reports
+//! it (log, `sluice_coinbase_held_holes_total`, [`CoinbaseStats::unfilled`], the pipeline not
+//! ready); `on_unfillable = "skip"` moves past it and emits it to the `holes` resource.
+//!
+//! `last_match` and repeated frames are duplicates by `(product_id, trade_id)`. Prices and sizes stay exact decimal
 //! strings (trailing zeros trimmed, so REST and websocket forms agree); times keep microseconds.
 
 mod connector;
@@ -21,7 +29,7 @@ mod sinks;
 mod source;
 mod types;
 
-pub use connector::{CoinbaseConfig, PIPELINE_ID, RESOURCE};
-pub use sinks::trades_table;
+pub use connector::{CoinbaseConfig, HOLES_RESOURCE, OnUnfillable, PIPELINE_ID, RESOURCE};
+pub use sinks::{holes_table, trades_table};
 pub use source::{CoinbaseSource, CoinbaseStats};
 pub use types::normalize_decimal;

@@ -32,13 +32,18 @@ impl RestClient {
         })
     }
 
-    /// Trades of `product` with `after_id < id < before_id` (at most [`PAGE`]), ascending.
-    /// (Coinbase names the cursors from the newest-first order: `before` = newer than.)
+    /// One page of trades of `product` with `after_id < id < before_id`, ascending. The server
+    /// may serve fewer than asked (page caps, lag): a page proves nothing about ids it did not
+    /// reach. (Coinbase names the cursors from the newest-first order: `before` = newer than.)
+    ///
+    /// `alive` is called at least every second while requests and retry waits are under way, so
+    /// a slow or throttled REST is not mistaken for a silent feed by the idle watchdog.
     pub(crate) async fn window(
         &self,
         product: &str,
         after_id: u64,
         before_id: u64,
+        alive: &(dyn Fn() + Sync),
     ) -> Result<Vec<RestTrade>, SourceError> {
         let url = format!("{}/products/{product}/trades", self.base);
         let query = [
@@ -56,21 +61,29 @@ impl RestClient {
         for _ in 0..ATTEMPTS {
             metrics::counter!("sluice_coinbase_rest_requests_total", "product" => product.to_owned()).increment(1);
             tracing::debug!(product, after_id, before_id, "REST trades request");
-            match self.http.get(&url).query(&query).send().await {
+            let sent = beating(alive, self.http.get(&url).query(&query).send()).await;
+            match sent {
                 Ok(response) => {
                     let status = response.status();
                     if status.is_success() {
-                        let mut trades: Vec<RestTrade> = response.json().await.map_err(|e| {
+                        let body = beating(alive, response.bytes()).await.map_err(|e| {
                             SourceError::transient(format!(
-                                "REST trades of {product}: unreadable body"
+                                "REST trades of {product}: body not read"
                             ))
                             .with_source(e)
                         })?;
+                        let mut trades: Vec<RestTrade> =
+                            serde_json::from_slice(&body).map_err(|e| {
+                                SourceError::transient(format!(
+                                    "REST trades of {product}: unreadable body"
+                                ))
+                                .with_source(e)
+                            })?;
                         trades.retain(|t| t.trade_id > after_id && t.trade_id < before_id);
                         trades.sort_by_key(|t| t.trade_id);
                         return Ok(trades);
                     }
-                    let body = response.text().await.unwrap_or_default();
+                    let body = beating(alive, response.text()).await.unwrap_or_default();
                     let message = format!(
                         "REST trades of {product}: HTTP {status}: {}",
                         body.chars().take(200).collect::<String>()
@@ -91,8 +104,25 @@ impl RestClient {
                     );
                 }
             }
-            tokio::time::sleep(backoff.next_delay()).await;
+            beating(alive, tokio::time::sleep(backoff.next_delay())).await;
         }
         Err(last_error.unwrap_or_else(|| SourceError::transient("REST backfill failed")))
+    }
+}
+
+/// Awaits `work`, calling `alive` every second meanwhile (and once at each end).
+async fn beating<T>(alive: &(dyn Fn() + Sync), work: impl std::future::Future<Output = T>) -> T {
+    alive();
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => {
+                alive();
+                return out;
+            }
+            _ = tick.tick() => alive(),
+        }
     }
 }

@@ -26,3 +26,18 @@ pub fn trades_table() -> TableSchema {
         key: vec!["product_id".into(), "trade_id".into()],
     }
 }
+
+/// The `coinbase_holes` table: ranges of trade ids skipped under `on_unfillable = "skip"`.
+pub fn holes_table() -> TableSchema {
+    let col = Column::new;
+    TableSchema {
+        table: "coinbase_holes".into(),
+        columns: vec![
+            col("product_id", ColumnType::Text, false),
+            col("from_id", ColumnType::Integer, false),
+            col("to_id", ColumnType::Integer, false),
+            col("seen_at", ColumnType::Timestamp, false),
+        ],
+        key: vec!["product_id".into(), "from_id".into()],
+    }
+}

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::{
-    connector::{CoinbaseConfig, RESOURCE},
-    rest::{PAGE, RestClient},
+    connector::{CoinbaseConfig, HOLES_RESOURCE, OnUnfillable, RESOURCE},
+    rest::RestClient,
     types::{Frame, TradeRecord},
 };
 
@@ -37,7 +37,7 @@ pub struct CoinbaseStats {
     pub duplicates: AtomicU64,
     /// Gaps closed by REST backfill.
     pub gaps_backfilled: AtomicU64,
-    /// Trade ids REST could not provide (reported, then skipped).
+    /// Trade ids REST showed absent (held or skipped by policy).
     pub unfilled: AtomicU64,
     /// Frames of a type this source does not know (ignored).
     pub unknown: AtomicU64,
@@ -92,11 +92,51 @@ struct Product {
     partition: Arc<str>,
     /// The last trade id emitted: everything up to it is emitted, in order.
     last: Option<u64>,
-    /// Trades read ahead of a gap, waiting for it to close.
+    /// Trades known beyond a gap (read on the socket or fetched from REST), waiting for it to
+    /// close. At most [`MAX_AHEAD`]: beyond that, socket trades are left to REST.
     ahead: BTreeMap<u64, TradeRecord>,
+    /// The highest id known to exist (a heartbeat's `last_trade_id`), perhaps not in `ahead`.
+    known_top: Option<u64>,
     gap_since: Option<Instant>,
     /// A heartbeat's `last_trade_id` above `last`, waiting one heartbeat before a backfill.
     suspect: Option<u64>,
+    /// No backfill before then (REST lagging behind the socket, or a hole held).
+    retry_at: Option<Instant>,
+    /// Backfill attempts in a row that could not close the gap.
+    attempts: u32,
+    /// The hole the cursor is held before (`on_unfillable = "hold"`).
+    held: Option<(u64, u64)>,
+}
+
+impl Product {
+    /// The lowest id known to exist above `last` that is not ready to emit: the gap below it
+    /// (inclusive of it when it is not in `ahead`) is what a backfill fills.
+    fn gap_top(&self) -> Option<u64> {
+        let last = self.last?;
+        let ahead = self.ahead.first_key_value().map(|(id, _)| *id);
+        let top = ahead
+            .into_iter()
+            .chain(self.known_top)
+            .filter(|t| *t > last)
+            .min()?;
+        (top > last + 1 || ahead != Some(top)).then_some(top)
+    }
+}
+
+/// Trades kept ahead of a gap per product, at most: a hole held for long must not grow memory
+/// without bound. Trades beyond are fetched from REST once the gap closes.
+const MAX_AHEAD: usize = 100_000;
+
+/// Ids backfilled per pass, at most (the pass emits before it fetches the next).
+const CHUNK: u64 = 1_000;
+
+/// What REST showed about the ids of a chunk.
+#[derive(Debug, Default)]
+struct Fetched {
+    trades: BTreeMap<u64, super::types::RestTrade>,
+    /// Ranges of ids REST shows do not exist (served ids on both sides, or an empty page below
+    /// a served id).
+    absent: Vec<(u64, u64)>,
 }
 
 struct Session<'a> {
@@ -139,7 +179,12 @@ impl Session<'_> {
         }
         match state.last {
             Some(last) if id > last + 1 => {
-                state.ahead.insert(id, trade);
+                if state.ahead.len() < MAX_AHEAD {
+                    state.ahead.insert(id, trade);
+                } else {
+                    // REST serves it later; remember that it exists.
+                    state.known_top = state.known_top.max(Some(id));
+                }
                 state.gap_since.get_or_insert_with(Instant::now);
                 Ok(())
             }
@@ -163,11 +208,14 @@ impl Session<'_> {
                     let (_, trade) = state.ahead.pop_first().expect("present");
                     state.last = Some(id);
                     let partition = state.partition.clone();
-                    self.emit(partition, trade, false).await?;
+                    let from_rest = trade.record["source"] == "rest";
+                    self.emit(partition, trade, from_rest).await?;
                 }
                 _ => {
-                    if state.ahead.is_empty() {
+                    if state.gap_top().is_none() {
                         state.gap_since = None;
+                        state.attempts = 0;
+                        state.retry_at = None;
                     }
                     return Ok(());
                 }
@@ -175,74 +223,244 @@ impl Session<'_> {
         }
     }
 
-    /// Fills `(last, upto)` from REST (preferring trades read ahead on the socket), then drains.
-    async fn backfill(&mut self, product: &str, upto: u64) -> Result<(), SourceError> {
-        let Some(mut last) = self.products[product].last else {
-            return Ok(());
-        };
-        if last + 1 >= upto {
+    /// Fills the product's gap from REST, chunk by chunk from the cursor up, emitting as it goes.
+    /// Stops early (and schedules a retry) when REST does not serve the gap's top yet, or at a
+    /// hole it holds.
+    async fn backfill(&mut self, product: &str) -> Result<(), SourceError> {
+        let state = &self.products[product];
+        let (Some(last), Some(top)) = (state.last, state.gap_top()) else {
             return self.drain_ahead(product).await;
-        }
+        };
         CoinbaseStats::add(&self.source.stats.gaps_backfilled, 1);
         tracing::info!(
             product,
             from = last + 1,
-            to = upto - 1,
+            to = top,
             "backfilling gap through REST"
         );
-        while last + 1 < upto {
-            let window_end = upto.min(last + PAGE + 1);
-            let mut page = self.source.rest.window(product, last, window_end).await?;
-            if (page.len() as u64) < window_end - last - 1 {
-                // The newest trades may not be served yet: look once more before calling it a hole.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                page = self.source.rest.window(product, last, window_end).await?;
+        // REST lags the socket: ids below a top it does not serve yet are not missing, only
+        // not served yet. Only once the top is served does an unserved id below it prove a hole.
+        if !self.served(product, top).await? {
+            tracing::debug!(
+                product,
+                top,
+                "REST does not serve the gap's top yet; retrying"
+            );
+            self.retry_later(product);
+            return Ok(());
+        }
+        loop {
+            let state = &self.products[product];
+            let (Some(last), Some(top)) = (state.last, state.gap_top()) else {
+                break;
+            };
+            let chunk_top = top.min(last + CHUNK);
+            let fetched = self.fetch(product, last, chunk_top).await?;
+            if !self.merge(product, chunk_top, fetched).await? {
+                return Ok(());
             }
-            let mut from_rest: BTreeMap<u64, _> =
-                page.into_iter().map(|t| (t.trade_id, t)).collect();
-            let mut hole: Option<(u64, u64)> = None;
-            for id in last + 1..window_end {
-                let state = self.products.get_mut(product).expect("known product");
-                let partition = state.partition.clone();
-                if let Some(trade) = state.ahead.remove(&id) {
-                    state.last = Some(id);
-                    self.emit(partition, trade, false).await?;
-                } else if let Some(rest) = from_rest.remove(&id) {
-                    match rest.record(product) {
-                        Ok(trade) => {
-                            state.last = Some(id);
-                            self.emit(partition, trade, true).await?;
-                        }
-                        Err(reason) => {
-                            state.last = Some(id);
-                            self.reject(
-                                format!("{rest:?}"),
-                                format!("REST trade {id} of {product}: {reason}"),
-                                Some(Checkpoint::new(partition, id)),
-                            )
-                            .await?;
-                        }
-                    }
-                } else {
-                    state.last = Some(id);
-                    hole = Some(hole.map_or((id, id), |(from, _)| (from, id)));
+        }
+        self.drain_ahead(product).await
+    }
+
+    /// Whether REST serves trade `id` of `product`.
+    async fn served(&self, product: &str, id: u64) -> Result<bool, SourceError> {
+        let alive = || self.ctx.alive();
+        let page = self
+            .source
+            .rest
+            .window(product, id.saturating_sub(1), id + 1, &alive)
+            .await?;
+        Ok(page.iter().any(|t| t.trade_id == id))
+    }
+
+    /// Pages through `(last, chunk_top]` until every id is served or shown absent. Pages may be
+    /// short and may come from either end of the window: each served page splits what is left
+    /// into the parts it did not reach, and the ids between two served ids do not exist.
+    async fn fetch(
+        &self,
+        product: &str,
+        last: u64,
+        chunk_top: u64,
+    ) -> Result<Fetched, SourceError> {
+        let alive = || self.ctx.alive();
+        let mut fetched = Fetched::default();
+        // Exclusive windows still to read.
+        let mut open = vec![(last, chunk_top + 1)];
+        while let Some((below, above)) = open.pop() {
+            if above <= below + 1 {
+                continue;
+            }
+            let page = self
+                .source
+                .rest
+                .window(product, below, above, &alive)
+                .await?;
+            let (Some(lowest), Some(highest)) = (page.first(), page.last()) else {
+                // Nothing between `below` and `above`, and `above` (or the gap's top above it)
+                // is served: these ids do not exist (or REST no longer keeps them).
+                fetched.absent.push((below + 1, above - 1));
+                continue;
+            };
+            let (lowest, highest) = (lowest.trade_id, highest.trade_id);
+            open.push((below, lowest));
+            open.push((highest, above));
+            let mut previous = lowest;
+            for trade in page {
+                if trade.trade_id > previous + 1 {
+                    fetched.absent.push((previous + 1, trade.trade_id - 1));
+                }
+                previous = trade.trade_id;
+                fetched.trades.insert(trade.trade_id, trade);
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Emits `(last, chunk_top]` from what was read ahead and what REST served, applying the
+    /// hole policy at ids REST showed absent. `false` when the cursor is held at a hole.
+    async fn merge(
+        &mut self,
+        product: &str,
+        chunk_top: u64,
+        fetched: Fetched,
+    ) -> Result<bool, SourceError> {
+        // Served trades join those read ahead: what stops at a hole is not fetched again.
+        let mut undecodable = BTreeMap::new();
+        let state = self.products.get_mut(product).expect("known product");
+        for (id, rest) in fetched.trades {
+            if state.ahead.contains_key(&id) {
+                continue;
+            }
+            match rest.record(product) {
+                Ok(trade) => {
+                    state.ahead.insert(id, trade);
+                }
+                Err(reason) => {
+                    undecodable.insert(id, (format!("{rest:?}"), reason));
                 }
             }
-            if let Some((from, to)) = hole {
-                let missing = to - from + 1;
+        }
+        loop {
+            self.drain_ahead(product).await?;
+            let state = self.products.get_mut(product).expect("known product");
+            let Some(last) = state.last else {
+                return Ok(true);
+            };
+            if last >= chunk_top {
+                return Ok(true);
+            }
+            let from = last + 1;
+            if let Some((raw, reason)) = undecodable.remove(&from) {
+                // Served but not a trade we can store: dead-lettered in its place.
+                state.last = Some(from);
+                let partition = state.partition.clone();
+                self.reject(
+                    raw,
+                    format!("REST trade {from} of {product}: {reason}"),
+                    Some(Checkpoint::new(partition, from)),
+                )
+                .await?;
+                continue;
+            }
+            if !fetched
+                .absent
+                .iter()
+                .any(|(a, b)| (*a..=*b).contains(&from))
+            {
+                // Neither served nor shown absent: a server that contradicts itself. Try the
+                // gap again later rather than guess.
+                self.retry_later(product);
+                return Ok(false);
+            }
+            let next_known = state
+                .ahead
+                .first_key_value()
+                .map_or(chunk_top, |(id, _)| *id - 1)
+                .min(chunk_top);
+            let to = fetched
+                .absent
+                .iter()
+                .find(|(a, b)| (*a..=*b).contains(&from))
+                .map_or(from, |(_, b)| *b)
+                .min(next_known);
+            if !self.hole(product, from, to).await? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Applies the hole policy to `[from, to]`. `true` when the cursor moved past it.
+    async fn hole(&mut self, product: &str, from: u64, to: u64) -> Result<bool, SourceError> {
+        let missing = to - from + 1;
+        let state = self.products.get_mut(product).expect("known product");
+        match self.source.config.on_unfillable {
+            OnUnfillable::Hold => {
+                if state.held != Some((from, to)) {
+                    state.held = Some((from, to));
+                    CoinbaseStats::add(&self.source.stats.unfilled, missing);
+                    metrics::counter!("sluice_coinbase_held_holes_total").increment(1);
+                    tracing::warn!(
+                        product,
+                        from,
+                        to,
+                        missing,
+                        "trades missing from the feed and from REST: cursor held before the hole, retrying (on_unfillable = \"skip\" moves past it and records it)"
+                    );
+                }
+                self.retry_later(product);
+                self.report_held();
+                Ok(false)
+            }
+            OnUnfillable::Skip => {
+                state.last = Some(to);
+                state.held = None;
+                let partition = state.partition.clone();
                 CoinbaseStats::add(&self.source.stats.unfilled, missing);
-                metrics::counter!("sluice_coinbase_unfilled_trades_total", "product" => product.to_owned()).increment(missing);
+                metrics::counter!("sluice_coinbase_skipped_trades_total").increment(missing);
                 tracing::warn!(
                     product,
                     from,
                     to,
                     missing,
-                    "trades missing from the feed and from REST (retention?): hole reported, cursor moves past it"
+                    "trades missing from the feed and from REST: skipped, recorded in the holes table"
                 );
+                let seen_at =
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                let envelope = Envelope {
+                    resource: HOLES_RESOURCE.into(),
+                    payload: json!({"product_id": product, "from_id": from, "to_id": to, "seen_at": seen_at}),
+                    checkpoint: Some(Checkpoint::new(partition, to)),
+                };
+                self.ctx.emit(envelope).await?;
+                self.report_held();
+                Ok(true)
             }
-            last = window_end - 1;
         }
-        self.drain_ahead(product).await
+    }
+
+    /// Backs the product's next backfill off (250 ms doubling to 30 s).
+    fn retry_later(&mut self, product: &str) {
+        let state = self.products.get_mut(product).expect("known product");
+        let delay = Duration::from_millis(250)
+            .saturating_mul(1 << state.attempts.min(7))
+            .min(Duration::from_secs(30));
+        state.attempts += 1;
+        state.retry_at = Some(Instant::now() + delay);
+    }
+
+    /// Tells the pipeline how many products are held at a hole.
+    fn report_held(&mut self) {
+        for state in self.products.values_mut() {
+            if state
+                .held
+                .is_some_and(|(from, _)| state.last.is_some_and(|l| l >= from))
+            {
+                state.held = None;
+            }
+        }
+        let held = self.products.values().filter(|p| p.held.is_some()).count();
+        self.ctx.set_held(held as u64);
     }
 
     async fn reject(
@@ -262,17 +480,21 @@ impl Session<'_> {
             .await
     }
 
-    /// Backfills every gap older than the grace.
+    /// Backfills every gap older than the grace whose retry time has come.
     async fn close_stale_gaps(&mut self) -> Result<(), SourceError> {
         let grace = self.source.config.gap_grace();
-        let stale: Vec<(String, u64)> = self
+        let now = Instant::now();
+        let stale: Vec<String> = self
             .products
             .iter()
-            .filter(|(_, p)| p.gap_since.is_some_and(|since| since.elapsed() >= grace))
-            .filter_map(|(name, p)| p.ahead.first_key_value().map(|(id, _)| (name.clone(), *id)))
+            .filter(|(_, p)| p.gap_since.is_some_and(|since| since + grace <= now))
+            .filter(|(_, p)| p.retry_at.is_none_or(|at| at <= now))
+            .filter(|(_, p)| p.gap_top().is_some())
+            .map(|(name, _)| name.clone())
             .collect();
-        for (product, upto) in stale {
-            self.backfill(&product, upto).await?;
+        for product in stale {
+            self.backfill(&product).await?;
+            self.report_held();
         }
         Ok(())
     }
@@ -286,7 +508,8 @@ impl Session<'_> {
             .ahead
             .last_key_value()
             .map(|(id, _)| *id)
-            .max(state.last);
+            .max(state.last)
+            .max(state.known_top);
         let Some(seen) = seen else {
             // A new pipeline that has seen no trade yet starts after this one, durably: a
             // disconnect before its first trade must not move the starting point later.
@@ -301,9 +524,14 @@ impl Session<'_> {
         match state.suspect.replace(last_trade_id) {
             Some(previous) if previous > seen => {
                 state.suspect = None;
-                let upto = previous + 1;
-                // Trades read ahead below `upto` are merged by the backfill.
-                self.backfill(product, upto).await
+                // The trades up to `previous` exist; the gap reaches it.
+                state.known_top = Some(previous).max(state.known_top);
+                state.gap_since = Some(Instant::now() - self.source.config.gap_grace());
+                if state.retry_at.is_none_or(|at| at <= Instant::now()) {
+                    self.backfill(product).await?;
+                    self.report_held();
+                }
+                Ok(())
             }
             _ => Ok(()),
         }

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::broadcast;
+use tokio::{sync::broadcast, time::Instant};
 use tokio_util::sync::CancellationToken;
 pub use trade::{Trade, rfc3339_micros};
 
@@ -50,6 +50,26 @@ pub struct Chaos {
     pub rest_429: f64,
     /// Answer a REST request with 500.
     pub rest_500: f64,
+    /// Serve at most this many trades per REST page, whatever `limit` asks (older docs and
+    /// clients: 100; any server may cap lower under load). `None`: the documented 1,000.
+    pub rest_page_cap: Option<u64>,
+    /// REST serves a trade only this long after the socket announced it.
+    pub rest_lag: Duration,
+    /// Every REST answer is this slow.
+    pub rest_delay: Duration,
+    /// Which page a request with both cursors gets when the window holds more than a page.
+    pub rest_window: RestWindow,
+}
+
+/// Which part of a `before`/`after` window a page holds when the window is larger than the
+/// page. protocols.md §1.12 shows only windows that fit one page; a client must work with both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestWindow {
+    /// The newest trades below `after` (walking backwards from `after`).
+    #[default]
+    NewestBelowAfter,
+    /// The oldest trades above `before` (the page adjacent to `before`), still newest first.
+    OldestAboveBefore,
 }
 
 impl Chaos {
@@ -67,6 +87,10 @@ impl Chaos {
             throttle: 0.1,
             rest_429: 0.1,
             rest_500: 0.05,
+            rest_page_cap: Some(100),
+            rest_lag: Duration::from_millis(300),
+            rest_delay: Duration::from_millis(20),
+            rest_window: RestWindow::NewestBelowAfter,
         }
     }
 }
@@ -135,6 +159,12 @@ pub struct SimCounters {
     pub rest_requests: AtomicU64,
     /// REST requests failed on purpose (429 or 500).
     pub rest_failed: AtomicU64,
+    /// REST requests answered 429.
+    pub rest_throttled: AtomicU64,
+    /// REST requests answered 500.
+    pub rest_errors: AtomicU64,
+    /// REST pages cut short by `rest_page_cap`.
+    pub rest_capped: AtomicU64,
 }
 
 /// A generated trade, announced to connections.
@@ -156,6 +186,10 @@ pub(crate) struct State {
     pub(crate) rng: Mutex<fastrand::Rng>,
     pub(crate) shutdown: CancellationToken,
     emit_lock: Mutex<()>,
+    /// Per product: (when, newest id announced then), oldest first, for REST's lag.
+    announced: Vec<Mutex<std::collections::VecDeque<(Instant, u64)>>>,
+    /// REST answers 429 to everything until then.
+    pub(crate) rest_throttled_until: Mutex<Option<Instant>>,
 }
 
 impl State {
@@ -166,6 +200,22 @@ impl State {
     /// The newest generated trade id of a product (`first - 1` before the first).
     pub(crate) fn last(&self, product: usize) -> u64 {
         self.next[product].load(Ordering::Acquire) - 1
+    }
+
+    /// The newest trade id REST serves: the newest announced at least `lag` ago.
+    pub(crate) fn rest_last(&self, product: usize, lag: Duration) -> u64 {
+        let last = self.last(product);
+        if lag.is_zero() {
+            return last;
+        }
+        let horizon = Instant::now().checked_sub(lag);
+        let announced = self.announced[product]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        horizon
+            .and_then(|h| announced.iter().rev().find(|(at, _)| *at <= h))
+            .map_or(self.first[product] - 1, |(_, id)| *id)
+            .min(last)
     }
 
     pub(crate) fn trade(&self, product: usize, trade_id: u64) -> Trade {
@@ -226,6 +276,7 @@ impl CoinbaseSim {
             .map(|i| 1_099_995_623 / (i + 1))
             .collect();
         let next = first.iter().map(|f| AtomicU64::new(*f)).collect();
+        let products = first.len();
         let (trades, _) = broadcast::channel(1 << 16);
         let state = Arc::new(State {
             chaos: Mutex::new(config.chaos.clone()),
@@ -238,6 +289,8 @@ impl CoinbaseSim {
             counters: SimCounters::default(),
             shutdown: CancellationToken::new(),
             emit_lock: Mutex::new(()),
+            announced: (0..products).map(|_| Mutex::default()).collect(),
+            rest_throttled_until: Mutex::new(None),
         });
         let app = axum::Router::new()
             .route("/", axum::routing::get(feed::upgrade))
@@ -313,6 +366,15 @@ impl CoinbaseSim {
         *self.state.chaos.lock().unwrap_or_else(|e| e.into_inner()) = chaos;
     }
 
+    /// Answers every REST request with 429 for `duration` from now.
+    pub fn throttle_rest_for(&self, duration: Duration) {
+        *self
+            .state
+            .rest_throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + duration);
+    }
+
     /// What the simulator did.
     pub fn counters(&self) -> &SimCounters {
         &self.state.counters
@@ -337,6 +399,19 @@ fn emit_trades(state: &State, n: u64) {
         let product = ((base + i) % products as u64) as usize;
         let trade_id = state.next[product].fetch_add(1, Ordering::AcqRel);
         let _ = state.trades.send(Announce { product, trade_id });
+    }
+    let now = Instant::now();
+    for (product, announced) in state.announced.iter().enumerate() {
+        let mut announced = announced.lock().unwrap_or_else(|e| e.into_inner());
+        let last = state.last(product);
+        if announced.back().is_some_and(|(_, id)| *id == last) {
+            continue;
+        }
+        announced.push_back((now, last));
+        // Keep a minute of history (REST lags by far less), and always the oldest entry within it.
+        while announced.len() > 1 && announced[1].0 + Duration::from_secs(60) < now {
+            announced.pop_front();
+        }
     }
 }
 

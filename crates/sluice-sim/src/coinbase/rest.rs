@@ -15,7 +15,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::State;
+use super::{RestWindow, State};
 
 fn message(status: StatusCode, text: &str) -> Response {
     (status, Json(json!({ "message": text }))).into_response()
@@ -28,12 +28,25 @@ pub(crate) async fn trades(
 ) -> Response {
     state.counters.rest_requests.fetch_add(1, Ordering::Relaxed);
     let chaos = state.chaos();
-    if state.roll(chaos.rest_429) {
+    if !chaos.rest_delay.is_zero() {
+        tokio::time::sleep(chaos.rest_delay).await;
+    }
+    let throttled = state
+        .rest_throttled_until
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some_and(|until| tokio::time::Instant::now() < until);
+    if throttled || state.roll(chaos.rest_429) {
         state.counters.rest_failed.fetch_add(1, Ordering::Relaxed);
+        state
+            .counters
+            .rest_throttled
+            .fetch_add(1, Ordering::Relaxed);
         return message(StatusCode::TOO_MANY_REQUESTS, "Public rate limit exceeded");
     }
     if state.roll(chaos.rest_500) {
         state.counters.rest_failed.fetch_add(1, Ordering::Relaxed);
+        state.counters.rest_errors.fetch_add(1, Ordering::Relaxed);
         return message(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
     }
     let Some(p) = state.product_index(&product) else {
@@ -53,7 +66,12 @@ pub(crate) async fn trades(
     if limit == 0 || limit > 1000 {
         return message(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
     }
-    let last = state.last(p);
+    let served = chaos.rest_page_cap.map_or(limit, |cap| cap.clamp(1, limit));
+    if served < limit {
+        state.counters.rest_capped.fetch_add(1, Ordering::Relaxed);
+    }
+    let limit = served;
+    let last = state.rest_last(p, chaos.rest_lag);
     let oldest = match state.config.rest_retention {
         Some(keep) => state.first[p].max(last.saturating_sub(keep.saturating_sub(1))),
         None => state.first[p],
@@ -61,6 +79,10 @@ pub(crate) async fn trades(
     // The page adjacent to the cursor(s), newest first.
     let (lo, hi) = match (before, after) {
         (Some(b), None) => (b + 1, b.saturating_add(limit).min(last)),
+        (Some(b), Some(a)) if chaos.rest_window == RestWindow::OldestAboveBefore => (
+            (b + 1).max(oldest),
+            b.saturating_add(limit).min(a.saturating_sub(1)).min(last),
+        ),
         (b, Some(a)) => (
             a.saturating_sub(limit).max(b.map_or(0, |b| b + 1)),
             a.saturating_sub(1).min(last),
