@@ -368,9 +368,17 @@ async fn every_fault_at_once_loses_nothing() {
         throttle: 0.2,
         rest_429: 0.2,
         rest_500: 0.1,
+        rest_page_cap: Some(100),
+        rest_lag: Duration::from_millis(300),
+        rest_delay: Duration::from_millis(20),
         ..Chaos::default()
     };
     let running = run_with(chaos, 6).await;
+    assert_eq!(
+        count(&running.stats.unfilled),
+        0,
+        "REST lagging is not a hole"
+    );
     stop(running).await.unwrap();
 }
 

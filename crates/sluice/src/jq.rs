@@ -10,7 +10,6 @@ use jaq_core::{
     unwrap_valr,
 };
 use jaq_json::Val;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
@@ -77,8 +76,10 @@ impl JqTransform {
     /// # Errors
     /// A message for a runtime error.
     pub fn run(&self, input: &Value) -> Result<Vec<Value>, String> {
-        let input =
-            Val::deserialize(input).map_err(|e| format!("input is not representable: {e}"))?;
+        // Through JSON text, not serde: jaq's reader keeps a decimal's digits exactly (serde
+        // would hand it an f64, or with arbitrary precision an opaque map).
+        let input = jaq_json::read::parse_single(input.to_string().as_bytes())
+            .map_err(|e| format!("input is not representable: {e}"))?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut outputs = Vec::new();
         for output in self.filter.id.run((ctx, input)).map(unwrap_valr) {

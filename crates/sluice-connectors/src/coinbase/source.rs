@@ -239,21 +239,21 @@ impl Session<'_> {
             "backfilling gap through REST"
         );
         // REST lags the socket: ids below a top it does not serve yet are not missing, only
-        // not served yet. Only once the top is served does an unserved id below it prove a hole.
-        if !self.served(product, top).await? {
-            tracing::debug!(
-                product,
-                top,
-                "REST does not serve the gap's top yet; retrying"
-            );
-            self.retry_later(product);
-            return Ok(());
-        }
+        // not served yet. Only once a top is served does an unserved id below it prove a hole.
+        let mut proven = None;
         loop {
             let state = &self.products[product];
             let (Some(last), Some(top)) = (state.last, state.gap_top()) else {
                 break;
             };
+            if proven.is_none_or(|p| top > p) {
+                if !self.served(product, top).await? {
+                    tracing::debug!(product, top, "REST does not serve the gap's top yet; retrying");
+                    self.retry_later(product);
+                    return Ok(());
+                }
+                proven = Some(top);
+            }
             let chunk_top = top.min(last + CHUNK);
             let fetched = self.fetch(product, last, chunk_top).await?;
             if !self.merge(product, chunk_top, fetched).await? {

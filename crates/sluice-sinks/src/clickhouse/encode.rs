@@ -180,19 +180,10 @@ impl Encoder {
                 let n = n.as_f64().ok_or_else(mismatch)?;
                 write!(out, "{n}").map_err(|e| e.to_string())?;
             }
-            (ColumnType::Decimal, Value::String(s)) if is_plain_decimal(s) => {
-                // Unquoted: 18.x servers read JSONEachRow decimals only as numbers.
-                let s = s.strip_prefix('+').unwrap_or(s);
-                let fraction = s.split_once('.').map_or(0, |(_, f)| f.len());
-                if fraction > DECIMAL_SCALE as usize {
-                    return Err(format!(
-                        "has {fraction} digits after the point; the column keeps {DECIMAL_SCALE}"
-                    ));
-                }
-                out.extend_from_slice(s.as_bytes());
-            }
-            (ColumnType::Decimal, Value::Number(n)) if n.is_i64() || n.is_u64() => {
-                write!(out, "{n}").map_err(|e| e.to_string())?;
+            (ColumnType::Decimal, Value::String(s)) if is_plain_decimal(s) => write_decimal(out, s)?,
+            // A JSON number keeps its exact digits (serde_json's arbitrary precision).
+            (ColumnType::Decimal, Value::Number(n)) if is_plain_decimal(&n.to_string()) => {
+                write_decimal(out, &n.to_string())?;
             }
             (ColumnType::Text, Value::String(s)) => write_json(out, s)?,
             (ColumnType::Boolean, Value::Bool(b)) => out.push(if *b { b'1' } else { b'0' }),
@@ -357,4 +348,17 @@ mod tests {
         assert_eq!(quote("we`ird"), "`we\\`ird`");
         assert_eq!(string_literal("it's"), "'it\\'s'");
     }
+}
+
+/// A plain decimal, unquoted: 18.x servers read JSONEachRow decimals only as numbers.
+fn write_decimal(out: &mut Vec<u8>, s: &str) -> Result<(), String> {
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let fraction = s.split_once('.').map_or(0, |(_, f)| f.len());
+    if fraction > DECIMAL_SCALE as usize {
+        return Err(format!(
+            "has {fraction} digits after the point; the column keeps {DECIMAL_SCALE}"
+        ));
+    }
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
 }
