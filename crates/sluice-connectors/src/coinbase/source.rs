@@ -248,7 +248,11 @@ impl Session<'_> {
             };
             if proven.is_none_or(|p| top > p) {
                 if !self.served(product, top).await? {
-                    tracing::debug!(product, top, "REST does not serve the gap's top yet; retrying");
+                    tracing::debug!(
+                        product,
+                        top,
+                        "REST does not serve the gap's top yet; retrying"
+                    );
                     self.retry_later(product);
                     return Ok(());
                 }

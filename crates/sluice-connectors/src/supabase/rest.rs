@@ -59,12 +59,33 @@ impl RestClient {
         Ok(Self { http, config })
     }
 
-    /// One page of `table` from `from`, in keyset order.
+    /// One page of `table` from `from`, in keyset order. Network trouble, 429 and 5xx are
+    /// retried here with backoff (the socket session stays up meanwhile).
     ///
     /// # Errors
-    /// Transient for network trouble, 429 and 5xx; fatal for a bad key (401/403), a missing
-    /// table (404) or a filter PostgREST rejects (400, e.g. no such cursor column).
+    /// Transient when the retries ran out; fatal for a bad key (401/403), a missing table (404)
+    /// or a filter PostgREST rejects (400, e.g. no such cursor column).
     pub async fn page(&self, table: &str, from: &From) -> Result<Vec<Value>, SourceError> {
+        let mut backoff = sluice::Backoff::new(sluice::BackoffPolicy {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+            multiplier: 2.0,
+            stable_after: Duration::ZERO,
+        });
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.page_once(table, from).await {
+                Err(error) if error.class() == sluice::ErrorClass::Transient && attempt < 8 => {
+                    tracing::warn!(table, attempt, %error, "supabase backfill page failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn page_once(&self, table: &str, from: &From) -> Result<Vec<Value>, SourceError> {
         let c = &self.config;
         let mut query: Vec<(String, String)> = vec![
             ("select".into(), "*".into()),
@@ -76,9 +97,9 @@ impl RestClient {
         ];
         match from {
             From::Start => {}
-            From::AtOrAfter(time) => {
-                query.push((c.cursor_column.clone(), format!("gte.{}", quoted(time))))
-            }
+            // A plain filter takes its value literally (quotes would be part of it); only the
+            // logic tree of `or` needs them.
+            From::AtOrAfter(time) => query.push((c.cursor_column.clone(), format!("gte.{time}"))),
             From::After(version, key) => query.push((
                 "or".into(),
                 format!(

@@ -135,29 +135,32 @@ impl SupabaseSource {
         Box::pin(async move { rest.page(&table, &from).await })
     }
 
-    /// The key object and normalised version of a row, or why not.
-    fn identify(&self, table: &str, row: &Value) -> Result<(Value, String), SourceError> {
+    /// The key object and normalised version of a row. `Err(Fatal)` when the table has no such
+    /// primary key column (configuration); `Ok(Err(reason))` for a row whose cursor column is
+    /// NULL or not a time (data: dead-lettered, the rest goes on).
+    fn identify(
+        &self,
+        table: &str,
+        row: &Value,
+    ) -> Result<Result<(Value, String), String>, SourceError> {
         let c = &self.config;
-        let key = row
-            .get(&c.primary_key)
-            .filter(|v| !v.is_null())
-            .ok_or_else(|| {
-                SourceError::fatal(format!(
-                    "supabase: table {}.{table} has no primary key column {:?} (set primary_key)",
-                    c.schema, c.primary_key
-                ))
-            })?;
+        let Some(key) = row.get(&c.primary_key).filter(|v| !v.is_null()) else {
+            return Err(SourceError::fatal(format!(
+                "supabase: table {}.{table} has no primary key column {:?} (set primary_key)",
+                c.schema, c.primary_key
+            )));
+        };
         let version = row
             .get(&c.cursor_column)
             .and_then(Value::as_str)
-            .and_then(normalize_time)
-            .ok_or_else(|| {
-                SourceError::fatal(format!(
-                    "supabase: table {}.{table}: column {:?} is missing or not a time; backfill needs a monotonic timestamp (set cursor_column)",
-                    c.schema, c.cursor_column
-                ))
-            })?;
-        Ok((json!({ c.primary_key.clone(): key }), version))
+            .and_then(normalize_time);
+        Ok(match version {
+            Some(version) => Ok((json!({ c.primary_key.clone(): key }), version)),
+            None => Err(format!(
+                "supabase: row {key} of {}.{table}: column {:?} is NULL or not a time; backfill needs a monotonic timestamp (set cursor_column)",
+                c.schema, c.cursor_column
+            )),
+        })
     }
 
     /// Where a table's backfill starts: the durable cursor minus the overlap, or the start.
@@ -272,7 +275,6 @@ impl Source for SupabaseSource {
                 }
                 _ = reconcile.tick() => {
                     if phase == Phase::Live && backfill_done && backfills.is_empty() && page.is_none() {
-                        // Live events stop moving the cursor until this pass is done.
                         backfill_done = false;
                         let cursors = durable.borrow().clone();
                         for table in &c.tables {
@@ -296,7 +298,13 @@ impl Source for SupabaseSource {
                     let full = rows.len() >= c.page_size;
                     let mut last = None;
                     for row in rows {
-                        let (key, version) = self.identify(&table, &row)?;
+                        let (key, version) = match self.identify(&table, &row)? {
+                            Ok(identified) => identified,
+                            Err(reason) => {
+                                ctx.reject(Rejected { resource: RESOURCE.into(), raw: row.to_string(), reason, checkpoint: None }).await?;
+                                continue;
+                            }
+                        };
                         let checkpoint = Checkpoint::new(table.as_str(), position(&version, &key[&c.primary_key]));
                         last = Some((version.clone(), key[&c.primary_key].clone()));
                         let record = change_record(&c.schema, &table, key, &version, "SNAPSHOT", None, Some(row), "backfill");
@@ -309,7 +317,7 @@ impl Source for SupabaseSource {
                     }
                     if backfills.is_empty() && !backfill_done {
                         backfill_done = true;
-                        tracing::info!(tables = c.tables.len(), "supabase backfill done; live changes move the cursor from now on");
+                        tracing::info!(tables = c.tables.len(), "supabase backfill pass done; the cursor is verified through it");
                     }
                 }
                 message = incoming.next() => {
@@ -410,11 +418,18 @@ impl Source for SupabaseSource {
                             let (record, checkpoint) = match kind {
                                 "INSERT" | "UPDATE" => {
                                     let row = data["record"].clone();
-                                    let (key, version) = self.identify(&table, &row)?;
-                                    let pk = key[&c.primary_key].clone();
+                                    let (key, version) = match self.identify(&table, &row)? {
+                                        Ok(identified) => identified,
+                                        Err(reason) => {
+                                            ctx.reject(Rejected { resource: RESOURCE.into(), raw: text.to_string(), reason, checkpoint: None }).await?;
+                                            continue;
+                                        }
+                                    };
                                     let record = change_record(&c.schema, &table, key, &version, kind, commit.as_deref(), Some(row), "realtime");
-                                    let checkpoint = backfill_done.then(|| Checkpoint::new(table.as_str(), position(&version, &pk)));
-                                    (record, checkpoint)
+                                    // Live events never move the cursor: Realtime drops changes
+                                    // without a sign, so only a backfill pass that read the
+                                    // table through a point in time may vouch for it.
+                                    (record, None)
                                 }
                                 "DELETE" => {
                                     let old = &data["old_record"];

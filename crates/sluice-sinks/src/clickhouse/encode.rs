@@ -180,7 +180,9 @@ impl Encoder {
                 let n = n.as_f64().ok_or_else(mismatch)?;
                 write!(out, "{n}").map_err(|e| e.to_string())?;
             }
-            (ColumnType::Decimal, Value::String(s)) if is_plain_decimal(s) => write_decimal(out, s)?,
+            (ColumnType::Decimal, Value::String(s)) if is_plain_decimal(s) => {
+                write_decimal(out, s)?
+            }
             // A JSON number keeps its exact digits (serde_json's arbitrary precision).
             (ColumnType::Decimal, Value::Number(n)) if is_plain_decimal(&n.to_string()) => {
                 write_decimal(out, &n.to_string())?;
