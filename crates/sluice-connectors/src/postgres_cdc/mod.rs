@@ -315,6 +315,8 @@ impl Source for PostgresCdcSource {
         let mut relations = RelationCache::new();
         // The transaction being read: commit LSN, commit time, ordinal of the next change.
         let mut txn: Option<(u64, String, u64)> = None;
+        // The newest position handed to `ctx.advance`.
+        let mut advanced = start.as_u64();
         loop {
             let event = tokio::select! {
                 _ = ctx.cancelled() => {
@@ -337,7 +339,18 @@ impl Source for PostgresCdcSource {
                 return Ok(SessionEnd::Closed);
             };
             match event {
-                ReplicationEvent::KeepAlive { .. } => ctx.alive(),
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    ctx.alive();
+                    // Between transactions the server has sent everything before `wal_end`: a
+                    // quiet publication moves its cursor (and so the slot) with the cluster's
+                    // WAL instead of pinning it. Saved, and so acknowledged, once durable.
+                    let wal_end = wal_end.as_u64();
+                    if txn.is_none() && wal_end > advanced {
+                        advanced = wal_end;
+                        ctx.advance(Checkpoint::new(PARTITION, Position::Int(wal_end)))
+                            .await?;
+                    }
+                }
                 ReplicationEvent::Begin {
                     final_lsn,
                     commit_time_micros,
@@ -345,6 +358,7 @@ impl Source for PostgresCdcSource {
                 } => txn = Some((final_lsn.as_u64(), pg_time(commit_time_micros), 0)),
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     txn = None;
+                    advanced = advanced.max(end_lsn.as_u64());
                     ctx.advance(Checkpoint::new(PARTITION, Position::Int(end_lsn.as_u64())))
                         .await?;
                 }
@@ -417,7 +431,7 @@ fn records(
         json!({
             "lsn": lsn, "op": op, "schema": rel.schema, "table": rel.table,
             "commit_time": time, "key": key, "row": row, "unchanged_toast": unchanged,
-            "deleted": op == "delete",
+            "deleted": op == "delete", "old_key": null, "old_row": null,
         })
     };
     Ok(match change {
@@ -434,18 +448,30 @@ fn records(
             )]
         }
         Change::Update {
-            relation: oid, new, ..
+            relation: oid,
+            new,
+            old,
         } => {
             let rel = relation(oid)?;
             let (row, unchanged) = tuple_json(rel, &new, false);
             let (key, _) = tuple_json(rel, &new, true);
-            vec![record(
+            let mut update = record(
                 rel,
                 "update",
                 Some(Value::Object(row)),
                 Value::Object(key),
                 unchanged,
-            )]
+            );
+            // The server sends the old tuple when the key changed (its key columns) or always
+            // under REPLICA IDENTITY FULL (the whole row): the row under the old key is gone.
+            if let Some(old) = old {
+                let (old_key, _) = tuple_json(rel, &old, true);
+                update["old_key"] = Value::Object(old_key);
+                if rel.replica_identity == b'f' {
+                    update["old_row"] = Value::Object(tuple_json(rel, &old, false).0);
+                }
+            }
+            vec![update]
         }
         Change::Delete { relation: oid, old } => {
             let rel = relation(oid)?;
@@ -478,6 +504,10 @@ pub fn changes_table(table: &str) -> TableSchema {
             col("row", ColumnType::Json, true),
             col("unchanged_toast", ColumnType::Json, true),
             col("deleted", ColumnType::Boolean, false),
+            // An update that changed the key: the key before it (the old row too under
+            // REPLICA IDENTITY FULL). NULL otherwise.
+            col("old_key", ColumnType::Json, true),
+            col("old_row", ColumnType::Json, true),
         ],
         key: vec!["lsn".into(), "seq".into()],
     }
