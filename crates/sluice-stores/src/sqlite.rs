@@ -30,12 +30,17 @@ pub struct SqliteDb {
     _checkpointer: Arc<Checkpointer>,
 }
 
+/// The WAL size past which the checkpoint thread truncates it (also SQLite's
+/// `journal_size_limit`, the size a reset WAL file is cut back to).
+const WAL_LIMIT: u64 = 8 << 20;
+
 /// Checkpoints the WAL from a thread of its own, once a second, so that copying the WAL into the
 /// database (and its fsync) is not paid inside a batch commit: SQLite's automatic checkpoint
 /// runs in the committing connection and was seen to stretch one commit to 117 ms. Dropping the
 /// last handle of the database ends the thread (its channel disconnects).
 #[derive(Debug)]
 struct Checkpointer {
+    /// Keeps the thread alive: dropping it disconnects the channel.
     _stop: std::sync::mpsc::Sender<()>,
 }
 
@@ -50,14 +55,24 @@ impl Checkpointer {
                     return;
                 };
                 let _ = conn.busy_timeout(Duration::from_secs(1));
+                let wal = {
+                    let mut name = path.clone().into_os_string();
+                    name.push("-wal");
+                    PathBuf::from(name)
+                };
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(Duration::from_secs(1))
                 {
                     // PASSIVE never blocks the writer; what it cannot copy now it copies next time.
+                    // But it never rewinds the WAL while commits keep landing during each
+                    // checkpoint: past the limit, TRUNCATE waits for a gap between commits (up
+                    // to the busy timeout), copies the rest and empties the file.
+                    let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT);
+                    let mode = if big { "TRUNCATE" } else { "PASSIVE" };
                     if let Err(error) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
                     {
-                        tracing::debug!(%error, "wal checkpoint skipped");
+                        tracing::debug!(%error, mode, "wal checkpoint skipped");
                     }
                 }
             });
@@ -119,9 +134,9 @@ impl SqliteDb {
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| store_error("busy_timeout", e))?;
         // Checkpoints run on their own thread (`Checkpointer`), not in commits.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0;",
-        )
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_LIMIT};"
+        ))
         .map_err(|e| store_error("pragmas", e))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| store_error("create sluice tables", e))?;
@@ -438,6 +453,38 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(30);
+
+    /// Commits 5 ms apart for 20 s (≈ 40 MB of pages): the checkpoint thread keeps the WAL
+    /// bounded instead of letting it grow with every commit that lands during a checkpoint.
+    #[test]
+    fn the_wal_stays_bounded_under_steady_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let db = SqliteDb::open(&path).unwrap();
+        db.lock()
+            .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB)")
+            .unwrap();
+        let wal = dir.path().join("w.db-wal");
+        let started = std::time::Instant::now();
+        let mut largest = 0;
+        let mut id = 0;
+        while started.elapsed() < Duration::from_secs(20) {
+            {
+                let mut conn = db.lock();
+                let tx = conn.transaction().unwrap();
+                for _ in 0..10 {
+                    id += 1;
+                    tx.execute("INSERT INTO t VALUES (?1, zeroblob(1000))", [id])
+                        .unwrap();
+                }
+                tx.commit().unwrap();
+            }
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(id > 10_000, "{id} rows");
+        assert!(largest < 16 << 20, "the WAL reached {} MB", largest >> 20);
+    }
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
