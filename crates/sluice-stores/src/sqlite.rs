@@ -457,6 +457,7 @@ mod tests {
     /// Commits 5 ms apart for 20 s (≈ 40 MB of pages): the checkpoint thread keeps the WAL
     /// bounded instead of letting it grow with every commit that lands during a checkpoint.
     #[test]
+    #[allow(clippy::disallowed_methods)] // a blocking test of blocking code: no runtime here
     fn the_wal_stays_bounded_under_steady_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");

@@ -478,27 +478,7 @@ where
 
     /// The newest position per partition among cursors of envelopes before `limit`.
     fn ready(&self, limit: Seq) -> Vec<Checkpoint> {
-        // Few partitions per pipeline and long runs of the same one: a vector searched from its
-        // end beats a map on this per-envelope path.
-        let mut newest: Vec<&Checkpoint> = Vec::new();
-        for (seq, checkpoint) in &self.pending {
-            if *seq >= limit {
-                break;
-            }
-            let same = |c: &&Checkpoint| {
-                Arc::ptr_eq(&c.partition, &checkpoint.partition)
-                    || c.partition == checkpoint.partition
-            };
-            match newest.iter().rposition(same) {
-                Some(i) => newest[i] = checkpoint,
-                None => newest.push(checkpoint),
-            }
-        }
-        newest
-            .into_iter()
-            .filter(|c| self.saved.get(&c.partition).is_none_or(|p| *p < c.position))
-            .cloned()
-            .collect()
+        ready(&self.pending, &self.saved, limit)
     }
 
     fn mark_saved(&mut self, limit: Seq, checkpoints: &[Checkpoint]) {
@@ -586,12 +566,18 @@ where
         let pipeline = self.pipeline.clone();
         let retry = self.options.retry;
         let hard_stop = self.hard_stop.clone();
+        let prefix = Prefix {
+            pending: &self.pending,
+            saved: &self.saved,
+            limit,
+        };
         let outcome = match target {
             Target::Data(i) => {
                 write_isolating(
                     &pipeline,
                     &mut self.slots[i],
                     commit.as_ref(),
+                    Some(prefix),
                     retry,
                     &hard_stop,
                 )
@@ -599,10 +585,22 @@ where
             }
             Target::DeadLetters => {
                 let dead = self.dead.as_mut().expect("checked non-empty above");
-                write_isolating(&pipeline, dead, commit.as_ref(), retry, &hard_stop).await
+                write_isolating(
+                    &pipeline,
+                    dead,
+                    commit.as_ref(),
+                    Some(prefix),
+                    retry,
+                    &hard_stop,
+                )
+                .await
             }
         };
-        let (committed, rejected) = match outcome {
+        let Isolated {
+            committed,
+            rejected,
+            resume,
+        } = match outcome {
             Ok(done) => done,
             Err(WriteFailure::Stopped) => return Err(self.drain_timeout()),
             Err(WriteFailure::Fatal(source)) => {
@@ -620,13 +618,22 @@ where
         match target {
             Target::Data(i) => {
                 let slot = &mut self.slots[i];
-                let records = std::mem::take(&mut slot.records);
-                let meta = std::mem::take(&mut slot.meta);
+                let mut records = std::mem::take(&mut slot.records);
+                let mut meta = std::mem::take(&mut slot.meta);
                 slot.clear();
+                let rest = resume.map(|at| (records.split_off(at), meta.split_off(at)));
                 self.stats
                     .add_written(&self.slots[i].name, records.len() - rejected.len());
                 self.reject_records(records, meta, rejected)?;
                 let slot = &mut self.slots[i];
+                if let Some((records, meta)) = rest {
+                    for (record, meta) in records.into_iter().zip(meta) {
+                        slot.push(record, meta);
+                    }
+                    // The dead letters first (and the cursor up to them), then the rest.
+                    Box::pin(self.flush(Target::DeadLetters)).await?;
+                    return Box::pin(self.flush(target)).await;
+                }
                 if slot.records.capacity() == 0 {
                     slot.records.reserve(slot.limits.max_records.min(1 << 16));
                 }
@@ -688,17 +695,60 @@ where
     }
 }
 
+/// The newest position per partition among `pending` cursors of envelopes before `limit`, those
+/// newer than `saved` only.
+fn ready(
+    pending: &VecDeque<(Seq, Checkpoint)>,
+    saved: &Checkpoints,
+    limit: Seq,
+) -> Vec<Checkpoint> {
+    // Few partitions per pipeline and long runs of the same one: a vector searched from its
+    // end beats a map on this per-envelope path.
+    let mut newest: Vec<&Checkpoint> = Vec::new();
+    for (seq, checkpoint) in pending {
+        if *seq >= limit {
+            break;
+        }
+        let same = |c: &&Checkpoint| {
+            Arc::ptr_eq(&c.partition, &checkpoint.partition) || c.partition == checkpoint.partition
+        };
+        match newest.iter().rposition(same) {
+            Some(i) => newest[i] = checkpoint,
+            None => newest.push(checkpoint),
+        }
+    }
+    newest
+        .into_iter()
+        .filter(|c| saved.get(&c.partition).is_none_or(|p| *p < c.position))
+        .cloned()
+        .collect()
+}
+
+/// What a transactional slot commits with a part of its buffer when it is bisected: the cursors
+/// of the envelopes wholly before the part's end.
+struct Prefix<'a> {
+    pending: &'a VecDeque<(Seq, Checkpoint)>,
+    saved: &'a Checkpoints,
+    /// The watermark of the whole buffer.
+    limit: Seq,
+}
+
 /// Writes a slot's buffer: retries transient errors with backoff, bisects on data errors to find
 /// the records the destination rejects. Returns whether `commit` went in with the write, and the
 /// indices of rejected records with their errors.
+///
+/// A transactional slot commits every part it writes with the cursors of what is done before the
+/// part's end (never past a rejected record, whose dead letter is not written yet), so a crash
+/// between two parts replays nothing already committed.
 async fn write_isolating<T: Record, K: Sink<T>>(
     pipeline: &str,
     slot: &mut Slot<T, K>,
     commit: Option<&CheckpointCommit<'_>>,
+    prefix: Option<Prefix<'_>>,
     retry: BackoffPolicy,
     hard_stop: &CancellationToken,
-) -> Result<(bool, Vec<(usize, SinkError)>), WriteFailure> {
-    let mut rejected = Vec::new();
+) -> Result<Isolated, WriteFailure> {
+    let mut rejected: Vec<(usize, SinkError)> = Vec::new();
     let mut backoff = Backoff::new(retry);
     // Ranges still to write, last = next; the whole buffer first, with the cursors.
     let mut todo = vec![(0, slot.records.len())];
@@ -706,7 +756,28 @@ async fn write_isolating<T: Record, K: Sink<T>>(
     let started = std::time::Instant::now();
     while let Some((from, to)) = todo.pop() {
         let whole = from == 0 && to == slot.records.len();
-        let with_commit = if whole { commit } else { None };
+        // Parts are written left to right: everything before `from` is written or rejected.
+        let part_cursors = match (&prefix, commit) {
+            (Some(prefix), Some(_)) if !whole => {
+                let end = slot.meta.get(to).map_or(prefix.limit, |m| m.seq);
+                let first_rejected = rejected.iter().map(|(i, _)| slot.meta[*i].seq).min();
+                let limit = first_rejected.map_or(end, |r| r.min(end)).min(prefix.limit);
+                ready(prefix.pending, prefix.saved, limit)
+            }
+            _ => Vec::new(),
+        };
+        let part_commit = commit.map(|c| CheckpointCommit {
+            pipeline: c.pipeline,
+            lease: c.lease,
+            checkpoints: &part_cursors,
+        });
+        let with_commit = if whole {
+            commit
+        } else if part_cursors.is_empty() {
+            None
+        } else {
+            part_commit.as_ref()
+        };
         let result = tokio::select! {
             biased;
             _ = hard_stop.cancelled() => return Err(WriteFailure::Stopped),
@@ -725,7 +796,18 @@ async fn write_isolating<T: Record, K: Sink<T>>(
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-                ErrorClass::Data if to - from == 1 => rejected.push((from, error)),
+                ErrorClass::Data if to - from == 1 => {
+                    rejected.push((from, error));
+                    if prefix.is_some() && commit.is_some() && to < slot.records.len() {
+                        // Transactional: what follows may commit its cursors only once this
+                        // record's dead letter is written. Stop here; the rest is written after.
+                        return Ok(Isolated {
+                            committed,
+                            rejected,
+                            resume: Some(to),
+                        });
+                    }
+                }
                 ErrorClass::Data => {
                     let mid = from + (to - from) / 2;
                     todo.push((mid, to));
@@ -738,7 +820,22 @@ async fn write_isolating<T: Record, K: Sink<T>>(
     tracing::debug!(pipeline, destination = %slot.name, records = slot.records.len(), write_ms = started.elapsed().as_secs_f64() * 1e3, "batch written");
     metrics::histogram!("sluice_batch_write_seconds", "pipeline" => pipeline.to_owned(), "destination" => slot.name.clone())
         .record(started.elapsed().as_secs_f64());
-    Ok((committed, rejected))
+    Ok(Isolated {
+        committed,
+        rejected,
+        resume: None,
+    })
+}
+
+/// What [`write_isolating`] did.
+struct Isolated {
+    /// Whether the whole buffer's cursors went in with the write.
+    committed: bool,
+    /// Indices of rejected records, with their errors.
+    rejected: Vec<(usize, SinkError)>,
+    /// Where writing stopped after a rejected record (transactional slots): the records from
+    /// here on are not written yet.
+    resume: Option<usize>,
 }
 
 fn render<P: Serialize>(payload: &P) -> String {

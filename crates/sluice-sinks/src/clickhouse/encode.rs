@@ -247,6 +247,19 @@ fn write_json(out: &mut Vec<u8>, text: &str) -> Result<(), String> {
     serde_json::to_writer(out, text).map_err(|e| e.to_string())
 }
 
+/// A plain decimal, unquoted: 18.x servers read JSONEachRow decimals only as numbers.
+fn write_decimal(out: &mut Vec<u8>, s: &str) -> Result<(), String> {
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let fraction = s.split_once('.').map_or(0, |(_, f)| f.len());
+    if fraction > DECIMAL_SCALE as usize {
+        return Err(format!(
+            "has {fraction} digits after the point; the column keeps {DECIMAL_SCALE}"
+        ));
+    }
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -350,17 +363,4 @@ mod tests {
         assert_eq!(quote("we`ird"), "`we\\`ird`");
         assert_eq!(string_literal("it's"), "'it\\'s'");
     }
-}
-
-/// A plain decimal, unquoted: 18.x servers read JSONEachRow decimals only as numbers.
-fn write_decimal(out: &mut Vec<u8>, s: &str) -> Result<(), String> {
-    let s = s.strip_prefix('+').unwrap_or(s);
-    let fraction = s.split_once('.').map_or(0, |(_, f)| f.len());
-    if fraction > DECIMAL_SCALE as usize {
-        return Err(format!(
-            "has {fraction} digits after the point; the column keeps {DECIMAL_SCALE}"
-        ));
-    }
-    out.extend_from_slice(s.as_bytes());
-    Ok(())
 }
