@@ -514,9 +514,11 @@ async fn restart_past_retention(
     policy: OnUnfillable,
     missed: u64,
     kept: u64,
+    chaos: Chaos,
 ) -> (CoinbaseSim, Arc<MemoryStore>, Running, sluice::Checkpoints) {
     let sim = CoinbaseSim::start(CoinbaseSimConfig {
         rate: 0.0,
+        chaos,
         heartbeat: Duration::from_millis(250),
         seed: 7,
         rest_retention: Some(kept),
@@ -544,7 +546,8 @@ async fn restart_past_retention(
 /// is counted and the pipeline is not ready — nothing after the hole is saved as complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hole_holds_the_cursor_and_the_pipeline_is_not_ready() {
-    let (sim, store, running, before) = restart_past_retention(OnUnfillable::Hold, 600, 200).await;
+    let (sim, store, running, before) =
+        restart_past_retention(OnUnfillable::Hold, 600, 200, Chaos::default()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while running.pipeline.snapshot().held < 2 {
         assert!(tokio::time::Instant::now() < deadline, "never held");
@@ -566,10 +569,24 @@ async fn a_hole_holds_the_cursor_and_the_pipeline_is_not_ready() {
 }
 
 /// With `on_unfillable = "skip"` the cursor moves past the hole, the hole is written to the
-/// holes resource (product, from, to, seen_at), and every trade after it is stored.
+/// holes resource (product, from, to, seen_at), and every trade after it is stored — also when
+/// the server answers a window with its oldest end, capped and clamped by retention (an empty
+/// page there is not proof that nothing exists).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skipped_hole_is_recorded_and_everything_after_it_stored() {
-    let (sim, _store, running, before) = restart_past_retention(OnUnfillable::Skip, 600, 200).await;
+    let harsh = Chaos {
+        rest_page_cap: Some(100),
+        rest_window: RestWindow::OldestAboveBefore,
+        ..Chaos::default()
+    };
+    for chaos in [Chaos::default(), harsh] {
+        skipped_hole(chaos).await;
+    }
+}
+
+async fn skipped_hole(chaos: Chaos) {
+    let (sim, _store, running, before) =
+        restart_past_retention(OnUnfillable::Skip, 600, 200, chaos.clone()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let stored = ids_by_product(&running.sink.rows());
@@ -597,7 +614,11 @@ async fn a_skipped_hole_is_recorded_and_everything_after_it_stored() {
             .iter()
             .filter(|h| h["product_id"] == *product)
             .collect();
-        assert_eq!(hole.len(), 1, "{product}: one hole recorded: {holes:?}");
+        assert_eq!(
+            hole.len(),
+            1,
+            "{chaos:?} {product}: one hole recorded: {holes:?}"
+        );
         let (from, to) = (
             hole[0]["from_id"].as_u64().unwrap(),
             hole[0]["to_id"].as_u64().unwrap(),
@@ -611,7 +632,11 @@ async fn a_skipped_hole_is_recorded_and_everything_after_it_stored() {
         // Everything after the hole is stored, once.
         let ids: BTreeSet<u64> = stored[product].iter().copied().collect();
         assert_eq!(ids.len(), stored[product].len(), "{product}: duplicates");
-        assert_eq!(ids, (to + 1..=end).collect::<BTreeSet<u64>>(), "{product}");
+        assert_eq!(
+            ids,
+            (to + 1..=end).collect::<BTreeSet<u64>>(),
+            "{chaos:?} {product}"
+        );
     }
     stop(running).await.unwrap();
 }

@@ -541,12 +541,19 @@ where
 
     /// Writes one buffer (the whole buffer), then saves the watermark it allows.
     async fn flush(&mut self, target: Target) -> Result<(), PipelineError> {
+        // A transactional slot that stopped at a rejected record goes on after its dead letter.
+        while self.flush_once(target).await? {}
+        Ok(())
+    }
+
+    /// One pass of [`flush`](Self::flush); `true` when records are left to write.
+    async fn flush_once(&mut self, target: Target) -> Result<bool, PipelineError> {
         let empty = match target {
             Target::Data(i) => self.slots[i].records.is_empty(),
             Target::DeadLetters => self.dead.as_ref().is_none_or(|d| d.records.is_empty()),
         };
         if empty {
-            return Ok(());
+            return Ok(false);
         }
         let limit = self.first_not_done(Some(target));
         let transactional = match target {
@@ -632,7 +639,7 @@ where
                     }
                     // The dead letters first (and the cursor up to them), then the rest.
                     Box::pin(self.flush(Target::DeadLetters)).await?;
-                    return Box::pin(self.flush(target)).await;
+                    return Ok(true);
                 }
                 if slot.records.capacity() == 0 {
                     slot.records.reserve(slot.limits.max_records.min(1 << 16));
@@ -656,10 +663,10 @@ where
         }
         if committed {
             self.mark_saved(limit, &checkpoints);
-            Ok(())
         } else {
-            self.save_ready().await
+            self.save_ready().await?;
         }
+        Ok(false)
     }
 
     /// Sends records the destination rejected through their resource's poison policy.

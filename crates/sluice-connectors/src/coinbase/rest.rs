@@ -38,19 +38,25 @@ impl RestClient {
     ///
     /// `alive` is called at least every second while requests and retry waits are under way, so
     /// a slow or throttled REST is not mistaken for a silent feed by the idle watchdog.
+    ///
+    /// Without `after_id` only the `after` cursor is sent: the newest trades below `before_id`
+    /// (walking backwards, the one paging every server agrees on).
     pub(crate) async fn window(
         &self,
         product: &str,
-        after_id: u64,
+        after_id: Option<u64>,
         before_id: u64,
         alive: &(dyn Fn() + Sync),
     ) -> Result<Vec<RestTrade>, SourceError> {
         let url = format!("{}/products/{product}/trades", self.base);
-        let query = [
-            ("before", after_id.to_string()),
+        let mut query = vec![
             ("after", before_id.to_string()),
             ("limit", PAGE.to_string()),
         ];
+        if let Some(after_id) = after_id {
+            query.push(("before", after_id.to_string()));
+        }
+        let after_id = after_id.unwrap_or(0);
         let mut backoff = Backoff::new(BackoffPolicy {
             initial: Duration::from_millis(200),
             max: Duration::from_secs(5),

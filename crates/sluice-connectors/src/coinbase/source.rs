@@ -273,7 +273,7 @@ impl Session<'_> {
         let page = self
             .source
             .rest
-            .window(product, id.saturating_sub(1), id + 1, &alive)
+            .window(product, Some(id.saturating_sub(1)), id + 1, &alive)
             .await?;
         Ok(page.iter().any(|t| t.trade_id == id))
     }
@@ -295,11 +295,21 @@ impl Session<'_> {
             if above <= below + 1 {
                 continue;
             }
-            let page = self
+            let mut page = self
                 .source
                 .rest
-                .window(product, below, above, &alive)
+                .window(product, Some(below), above, &alive)
                 .await?;
+            if page.is_empty() {
+                // A server may answer a window with its far end (capped, clamped by retention)
+                // and find nothing there: ask once more, walking backwards from `above` only.
+                page = self
+                    .source
+                    .rest
+                    .window(product, None, above, &alive)
+                    .await?;
+                page.retain(|t| t.trade_id > below);
+            }
             let (Some(lowest), Some(highest)) = (page.first(), page.last()) else {
                 // Nothing between `below` and `above`, and `above` (or the gap's top above it)
                 // is served: these ids do not exist (or REST no longer keeps them).

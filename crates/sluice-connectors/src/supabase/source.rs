@@ -239,8 +239,9 @@ impl Source for SupabaseSource {
         let mut ids: Vec<u64> = Vec::new();
         let mut heartbeat = tokio::time::interval_at(Instant::now() + c.heartbeat(), c.heartbeat());
         let mut awaiting_heartbeat: Option<String> = None;
-        let mut backfills: VecDeque<(String, From)> = VecDeque::new();
-        let mut page: Option<(String, Page)> = None;
+        // (table, from, vouch): a pass that vouches carries checkpoints; a targeted re-read does not.
+        let mut backfills: VecDeque<(String, From, bool)> = VecDeque::new();
+        let mut page: Option<(String, bool, Page)> = None;
         let mut backfill_done = false;
         let mut system_error = String::new();
         let durable = ctx.durable();
@@ -257,10 +258,10 @@ impl Source for SupabaseSource {
                 Phase::Live => None,
             };
             if page.is_none()
-                && let Some((table, from)) = backfills.pop_front()
+                && let Some((table, from, vouch)) = backfills.pop_front()
             {
                 let fut = self.page(&table, from);
-                page = Some((table, fut));
+                page = Some((table, vouch, fut));
             }
             tokio::select! {
                 _ = ctx.cancelled() => {
@@ -278,7 +279,7 @@ impl Source for SupabaseSource {
                         backfill_done = false;
                         let cursors = durable.borrow().clone();
                         for table in &c.tables {
-                            backfills.push_back((table.clone(), self.backfill_from(&cursors, table)));
+                            backfills.push_back((table.clone(), self.backfill_from(&cursors, table), true));
                         }
                     }
                 }
@@ -292,8 +293,8 @@ impl Source for SupabaseSource {
                         .map_err(|e| SourceError::transient("supabase: sending a heartbeat").with_source(e))?;
                     awaiting_heartbeat = Some(reference);
                 }
-                rows = async { page.as_mut().expect("guarded").1.as_mut().await }, if page.is_some() => {
-                    let (table, _) = page.take().expect("guarded");
+                rows = async { page.as_mut().expect("guarded").2.as_mut().await }, if page.is_some() => {
+                    let (table, vouch, _) = page.take().expect("guarded");
                     let rows = rows?;
                     let full = rows.len() >= c.page_size;
                     let mut last = None;
@@ -305,17 +306,19 @@ impl Source for SupabaseSource {
                                 continue;
                             }
                         };
-                        let checkpoint = Checkpoint::new(table.as_str(), position(&version, &key[&c.primary_key]));
+                        // A targeted re-read (after a truncated record) starts mid-table: it
+                        // vouches for nothing below its start, so it moves no cursor.
+                        let checkpoint = vouch.then(|| Checkpoint::new(table.as_str(), position(&version, &key[&c.primary_key])));
                         last = Some((version.clone(), key[&c.primary_key].clone()));
                         let record = change_record(&c.schema, &table, key, &version, "SNAPSHOT", None, Some(row), "backfill");
-                        self.emit(&ctx, record, Some(checkpoint)).await?;
+                        self.emit(&ctx, record, checkpoint).await?;
                     }
                     metrics::counter!("sluice_supabase_backfill_pages_total").increment(1);
                     match last {
-                        Some((version, key)) if full => backfills.push_front((table, From::After(version, key))),
+                        Some((version, key)) if full => backfills.push_front((table, From::After(version, key), vouch)),
                         _ => {}
                     }
-                    if backfills.is_empty() && !backfill_done {
+                    if vouch && !backfill_done && !backfills.iter().any(|(_, _, v)| *v) {
                         backfill_done = true;
                         tracing::info!(tables = c.tables.len(), "supabase backfill pass done; the cursor is verified through it");
                     }
@@ -374,7 +377,7 @@ impl Source for SupabaseSource {
                                         backfill_done = false;
                                         let cursors = durable.borrow().clone();
                                         for table in &c.tables {
-                                            backfills.push_back((table.clone(), self.backfill_from(&cursors, table)));
+                                            backfills.push_back((table.clone(), self.backfill_from(&cursors, table), true));
                                         }
                                         tracing::info!(tables = c.tables.len(), "supabase subscription live; backfilling");
                                 }
@@ -412,7 +415,7 @@ impl Source for SupabaseSource {
                                     checkpoint: None,
                                 }).await?;
                                 let from = commit.as_deref().map(|t| From::AtOrAfter(minus(t, c.overlap_ms))).unwrap_or(From::Start);
-                                backfills.push_back((table, from));
+                                backfills.push_back((table, from, false));
                                 continue;
                             }
                             let (record, checkpoint) = match kind {
