@@ -299,10 +299,19 @@ where
         // The mutex hands the source from session to session (see `SessionTask`); a session
         // releases it when it is dropped.
         let source = Arc::new(tokio::sync::Mutex::new(self.source));
-        let result = run_sessions(
-            &id, &source, processor, store, &lease, &options, &shutdown, &hard_stop, &stats,
-        )
-        .await;
+        // The lease is kept for the whole life of the pipeline — sessions, drains, reconnect
+        // backoffs — by one keeper; the moment it is lost, every write and wait stops.
+        let sessions = run_sessions(
+            &id, &source, processor, store, &options, &shutdown, &hard_stop, &stats,
+        );
+        let result = tokio::select! {
+            result = sessions => result,
+            source = keep_lease(&id, store, &lease, &options) => {
+                hard_stop.cancel();
+                tracing::error!(pipeline = %id, error = %source, "lease lost; stopped writing");
+                Err(PipelineError::Store { pipeline: id.to_string(), source })
+            }
+        };
         stats.set_up(false);
         // A lost lease is not released: release is a no-op for a stale token in every store.
         if let Err(error) = store.release(&lease).await {
@@ -375,6 +384,28 @@ where
     }
 }
 
+/// Renews the lease every third of its time to live until a renewal fails for good (another
+/// holder took it, the token is stale); transient failures are retried at the next tick.
+async fn keep_lease<C: CheckpointStore>(
+    id: &str,
+    store: &C,
+    lease: &Lease,
+    options: &PipelineOptions,
+) -> StoreError {
+    let every = (options.lease_ttl / 3).max(Duration::from_millis(10));
+    let mut renew = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        renew.tick().await;
+        match store.renew(lease, options.lease_ttl).await {
+            Ok(()) => {}
+            Err(error) if error.class() == ErrorClass::Transient => {
+                tracing::warn!(pipeline = id, %error, "lease renewal failed; retrying");
+            }
+            Err(error) => return error,
+        }
+    }
+}
+
 /// Sleeps; false if shutdown came first.
 async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -391,7 +422,6 @@ enum Ending {
     Processor(Result<(), PipelineError>),
     /// The processor drained a closed channel; the source's result.
     Drained(Result<SessionEnd, SourceError>),
-    LeaseLost(StoreError),
 }
 
 type SessionFuture =
@@ -466,7 +496,6 @@ async fn run_sessions<Src, R, S, C, D>(
     source: &Arc<tokio::sync::Mutex<Src>>,
     mut processor: Processor<'_, Src::Payload, R, S, D, C>,
     store: &C,
-    lease: &Lease,
     options: &PipelineOptions,
     shutdown: &CancellationToken,
     hard_stop: &CancellationToken,
@@ -488,7 +517,6 @@ where
             options.idle_timeout.or_else(|| source.idle_timeout()),
         )
     };
-    let renew_every = (options.lease_ttl / 3).max(Duration::from_millis(10));
     loop {
         // Resume from what the store holds, never from memory.
         let Some(saved): Option<Checkpoints> =
@@ -518,38 +546,25 @@ where
         }));
         let mut session_done = false;
         let mut consume = pin!(processor.consume(&mut rx));
-        // Created once per session: a fresh watchdog on every lease renewal would forget the
-        // silence so far, and never fire when the renewal period is shorter than the timeout.
+        // Created once per session, so it measures the silence of the whole session.
         let mut idle = pin!(watchdog::idle(&liveness, idle_timeout));
-        let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
-        let ending = loop {
-            tokio::select! {
-                biased;
-                result = &mut consume => match result {
-                    // The channel closed: the source's task ended (or dropped its context) and
-                    // everything it sent is written. Its own result says how it ended.
-                    Ok(()) => {
-                        session_done = true;
-                        break Ending::Drained(session.finish().await);
-                    }
-                    Err(error) => break Ending::Processor(Err(error)),
-                },
-                result = &mut session => {
+        let ending = tokio::select! {
+            biased;
+            result = &mut consume => match result {
+                // The channel closed: the source's task ended (or dropped its context) and
+                // everything it sent is written. Its own result says how it ended.
+                Ok(()) => {
                     session_done = true;
-                    break Ending::Source(result);
+                    Ending::Drained(session.finish().await)
                 }
-                _ = shutdown.cancelled() => break Ending::Shutdown,
-                _ = &mut idle => break Ending::Idle,
-                _ = renew.tick() => {
-                    if let Err(error) = store.renew(lease, options.lease_ttl).await {
-                        if error.class() == ErrorClass::Transient {
-                            tracing::warn!(pipeline = %id, %error, "lease renewal failed; retrying");
-                        } else {
-                            break Ending::LeaseLost(error);
-                        }
-                    }
-                }
+                Err(error) => Ending::Processor(Err(error)),
+            },
+            result = &mut session => {
+                session_done = true;
+                Ending::Source(result)
             }
+            _ = shutdown.cancelled() => Ending::Shutdown,
+            _ = &mut idle => Ending::Idle,
         };
         // Stop the source first: dropping the session closes its connection and the channel,
         // so the drain below is a barrier, not a snapshot.
@@ -560,13 +575,6 @@ where
         let (drained, ending) = match ending {
             Ending::Drained(result) => (Ok(()), Ending::Source(result)),
             Ending::Processor(Err(error)) => (Err(error), Ending::Shutdown),
-            Ending::LeaseLost(source) => (
-                Err(PipelineError::Store {
-                    pipeline: id.to_string(),
-                    source,
-                }),
-                Ending::Shutdown,
-            ),
             other => (
                 drain(&mut consume, shutdown, hard_stop, options.drain_timeout).await,
                 other,
@@ -606,7 +614,7 @@ where
             Ending::Idle => {
                 tracing::warn!(pipeline = %id, timeout_s = idle_timeout.unwrap_or_default().as_secs_f64(), "source idle; reconnecting")
             }
-            Ending::Processor(_) | Ending::Drained(_) | Ending::LeaseLost(_) => {
+            Ending::Processor(_) | Ending::Drained(_) => {
                 unreachable!("mapped above")
             }
         }

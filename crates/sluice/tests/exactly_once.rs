@@ -2,7 +2,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use sluice::{
-    MemoryStore, PipelineOptions,
+    BackoffPolicy, CheckpointStore, ErrorClass, MemoryStore, PipelineOptions,
     testing::{RecordingSink, ScriptedSource, SessionScript, json_log},
 };
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,54 @@ async fn crashes_while_a_batch_is_bisected_leave_every_envelope_exactly_once() {
         "duplicates after {crashes} crashes"
     );
     assert_eq!(unique.len() as u64, total - 2, "envelopes lost");
+}
+
+/// Invariant 8 across the whole life of a pipeline: a lease of 150 ms is kept through the
+/// reconnect backoff (up to 2 s here), not only inside sessions, so nobody else can take the
+/// pipeline while this one is alive and about to write again.
+#[tokio::test]
+async fn the_lease_is_kept_through_reconnect_backoffs() {
+    let store = Arc::new(MemoryStore::new());
+    let disconnects = (0..8).map(|_| SessionScript::DisconnectAfter(1, ErrorClass::Transient));
+    let slow = BackoffPolicy {
+        initial: Duration::from_secs(2),
+        max: Duration::from_secs(2),
+        multiplier: 1.0,
+        stable_after: Duration::from_secs(60),
+    };
+    let shutdown = CancellationToken::new();
+    let first = pipeline(
+        ScriptedSource::new(json_log("r", 10, 1)).sessions(disconnects, SessionScript::Hold),
+        store.clone(),
+        RecordingSink::new(),
+        RecordingSink::new(),
+        10,
+    )
+    .options(PipelineOptions {
+        holder: "host:1".into(),
+        lease_ttl: Duration::from_millis(150),
+        reconnect: slow,
+        ..fast_options()
+    });
+    let stats = first.stats();
+    let handle = tokio::spawn(first.run(shutdown.clone()));
+    let started = tokio::time::Instant::now();
+    let mut tries = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tries += 1;
+        let taken = store.acquire("p", "host:2", Duration::from_secs(10)).await;
+        assert!(
+            taken.is_err(),
+            "a second holder took the pipeline after {:?}, {} reconnects in",
+            started.elapsed(),
+            stats.snapshot().reconnects
+        );
+    }
+    assert!(stats.snapshot().reconnects >= 1, "the backoff happened");
+    assert!(tries > 40);
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
 }
 
 /// Invariant 9: the transactional path saves no cursor outside the write.
