@@ -124,6 +124,16 @@ impl KafkaConfig {
         Ok(config)
     }
 
+    /// The largest message librdkafka accepts (`message.max.bytes`, default 1,000,000).
+    pub fn max_message_bytes(&self) -> usize {
+        self.properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "message.max.bytes")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(1_000_000)
+    }
+
     fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -254,20 +264,48 @@ impl KafkaSink {
 
     async fn produce(&mut self, batch: &[Value]) -> Result<(), SinkError> {
         // Encode everything first: a bad record is a data error before anything is sent.
+        let max = self.config.max_message_bytes();
+        let headers = self.headers();
+        let header_bytes = self.config.pipeline.len() + self.config.resource.len() + 64;
         let mut messages = Vec::with_capacity(batch.len());
-        for record in batch {
+        // Records refused before or at delivery, by index: the others are delivered.
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
             let key = message_key(&self.config.key, record)?;
             let payload = serde_json::to_vec(record).map_err(|e| SinkError::data(e.to_string()))?;
-            messages.push((key, payload));
+            let size = payload.len() + key.as_ref().map_or(0, Vec::len) + header_bytes;
+            if size > max {
+                // librdkafka would refuse it too, after the records before it were delivered:
+                // refused here, nothing of the batch is sent twice for it.
+                refused.push((
+                    index,
+                    format!("kafka: message of {size} bytes exceeds message.max.bytes = {max}"),
+                ));
+                continue;
+            }
+            messages.push((index, key, payload));
         }
-        let headers = self.headers();
         let topic = self.config.topic.as_str();
-        let mut pending: std::collections::VecDeque<DeliveryFuture> =
+        let mut pending: std::collections::VecDeque<(usize, DeliveryFuture)> =
             std::collections::VecDeque::with_capacity(messages.len());
+        // The first error that is not one record's own (transient or fatal): the batch fails.
         let mut outcome = Ok(());
         // Whether any report said the producer itself failed (not only the first error's).
         let mut producer_failed = false;
-        for (key, payload) in &messages {
+        let mut settle = |index: usize,
+                          result: Result<(), (SinkError, bool)>,
+                          outcome: &mut Result<(), SinkError>,
+                          refused: &mut Vec<(usize, String)>| {
+            if let Err((error, fatal)) = result {
+                producer_failed |= fatal;
+                if error.class() == ErrorClass::Data {
+                    refused.push((index, sluice::report(&error)));
+                } else if outcome.is_ok() {
+                    *outcome = Err(error);
+                }
+            }
+        };
+        for (index, key, payload) in &messages {
             if outcome.is_err() {
                 break;
             }
@@ -280,24 +318,27 @@ impl KafkaSink {
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        pending.push_back(delivery);
+                        pending.push_back((*index, delivery));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // The local queue is full: wait for the oldest report, then try again.
                         record = back;
                         match pending.pop_front() {
-                            Some(delivery) => {
-                                if let Err((e, fatal)) = delivered(topic, delivery).await {
-                                    producer_failed |= fatal;
-                                    outcome = outcome.and(Err(e));
-                                }
+                            Some((i, delivery)) => {
+                                let result = delivered(topic, delivery).await;
+                                settle(i, result, &mut outcome, &mut refused);
                             }
                             None => tokio::time::sleep(Duration::from_millis(5)).await,
                         }
                     }
                     Err((error, _)) => {
-                        outcome = outcome.and(Err(sink_error("enqueue", error)));
+                        let error = sink_error("enqueue", error);
+                        if error.class() == ErrorClass::Data {
+                            refused.push((*index, sluice::report(&error)));
+                        } else {
+                            outcome = outcome.and(Err(error));
+                        }
                         break;
                     }
                 }
@@ -305,23 +346,33 @@ impl KafkaSink {
         }
         // Every report is awaited, even after a failure: none is left dangling for the next
         // batch, and the error returned is the first one.
-        for delivery in pending {
-            if let Err((e, fatal)) = delivered(topic, delivery).await {
-                producer_failed |= fatal;
-                outcome = outcome.and(Err(e));
-            }
+        for (index, delivery) in pending {
+            let result = delivered(topic, delivery).await;
+            settle(index, result, &mut outcome, &mut refused);
         }
         if producer_failed {
             self.renew_producer();
         }
+        let delivered = batch.len() - refused.len();
         if outcome.is_ok() {
             metrics::counter!("sluice_kafka_messages_total", "topic" => self.config.topic.clone())
-                .increment(batch.len() as u64);
+                .increment(delivered as u64);
         } else {
             metrics::counter!("sluice_kafka_batch_failures_total", "topic" => self.config.topic.clone())
                 .increment(1);
         }
-        outcome
+        outcome?;
+        if refused.is_empty() {
+            return Ok(());
+        }
+        refused.sort_by_key(|(i, _)| *i);
+        Err(SinkError::partial(
+            format!(
+                "kafka: {} record(s) refused, {delivered} delivered",
+                refused.len()
+            ),
+            refused,
+        ))
     }
 
     /// Re-creates the producer after librdkafka reported it fatally failed: an idempotent

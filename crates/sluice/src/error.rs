@@ -93,6 +93,22 @@ classified_error!(
     SinkError
 );
 impl SinkError {
+    /// A partial write: every record of the batch was durably written **except** the ones at
+    /// `rejected` (indices into the batch, each with the destination's reason). The runtime
+    /// applies the poison policy to those and does not write the others again. Only for sinks
+    /// without a transaction scope (a transactional write is all or nothing).
+    pub fn partial(message: impl Into<String>, rejected: Vec<(usize, String)>) -> Self {
+        SinkError::data(message).with_source(PartialWrite { rejected })
+    }
+
+    /// The records a [`partial`](Self::partial) write rejected, if this is one.
+    pub fn partial_rejections(&self) -> Option<&[(usize, String)]> {
+        let source = std::error::Error::source(self)?;
+        source
+            .downcast_ref::<PartialWrite>()
+            .map(|p| p.rejected.as_slice())
+    }
+
     /// The error of a dead-letter write: a data error becomes fatal (a dead letter the
     /// destination rejects has nowhere left to go), anything else stays as it is.
     pub fn for_dead_letters(self) -> Self {
@@ -101,6 +117,14 @@ impl SinkError {
             _ => self,
         }
     }
+}
+
+/// The records a partial write rejected (the cause of a [`SinkError::partial`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{} record(s) rejected, the rest written", rejected.len())]
+pub struct PartialWrite {
+    /// Indices into the batch, with the destination's reason.
+    pub rejected: Vec<(usize, String)>,
 }
 
 classified_error!(

@@ -803,6 +803,17 @@ async fn write_isolating<T: Record, K: Sink<T>>(
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
+                ErrorClass::Data
+                    if error.partial_rejections().is_some() && with_commit.is_none() =>
+                {
+                    // The rest of the part is written: only these records are poison.
+                    for (index, reason) in error.partial_rejections().unwrap_or_default() {
+                        if from + index < to {
+                            rejected.push((from + index, SinkError::data(reason.clone())));
+                        }
+                    }
+                    rejected.sort_by_key(|(i, _)| *i);
+                }
                 ErrorClass::Data if to - from == 1 => {
                     rejected.push((from, error));
                     if prefix.is_some() && commit.is_some() && to < slot.records.len() {

@@ -27,7 +27,9 @@ pub struct CheckpointCommit<'a> {
 /// key, a version column, an idempotent producer). [`SinkError::class`] decides what follows:
 /// transient errors are retried with backoff, a data error means a record of the batch is bad
 /// (the runtime bisects the batch to find it and applies the resource's poison policy), a fatal
-/// error stops the pipeline.
+/// error stops the pipeline. A sink that knows which records were refused while the others
+/// were written (per-message delivery reports) returns [`SinkError::partial`]: only those go
+/// through the poison policy, and nothing is written twice.
 ///
 /// When `commit` is `Some`, the sink must write those checkpoints in the same transaction as the
 /// records (only sinks whose [`transaction_scope`](Sink::transaction_scope) equals the store's
