@@ -20,6 +20,9 @@ enum Target {
     File {
         path: PathBuf,
         file: Option<tokio::fs::File>,
+        /// The length of the file after the last acknowledged batch: a failed write is cut
+        /// back to it, so a retry never appends to a torn line.
+        good: Option<u64>,
     },
     Stdout,
 }
@@ -31,6 +34,7 @@ impl JsonlSink {
             target: Target::File {
                 path: path.as_ref().to_path_buf(),
                 file: None,
+                good: None,
             },
             buffer: Vec::new(),
         }
@@ -50,14 +54,13 @@ impl JsonlSink {
             Target::Stdout => write_flush(&mut tokio::io::stdout(), &self.buffer)
                 .await
                 .map_err(|e| SinkError::transient("write stdout").with_source(e)),
-            Target::File { path, file } => {
+            Target::File { path, file, good } => {
                 if file.is_none() {
-                    let opened = tokio::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&*path)
-                        .await;
-                    *file = Some(opened.map_err(|e| io_error(path, e))?);
+                    let (opened, length) = open_repaired(path, *good)
+                        .await
+                        .map_err(|e| io_error(path, e))?;
+                    *file = Some(opened);
+                    *good = Some(length);
                 }
                 let handle = file.as_mut().expect("opened above");
                 let written = async {
@@ -65,15 +68,64 @@ impl JsonlSink {
                     handle.sync_data().await
                 }
                 .await;
-                written.map_err(|error| {
-                    // The file may hold part of the batch: reopen on the next try; the replay
-                    // duplicates at most this batch's lines (at-least-once, as documented).
-                    *file = None;
-                    io_error(path, error)
-                })
+                match written {
+                    Ok(()) => {
+                        *good = good.map(|g| g + self.buffer.len() as u64);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        // The file may hold part of the batch: cut it back now (and again when
+                        // it is reopened, should this fail), so the replay starts on a clean
+                        // line boundary and duplicates nothing.
+                        if let Some(length) = *good {
+                            let _ = handle.set_len(length).await;
+                        }
+                        *file = None;
+                        Err(io_error(path, error))
+                    }
+                }
             }
         }
     }
+}
+
+/// Opens `path` for appending, cut back to `good` bytes when known, else to its last complete
+/// line (a crash may have left a torn one: its batch was not acknowledged and is replayed).
+async fn open_repaired(path: &Path, good: Option<u64>) -> std::io::Result<(tokio::fs::File, u64)> {
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .await?;
+    let length = match good {
+        Some(length) => length,
+        None => last_line_end(path).await?,
+    };
+    if file.metadata().await?.len() != length {
+        file.set_len(length).await?;
+        file.sync_data().await?;
+    }
+    Ok((file, length))
+}
+
+/// The length of `path` up to and including its last newline, read backwards in blocks.
+async fn last_line_end(path: &Path) -> std::io::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut end = file.metadata().await?.len();
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+        file.read_exact(chunk).await?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 fn encode(buffer: &mut Vec<u8>, lines: impl Iterator<Item = Value>) -> Result<(), SinkError> {
@@ -141,6 +193,21 @@ mod tests {
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
+    }
+
+    /// A torn last line (a write that failed or a process killed half way) is cut back before
+    /// the next batch: the file holds whole lines only, none of them twice.
+    #[tokio::test]
+    async fn a_torn_line_is_cut_back_before_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        let mut sink = JsonlSink::new(&path);
+        Sink::<Value>::write(&mut sink, &[json!({"a": 3}), json!({"a": 4})], None)
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\":4}\n");
     }
 
     #[tokio::test]

@@ -69,7 +69,25 @@ impl fmt::Debug for KafkaConfig {
 
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key.contains("password") || key.contains("secret") || key.ends_with(".key")
+    ["password", "secret", "token", "credential", "jaas", "oauthbearer.config", ".pem"]
+        .iter()
+        .any(|word| key.contains(word))
+        || key.ends_with(".key")
+}
+
+/// A Kafka URL as it may be shown: the query's values of secret keys redacted.
+fn shown(url: &str) -> String {
+    let Some((location, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_secret(key) => format!("{key}=<redacted>"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{location}?{}", pairs.join("&"))
 }
 
 impl KafkaConfig {
@@ -97,12 +115,22 @@ impl KafkaConfig {
     pub fn from_url(url: &str) -> Result<Self, String> {
         let rest = url
             .strip_prefix("kafka://")
-            .ok_or_else(|| format!("bad Kafka URL {url:?}: expected kafka://brokers/topic"))?;
+            .ok_or_else(|| {
+                format!(
+                    "bad Kafka URL {:?}: expected kafka://brokers/topic",
+                    shown(url)
+                )
+            })?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (brokers, topic) = location
             .split_once('/')
             .filter(|(b, t)| !b.is_empty() && !t.is_empty() && !t.contains('/'))
-            .ok_or_else(|| format!("bad Kafka URL {url:?}: expected kafka://brokers/topic"))?;
+            .ok_or_else(|| {
+                format!(
+                    "bad Kafka URL {:?}: expected kafka://brokers/topic",
+                    shown(url)
+                )
+            })?;
         let mut config = Self::new(brokers, topic);
         let (mut partitions, mut replication) = (None, 1);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -467,6 +495,19 @@ mod tests {
         assert_eq!(c.key, ["product_id", "trade_id"]);
         assert_eq!(c.create_topic, Some((3, 1)));
         assert!(!format!("{c:?}").contains("hunter2"));
+        // Errors name the URL without its secrets.
+        for bad in [
+            "kafka://a:9092?sasl.password=hunter2",
+            "http://a/t?sasl.password=hunter2&ssl.key.pem=hunter2",
+        ] {
+            let error = KafkaConfig::from_url(bad).unwrap_err();
+            assert!(!error.contains("hunter2"), "{error}");
+            assert!(error.contains("<redacted>"), "{error}");
+        }
+        for key in ["ssl.key.pem", "sasl.oauthbearer.config", "ssl.key.password", "sasl.password"] {
+            assert!(is_secret(key), "{key}");
+        }
+        assert!(!is_secret("compression.type"));
         for bad in [
             "kafka://a:9092",
             "kafka:///t",
