@@ -69,9 +69,17 @@ impl fmt::Debug for KafkaConfig {
 
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "credential", "jaas", "oauthbearer.config", ".pem"]
-        .iter()
-        .any(|word| key.contains(word))
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "jaas",
+        "oauthbearer.config",
+        ".pem",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
         || key.ends_with(".key")
 }
 
@@ -113,14 +121,12 @@ impl KafkaConfig {
     /// # Errors
     /// A message when the URL has no broker or no topic, or a number does not parse.
     pub fn from_url(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("kafka://")
-            .ok_or_else(|| {
-                format!(
-                    "bad Kafka URL {:?}: expected kafka://brokers/topic",
-                    shown(url)
-                )
-            })?;
+        let rest = url.strip_prefix("kafka://").ok_or_else(|| {
+            format!(
+                "bad Kafka URL {:?}: expected kafka://brokers/topic",
+                shown(url)
+            )
+        })?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (brokers, topic) = location
             .split_once('/')
@@ -504,7 +510,12 @@ mod tests {
             assert!(!error.contains("hunter2"), "{error}");
             assert!(error.contains("<redacted>"), "{error}");
         }
-        for key in ["ssl.key.pem", "sasl.oauthbearer.config", "ssl.key.password", "sasl.password"] {
+        for key in [
+            "ssl.key.pem",
+            "sasl.oauthbearer.config",
+            "ssl.key.password",
+            "sasl.password",
+        ] {
             assert!(is_secret(key), "{key}");
         }
         assert!(!is_secret("compression.type"));

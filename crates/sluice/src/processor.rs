@@ -413,6 +413,16 @@ where
         Ok(())
     }
 
+    /// The resource as a metric label: a configured resource's name, or `unknown` for names the
+    /// input chose (a label per input-chosen name would be an unbounded set of series).
+    fn metric_label<'n>(&self, resource: &'n str) -> &'n str {
+        if self.resources.iter().any(|r| &*r.name == resource) {
+            resource
+        } else {
+            "unknown"
+        }
+    }
+
     /// Applies a poison policy to one input. The dead-letter buffer is flushed by the caller's
     /// loop (not from here: a flush can reject records, which lands back here).
     fn poison(
@@ -429,11 +439,13 @@ where
             }),
             OnError::Skip => {
                 tracing::warn!(pipeline = %self.pipeline, resource = %letter.resource, reason = %letter.reason, "poison input skipped");
-                self.stats.add_skipped(&letter.resource);
+                self.stats.add_skipped(self.metric_label(&letter.resource));
                 Ok(())
             }
             OnError::DeadLetter => {
                 tracing::warn!(pipeline = %self.pipeline, resource = %letter.resource, reason = %letter.reason, "poison input dead-lettered");
+                self.stats
+                    .add_dead_letter(self.metric_label(&letter.resource));
                 let Some(dead) = &mut self.dead else {
                     return Err(PipelineError::Config {
                         pipeline: self.pipeline.to_string(),
@@ -442,7 +454,6 @@ where
                                 .into(),
                     });
                 };
-                self.stats.add_dead_letter(&letter.resource);
                 dead.push(
                     letter,
                     RecordMeta {

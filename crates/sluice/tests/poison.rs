@@ -218,3 +218,90 @@ async fn an_undefined_destination_is_a_config_error() {
     .unwrap_err();
     assert!(error.to_string().contains("\"elsewhere\""), "{error}");
 }
+
+/// A counter's name and its labels.
+type Registered = (String, Vec<(String, String)>);
+
+/// Records the label sets of every counter registered (a recorder for this thread only).
+#[derive(Default)]
+struct Labels(std::sync::Mutex<Vec<Registered>>);
+
+impl metrics::Recorder for Labels {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        self.0.lock().unwrap().push((key.name().to_owned(), labels));
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Resource names an input chose (unknown resources) never become metric label values: one
+/// `unknown` series for all of them, so hostile input cannot grow the series without bound.
+#[test]
+fn unknown_resources_share_one_metric_label() {
+    let recorder = Labels::default();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dead = RecordingSink::new();
+    let items = (0..20)
+        .map(|i| ScriptedItem::Envelope(at(&format!("evil-{i}"), json!({"n": i}), i + 1)))
+        .collect();
+    runtime
+        .block_on(
+            pipeline(
+                ScriptedSource::from_items(items),
+                Arc::new(MemoryStore::new()),
+                RecordingSink::new(),
+                dead.clone(),
+                10,
+            )
+            .run(CancellationToken::new()),
+        )
+        .unwrap();
+    assert_eq!(dead.rows().len(), 20);
+    let seen = recorder.0.lock().unwrap();
+    let values: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .filter(|(name, _)| name == "sluice_dead_letters_total")
+        .flat_map(|(_, labels)| labels.iter())
+        .filter(|(k, _)| k == "resource")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(values, std::collections::BTreeSet::from(["unknown"]));
+}
