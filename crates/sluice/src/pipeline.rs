@@ -262,11 +262,17 @@ where
             .dead_letters
             .take()
             .map(|(sink, limits)| Slot::new("dead_letters".into(), sink, limits));
+        // Shutdown while a destination is still being prepared: nothing was written, nothing
+        // is lost — a clean stop.
         for slot in &mut slots {
-            prepare(&id, &slot.name, &mut slot.sink, &options, &shutdown).await?;
+            if !prepare(&id, &slot.name, &mut slot.sink, &options, &shutdown).await? {
+                return Ok(PipelineExit::Stopped);
+            }
         }
-        if let Some(dead) = &mut dead {
-            prepare(&id, &dead.name, &mut dead.sink, &options, &shutdown).await?;
+        if let Some(dead) = &mut dead
+            && !prepare(&id, &dead.name, &mut dead.sink, &options, &shutdown).await?
+        {
+            return Ok(PipelineExit::Stopped);
         }
 
         let store = &self.store;
@@ -321,25 +327,26 @@ where
     }
 }
 
+/// Prepares a destination, retrying transient failures; `false` when shutdown came first.
 async fn prepare<T, K: Sink<T>>(
     pipeline: &str,
     destination: &str,
     sink: &mut K,
     options: &PipelineOptions,
     shutdown: &CancellationToken,
-) -> Result<(), PipelineError> {
+) -> Result<bool, PipelineError> {
     let mut backoff = Backoff::new(options.retry);
     loop {
-        match sink.prepare().await {
-            Ok(()) => return Ok(()),
+        let prepared = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            prepared = sink.prepare() => prepared,
+        };
+        match prepared {
+            Ok(()) => return Ok(true),
             Err(error) if error.class() == ErrorClass::Transient => {
                 tracing::warn!(pipeline, destination, %error, "destination not ready; retrying");
                 if !sleep_or_cancel(backoff.next_delay(), shutdown).await {
-                    return Err(PipelineError::Sink {
-                        pipeline: pipeline.into(),
-                        destination: destination.into(),
-                        source: error,
-                    });
+                    return Ok(false);
                 }
             }
             Err(error) => {
