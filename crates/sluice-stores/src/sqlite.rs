@@ -332,9 +332,23 @@ fn holder_alive(holder: &str) -> bool {
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
     match pid.parse::<u32>() {
-        Ok(pid) if host == our_host => Path::new(&format!("/proc/{pid}")).exists(),
+        Ok(pid) if host == our_host => process_alive(pid),
         _ => true,
     }
+}
+
+/// Whether process `pid` of this host runs: it exists and is neither a zombie (killed, not yet
+/// reaped by its parent) nor dead.
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state …`: the command may hold spaces and parentheses, the state follows the
+    // last `)`.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X' | 'x'))
 }
 
 /// The SQLite checkpoint store.
@@ -565,5 +579,35 @@ mod tests {
             .acquire("p", &format!("{host}:{}", std::process::id()), TTL)
             .await
             .unwrap();
+    }
+
+    /// A holder killed but not yet reaped by its parent (a zombie) is dead: the restart that
+    /// follows a `kill -9` at once does not exit "already running".
+    #[tokio::test]
+    async fn a_killed_unreaped_holder_is_dead() {
+        let (_dir, store) = store();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_owned();
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let holder = format!("{host}:{}", child.id());
+        store.acquire("p", &holder, TTL).await.unwrap();
+        assert!(
+            store.acquire("p", "other:1", TTL).await.is_err(),
+            "alive: refused"
+        );
+        child.kill().unwrap(); // SIGKILL, not reaped yet
+        let stat = format!("/proc/{}/stat", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z")) {
+            assert!(std::time::Instant::now() < deadline, "never a zombie");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store
+            .acquire("p", &format!("{host}:{}", std::process::id()), TTL)
+            .await
+            .unwrap();
+        child.wait().unwrap();
     }
 }
