@@ -192,7 +192,7 @@ async fn wait_started(sim: &CoinbaseSim, store: &MemoryStore) {
     }
 }
 
-async fn run_with(chaos: Chaos, seconds: u64) -> Running {
+async fn run_with(chaos: Chaos, seconds: u64) -> (CoinbaseSim, Running) {
     let sim = sim(0.0, chaos).await;
     let store = Arc::new(MemoryStore::new());
     let running = start(source_config(&sim), store.clone(), RecordingSink::new());
@@ -200,19 +200,19 @@ async fn run_with(chaos: Chaos, seconds: u64) -> Running {
     sim.set_rate(400.0);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     verify(&sim, &running, Duration::from_secs(20)).await;
-    running
+    (sim, running)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_feed_is_stored_whole() {
-    let running = run_with(Chaos::default(), 2).await;
+    let (_sim, running) = run_with(Chaos::default(), 2).await;
     assert_eq!(count(&running.stats.gaps_backfilled), 0);
     assert_eq!(stop(running).await.unwrap(), PipelineExit::Stopped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_matches_are_backfilled_through_rest() {
-    let running = run_with(
+    let (_sim, running) = run_with(
         Chaos {
             drop: 0.05,
             ..Chaos::default()
@@ -226,7 +226,7 @@ async fn dropped_matches_are_backfilled_through_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_and_reordered_matches_are_stored_once_in_order() {
-    let running = run_with(
+    let (_sim, running) = run_with(
         Chaos {
             duplicate: 0.05,
             reorder: 0.05,
@@ -247,7 +247,7 @@ async fn duplicates_and_reordered_matches_are_stored_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_feed_is_reopened_by_the_watchdog() {
-    let running = run_with(
+    let (_sim, running) = run_with(
         Chaos {
             stall_every: Some(Duration::from_millis(700)),
             ..Chaos::default()
@@ -261,7 +261,7 @@ async fn a_stalled_feed_is_reopened_by_the_watchdog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abrupt_closes_reconnect_without_loss() {
-    let running = run_with(
+    let (_sim, running) = run_with(
         Chaos {
             close_every: Some(Duration::from_millis(600)),
             ..Chaos::default()
@@ -275,7 +275,7 @@ async fn abrupt_closes_reconnect_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_frames_reconnect_without_loss() {
-    let running = run_with(
+    let (_sim, running) = run_with(
         Chaos {
             error_every: Some(Duration::from_millis(600)),
             ..Chaos::default()
@@ -289,19 +289,27 @@ async fn error_frames_reconnect_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_upgrades_are_retried_with_backoff() {
-    // Every second connection attempt is refused with HTTP 429; closes force reconnects.
+    // Every second connection attempt is refused with HTTP 429; frequent closes force enough
+    // reconnects that refusals certainly happen (the assertion below checks they did).
     let chaos = Chaos {
         throttle: 0.5,
-        close_every: Some(Duration::from_millis(800)),
+        close_every: Some(Duration::from_millis(250)),
         ..Chaos::default()
     };
-    let running = run_with(chaos, 3).await;
+    let (sim, running) = run_with(chaos, 3).await;
+    assert!(
+        count(&sim.counters().throttled) > 0,
+        "upgrades were refused: {} connections, {} closes, {} sessions",
+        count(&sim.counters().connections),
+        count(&sim.counters().closes),
+        count(&running.stats.sessions),
+    );
     stop(running).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_types_are_ignored_and_counted() {
-    let running = run_with(
+    let (_sim, running) = run_with(
         Chaos {
             unknown: 0.05,
             ..Chaos::default()
@@ -319,7 +327,7 @@ async fn unknown_types_are_ignored_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_are_dead_lettered_and_the_connection_stays_up() {
-    let running = run_with(
+    let (_sim, running) = run_with(
         Chaos {
             malformed: 0.05,
             ..Chaos::default()
@@ -341,7 +349,7 @@ async fn malformed_frames_are_dead_lettered_and_the_connection_stays_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_throttling_and_server_errors_are_retried() {
-    let running = run_with(
+    let (sim, running) = run_with(
         Chaos {
             drop: 0.05,
             rest_429: 0.3,
@@ -351,6 +359,11 @@ async fn rest_throttling_and_server_errors_are_retried() {
         3,
     )
     .await;
+    assert!(
+        count(&sim.counters().rest_throttled) > 0,
+        "429s were served"
+    );
+    assert!(count(&sim.counters().rest_errors) > 0, "500s were served");
     stop(running).await.unwrap();
 }
 
@@ -373,7 +386,7 @@ async fn every_fault_at_once_loses_nothing() {
         rest_delay: Duration::from_millis(20),
         ..Chaos::default()
     };
-    let running = run_with(chaos, 6).await;
+    let (_sim, running) = run_with(chaos, 6).await;
     assert_eq!(
         count(&running.stats.unfilled),
         0,

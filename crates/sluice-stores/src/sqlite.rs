@@ -590,7 +590,10 @@ mod tests {
             .unwrap()
             .trim()
             .to_owned();
-        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         let holder = format!("{host}:{}", child.id());
         store.acquire("p", &holder, TTL).await.unwrap();
         assert!(
