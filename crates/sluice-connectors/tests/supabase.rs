@@ -441,7 +441,9 @@ async fn expired_tokens_bad_frames_and_truncated_records_lose_nothing() {
 /// the defaults (a reconcile period several times the overlap): live events must not move the
 /// cursor past a dropped change, so a reconcile pass reads every one of them again. Numerics
 /// near 10^12 with trailing zeros arrive with Postgres's exact digits, live and backfilled;
-/// a row whose cursor column is NULL is a dead letter, not a fatal error.
+/// a row whose cursor column is NULL is a dead letter, not a fatal error; PostgREST 500s are
+/// retried without dropping the socket; reconcile passes resume with a plain `gte.` filter that
+/// PostgREST takes literally (no quotes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_realtime_drops_on_a_live_socket_are_reconciled_exactly() {
     let Some(url) = postgres() else { return };
@@ -463,6 +465,7 @@ async fn changes_realtime_drops_on_a_live_socket_are_reconciled_exactly() {
     let mut sim_config = SupabaseSimConfig::new(&url, &[table.as_str()]);
     sim_config.faults = Faults {
         drop: 0.15,
+        rest_500: 0.2,
         ..Faults::default()
     };
     let sim = SupabaseSim::start(sim_config).await.unwrap();
@@ -526,7 +529,14 @@ async fn changes_realtime_drops_on_a_live_socket_are_reconciled_exactly() {
             .connections
             .load(std::sync::atomic::Ordering::Relaxed),
         1,
-        "no disconnect: only reconcile passes recover the drops"
+        "no disconnect: only reconcile passes recover the drops, and PostgREST 500s are retried in place"
+    );
+    assert!(
+        sim.counters()
+            .rest_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "PostgREST failed some pages"
     );
     // Exact numerics, as Postgres renders them, on both paths.
     let exact: std::collections::BTreeMap<i64, String> = pg

@@ -94,6 +94,8 @@ pub struct Faults {
     pub errors: f64,
     /// Probability a malformed text frame (not JSON) is sent before a change.
     pub malformed: f64,
+    /// Probability a PostgREST request is answered 500.
+    pub rest_500: f64,
 }
 
 /// Counters of what the simulator did.
@@ -111,6 +113,8 @@ pub struct SimCounters {
     pub dropped: AtomicU64,
     /// PostgREST requests served.
     pub rest_requests: AtomicU64,
+    /// PostgREST requests answered 500 on purpose.
+    pub rest_errors: AtomicU64,
 }
 
 /// A change as fanned out: its table and the `data` object of the `postgres_changes` payload.

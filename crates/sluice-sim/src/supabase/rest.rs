@@ -65,15 +65,18 @@ fn condition(text: &str) -> Result<String, String> {
     let (op, value) = rest
         .split_once('.')
         .ok_or(format!("bad condition {text:?}"))?;
-    comparison(column, op, value)
-}
-
-fn comparison(column: &str, op: &str, value: &str) -> Result<String, String> {
-    let op = operator(op).ok_or(format!("unsupported operator {op:?}"))?;
+    // Inside a logic tree, double quotes delimit a value holding reserved characters.
     let value = value
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .unwrap_or(value);
+    comparison(column, op, value)
+}
+
+/// A comparison with `value` taken as it is: a plain `col=op.value` filter keeps any double
+/// quotes as part of the value, as PostgREST does.
+fn comparison(column: &str, op: &str, value: &str) -> Result<String, String> {
+    let op = operator(op).ok_or(format!("unsupported operator {op:?}"))?;
     Ok(format!("t.{} {op} {}", quote(column), literal(value)))
 }
 
@@ -92,6 +95,14 @@ pub(crate) async fn select(
     Shared(state): Shared<Arc<State>>,
 ) -> Response {
     state.counters.rest_requests.fetch_add(1, Ordering::Relaxed);
+    if state.roll(state.faults().rest_500) {
+        state.counters.rest_errors.fetch_add(1, Ordering::Relaxed);
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "PGRST000",
+            "Database connection error",
+        );
+    }
     if headers.get("apikey").and_then(|v| v.to_str().ok()) != Some(state.config.api_key.as_str()) {
         return error(StatusCode::UNAUTHORIZED, "PGRST301", "Invalid API key");
     }
@@ -178,5 +189,7 @@ mod tests {
         );
         assert!(condition("id.like.x").is_err());
         assert_eq!(comparison("n", "eq", "it's").unwrap(), "t.\"n\" = 'it''s'");
+        // A plain filter's quotes are part of the value.
+        assert_eq!(comparison("n", "eq", "\"x\"").unwrap(), "t.\"n\" = '\"x\"'");
     }
 }
