@@ -9,11 +9,15 @@
 //!   producer (servers from `scripts/services`).
 //! - `sluice-bench cdc [N]`: Postgres logical replication → `postgres_cdc` → SQLite, beside
 //!   `pg_recvlogical` reading the same changes.
+//! - `sluice-bench fuzz [N]`: every network decoder over N arbitrary and mutated inputs.
+//! - `sluice-bench wal [SECONDS]`: back-to-back SQLite commits; the largest WAL file seen.
 
 mod cdc;
 mod coinbase;
+mod fuzz;
 mod runtime;
 mod sinks;
+mod wal;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -23,8 +27,12 @@ fn main() {
         Some("clickhouse") => sinks::clickhouse(args.next()),
         Some("kafka") => sinks::kafka(args.next()),
         Some("cdc") => cdc::main(args.next()),
+        Some("fuzz") => fuzz::main(args.next()),
+        Some("wal") => wal::main(args.next()),
         Some(other) => {
-            eprintln!("unknown workload {other:?}: core | coinbase | clickhouse | kafka | cdc");
+            eprintln!(
+                "unknown workload {other:?}: core | coinbase | clickhouse | kafka | cdc | fuzz | wal"
+            );
             std::process::exit(2);
         }
     }

@@ -14,6 +14,7 @@
 pub mod coinbase;
 #[cfg(feature = "file")]
 pub mod file;
+pub mod fuzz;
 #[cfg(feature = "postgres_cdc")]
 pub mod postgres_cdc;
 #[cfg(feature = "supabase")]

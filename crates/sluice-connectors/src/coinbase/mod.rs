@@ -32,4 +32,4 @@ mod types;
 pub use connector::{CoinbaseConfig, HOLES_RESOURCE, OnUnfillable, PIPELINE_ID, RESOURCE};
 pub use sinks::{holes_table, trades_table};
 pub use source::{CoinbaseSource, CoinbaseStats};
-pub use types::normalize_decimal;
+pub use types::{decode_frame, decode_rest_page, normalize_decimal};

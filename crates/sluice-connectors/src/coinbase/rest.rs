@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sluice::{Backoff, BackoffPolicy, SourceError};
 
-use super::types::RestTrade;
+use super::types::{RestTrade, parse_rest_page};
 
 /// The largest page the endpoint serves.
 pub(crate) const PAGE: u64 = 1000;
@@ -78,13 +78,11 @@ impl RestClient {
                             ))
                             .with_source(e)
                         })?;
-                        let mut trades: Vec<RestTrade> =
-                            serde_json::from_slice(&body).map_err(|e| {
-                                SourceError::transient(format!(
-                                    "REST trades of {product}: unreadable body"
-                                ))
-                                .with_source(e)
-                            })?;
+                        let mut trades = parse_rest_page(&body).map_err(|e| {
+                            SourceError::transient(format!(
+                                "REST trades of {product}: unreadable body: {e}"
+                            ))
+                        })?;
                         trades.retain(|t| t.trade_id > after_id && t.trade_id < before_id);
                         trades.sort_by_key(|t| t.trade_id);
                         return Ok(trades);

@@ -153,6 +153,32 @@ impl Frame<'_> {
     }
 }
 
+/// A REST trades page: a JSON array of trade objects.
+pub(crate) fn parse_rest_page(body: &[u8]) -> Result<Vec<RestTrade>, String> {
+    serde_json::from_slice(body).map_err(|e| format!("not a page of trades: {e}"))
+}
+
+/// Decodes a feed frame as the source does; `Err` for what it dead-letters. (A fuzz target.)
+pub fn decode_frame(text: &str) -> Result<(), String> {
+    let frame: Frame<'_> =
+        serde_json::from_str(text).map_err(|e| format!("frame is not JSON: {e}"))?;
+    match frame.kind.as_deref() {
+        Some("match" | "last_match") => frame.trade().map(drop),
+        Some("heartbeat") if frame.product_id.is_none() || frame.last_trade_id.is_none() => {
+            Err("heartbeat without product_id or last_trade_id".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Decodes a REST page and every trade of it into a record of `product`. (A fuzz target.)
+pub fn decode_rest_page(body: &[u8], product: &str) -> Result<(), String> {
+    for trade in parse_rest_page(body)? {
+        trade.record(product)?;
+    }
+    Ok(())
+}
+
 impl RestTrade {
     /// The record of a REST trade of `product`.
     pub(crate) fn record(&self, product: &str) -> Result<TradeRecord, String> {

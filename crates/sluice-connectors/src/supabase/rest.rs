@@ -19,6 +19,19 @@ pub enum From {
     After(String, Value),
 }
 
+/// A PostgREST page: a JSON array of row objects.
+///
+/// # Errors
+/// What is wrong with the body.
+pub fn parse_page(body: &[u8]) -> Result<Vec<Value>, String> {
+    let rows: Vec<Value> =
+        serde_json::from_slice(body).map_err(|e| format!("not a JSON array: {e}"))?;
+    match rows.iter().find(|r| !r.is_object()) {
+        Some(row) => Err(format!("a row is not an object: {row}")),
+        None => Ok(rows),
+    }
+}
+
 /// Reads tables through PostgREST.
 #[derive(Clone)]
 pub struct RestClient {
@@ -133,10 +146,8 @@ impl RestClient {
             .with_source(e.without_url())
         })?;
         if status.is_success() {
-            return serde_json::from_str(&body).map_err(|e| {
-                SourceError::transient(format!(
-                    "supabase: backfill of {table}: not a JSON array: {e}"
-                ))
+            return parse_page(body.as_bytes()).map_err(|e| {
+                SourceError::transient(format!("supabase: backfill of {table}: {e}"))
             });
         }
         let message = serde_json::from_str::<Value>(&body)
