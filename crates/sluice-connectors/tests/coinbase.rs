@@ -641,6 +641,11 @@ async fn skipped_hole(chaos: Chaos) {
             saved + 1,
             "{product}: the hole starts after the cursor"
         );
+        assert_eq!(
+            to,
+            end - 200,
+            "{chaos:?} {product}: the hole ends where REST's retention (200) begins"
+        );
         assert!(hole[0]["seen_at"].as_str().unwrap().ends_with('Z'));
         // Everything after the hole is stored, once.
         let ids: BTreeSet<u64> = stored[product].iter().copied().collect();
