@@ -41,6 +41,7 @@ pub(crate) fn main(seconds: Option<String>) {
             )
             .expect("cursor");
             tx.commit().expect("commit");
+            db.after_commit(&conn);
         }
         commits += 1;
         largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));

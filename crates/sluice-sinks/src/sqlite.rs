@@ -200,7 +200,9 @@ impl SqliteSink {
                 SinkError::new(e.class(), "save cursors in the write transaction").with_source(e)
             })?;
         }
-        tx.commit().map_err(|e| sink_error("commit", e))
+        tx.commit().map_err(|e| sink_error("commit", e))?;
+        self.db.after_commit(&conn);
+        Ok(())
     }
 
     fn insert_all(&self, tx: &Transaction<'_>, batch: &[Value]) -> Result<(), SinkError> {

@@ -26,6 +26,7 @@ use sluice::{
 pub struct SqliteDb {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    wal: PathBuf,
     scope: Arc<str>,
     _checkpointer: Arc<Checkpointer>,
 }
@@ -44,6 +45,13 @@ struct Checkpointer {
     _stop: std::sync::mpsc::Sender<()>,
 }
 
+/// The WAL file of the database at `path`.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
 impl Checkpointer {
     fn start(path: &Path) -> Self {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -55,11 +63,7 @@ impl Checkpointer {
                     return;
                 };
                 let _ = conn.busy_timeout(Duration::from_secs(1));
-                let wal = {
-                    let mut name = path.clone().into_os_string();
-                    name.push("-wal");
-                    PathBuf::from(name)
-                };
+                let wal = wal_path(&path);
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(Duration::from_secs(1))
                 {
@@ -145,9 +149,22 @@ impl SqliteDb {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             _checkpointer: Arc::new(Checkpointer::start(&path)),
+            wal: wal_path(&path),
             path,
             scope,
         })
+    }
+
+    /// Call after a commit, with the connection still locked. Past the WAL limit it checkpoints
+    /// and truncates the WAL here, between two commits: under back-to-back commits that is the
+    /// only moment no writer of this process holds the database, and the checkpoint thread
+    /// alone would never find one. Its PASSIVE runs keep the work left here small.
+    pub fn after_commit(&self, conn: &Connection) {
+        if std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > WAL_LIMIT)
+            && let Err(error) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::debug!(%error, "wal truncate skipped");
+        }
     }
 
     /// The file path.
@@ -445,6 +462,7 @@ impl CheckpointStore for SqliteStore {
 
     async fn save(&self, lease: &Lease, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
         let (lease, checkpoints) = (lease.clone(), checkpoints.to_vec());
+        let db = self.db.clone();
         self.db
             .call(move |conn| {
                 let tx = conn
@@ -452,7 +470,9 @@ impl CheckpointStore for SqliteStore {
                     .map_err(|e| store_error("begin", e))?;
                 save_in_tx(&tx, &lease, &checkpoints)?;
                 tx.commit()
-                    .map_err(|e| store_error("commit checkpoints", e))
+                    .map_err(|e| store_error("commit checkpoints", e))?;
+                db.after_commit(conn);
+                Ok(())
             })
             .await
     }
@@ -493,6 +513,7 @@ mod tests {
                         .unwrap();
                 }
                 tx.commit().unwrap();
+                db.after_commit(&conn);
             }
             largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
             std::thread::sleep(Duration::from_millis(5));
