@@ -67,12 +67,16 @@ impl Checkpointer {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(Duration::from_secs(1))
                 {
-                    // PASSIVE never blocks the writer; what it cannot copy now it copies next time.
-                    // But it never rewinds the WAL while commits keep landing during each
-                    // checkpoint: past the limit, TRUNCATE waits for a gap between commits (up
-                    // to the busy timeout), copies the rest and empties the file.
-                    let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT);
-                    let mode = if big { "TRUNCATE" } else { "PASSIVE" };
+                    // PASSIVE never blocks the writer; what it cannot copy now it copies next
+                    // time. It never rewinds the WAL while commits keep landing, so past the
+                    // limit the writer truncates it after its next commit
+                    // (`SqliteDb::after_commit`); here only when the database is idle.
+                    let idle_and_big = std::fs::metadata(&wal).is_ok_and(|m| {
+                        m.len() > WAL_LIMIT
+                            && m.modified()
+                                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(2)))
+                    });
+                    let mode = if idle_and_big { "TRUNCATE" } else { "PASSIVE" };
                     if let Err(error) =
                         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
                     {
