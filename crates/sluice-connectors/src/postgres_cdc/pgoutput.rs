@@ -403,4 +403,20 @@ mod tests {
         }
         assert!(matches!(decode(b"Y..."), Ok(Message::Other(b'Y'))));
     }
+
+    /// json/jsonb numbers keep Postgres's digits: past 2^64, long decimals, `0.1`.
+    #[test]
+    fn json_numbers_are_exact() {
+        for text in [
+            "-12345678901234567890",
+            "123456789012345678901234567890",
+            "0.1",
+            "106262360299.10000000",
+            "3.14159265358979323846264338327950288",
+        ] {
+            assert_eq!(to_json(3802, text).to_string(), text);
+            let doc = format!(r#"{{"n": {text}}}"#);
+            assert_eq!(to_json(114, &doc)["n"].to_string(), text);
+        }
+    }
 }
