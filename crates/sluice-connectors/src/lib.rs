@@ -2,7 +2,7 @@
 //! session: connect, read, resume), `types.rs` (wire and payload types), `connector.rs`
 //! (defaults and composition), and `sinks.rs` where a connector ships default destinations.
 //!
-//! - [`file`]: tails a JSON-lines file; the cursor is the byte offset after the last line.
+//! - [`file`](mod@file): tails a JSON-lines file; the cursor is the byte offset after the last line.
 //! - [`coinbase`]: Coinbase Exchange trades (`matches` + `heartbeat`), gap-free: gaps are
 //!   detected by trade id and heartbeat and backfilled through REST.
 //! - [`postgres_cdc`]: Postgres logical replication (`pgoutput`) from a persistent slot; the

@@ -93,7 +93,7 @@ impl DeadLetter {
 
 impl DeadLetter {
     /// A batch of dead letters as JSON rows, for sinks that write JSON records: they write these
-    /// and map their error through [`SinkError::for_dead_letters`].
+    /// and map their error through [`SinkError::for_dead_letters`](crate::SinkError::for_dead_letters).
     pub fn rows(batch: &[DeadLetter]) -> Vec<Value> {
         batch.iter().map(Record::to_json).collect()
     }
