@@ -73,8 +73,9 @@ impl Checkpointer {
                     // (`SqliteDb::after_commit`); here only when the database is idle.
                     let idle_and_big = std::fs::metadata(&wal).is_ok_and(|m| {
                         m.len() > WAL_LIMIT
-                            && m.modified()
-                                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(2)))
+                            && m.modified().is_ok_and(|t| {
+                                t.elapsed().is_ok_and(|e| e > Duration::from_secs(2))
+                            })
                     });
                     let mode = if idle_and_big { "TRUNCATE" } else { "PASSIVE" };
                     if let Err(error) =
