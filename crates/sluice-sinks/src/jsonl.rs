@@ -1,5 +1,6 @@
 //! Defines the JSON-lines sink: a file (appended, fsynced before a batch is acknowledged) or
-//! stdout (flushed per batch; durable only as far as the reader is).
+//! stdout (flushed per batch; durable only as far as the reader is). One sink per file: a torn
+//! line is cut back to the last length this sink acknowledged, which assumes no other writer.
 
 use std::path::{Path, PathBuf};
 
@@ -76,8 +77,11 @@ impl JsonlSink {
                     Err(error) => {
                         // The file may hold part of the batch: cut it back now (and again when
                         // it is reopened, should this fail), so the replay starts on a clean
-                        // line boundary and duplicates nothing.
-                        if let Some(length) = *good {
+                        // line boundary and duplicates nothing. Never grown: a file shorter
+                        // than we left it was rotated or cut by someone else.
+                        if let Some(length) = *good
+                            && handle.metadata().await.is_ok_and(|m| m.len() > length)
+                        {
                             let _ = handle.set_len(length).await;
                         }
                         *file = None;
@@ -98,11 +102,13 @@ async fn open_repaired(path: &Path, good: Option<u64>) -> std::io::Result<(tokio
         .read(true)
         .open(path)
         .await?;
+    let now = file.metadata().await?.len();
     let length = match good {
-        Some(length) => length,
-        None => last_line_end(path).await?,
+        // Never grown: a file shorter than we left it was rotated or cut by someone else.
+        Some(length) if length <= now => length,
+        _ => last_line_end(path).await?,
     };
-    if file.metadata().await?.len() != length {
+    if now != length {
         file.set_len(length).await?;
         file.sync_data().await?;
     }

@@ -302,7 +302,8 @@ impl KafkaSink {
         let headers = self.headers();
         let header_bytes = self.config.pipeline.len() + self.config.resource.len() + 64;
         let mut messages = Vec::with_capacity(batch.len());
-        // Records refused before or at delivery, by index: the others are delivered.
+        // Records refused before they were sent (too large, or refused by librdkafka when
+        // enqueued), by index: the others are delivered.
         let mut refused: Vec<(usize, String)> = Vec::new();
         for (index, record) in batch.iter().enumerate() {
             let key = message_key(&self.config.key, record)?;
@@ -326,15 +327,14 @@ impl KafkaSink {
         let mut outcome = Ok(());
         // Whether any report said the producer itself failed (not only the first error's).
         let mut producer_failed = false;
-        let mut settle = |index: usize,
-                          result: Result<(), (SinkError, bool)>,
-                          outcome: &mut Result<(), SinkError>,
-                          refused: &mut Vec<(usize, String)>| {
+        // A failed delivery report fails the batch, whatever its class: the broker may refuse
+        // a whole produce request (every message in it) for one message's size, so a report
+        // does not prove which record was bad — a data error there is bisected by the runtime.
+        let mut settle = |result: Result<(), (SinkError, bool)>,
+                          outcome: &mut Result<(), SinkError>| {
             if let Err((error, fatal)) = result {
                 producer_failed |= fatal;
-                if error.class() == ErrorClass::Data {
-                    refused.push((index, sluice::report(&error)));
-                } else if outcome.is_ok() {
+                if outcome.is_ok() {
                     *outcome = Err(error);
                 }
             }
@@ -359,9 +359,9 @@ impl KafkaSink {
                         // The local queue is full: wait for the oldest report, then try again.
                         record = back;
                         match pending.pop_front() {
-                            Some((i, delivery)) => {
+                            Some((_, delivery)) => {
                                 let result = delivered(topic, delivery).await;
-                                settle(i, result, &mut outcome, &mut refused);
+                                settle(result, &mut outcome);
                             }
                             None => tokio::time::sleep(Duration::from_millis(5)).await,
                         }
@@ -380,9 +380,9 @@ impl KafkaSink {
         }
         // Every report is awaited, even after a failure: none is left dangling for the next
         // batch, and the error returned is the first one.
-        for (index, delivery) in pending {
+        for (_, delivery) in pending {
             let result = delivered(topic, delivery).await;
-            settle(index, result, &mut outcome, &mut refused);
+            settle(result, &mut outcome);
         }
         if producer_failed {
             self.renew_producer();
@@ -478,7 +478,28 @@ impl Sink<DeadLetter> for KafkaSink {
         batch: &[DeadLetter],
         _commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
-        self.produce(&DeadLetter::rows(batch))
+        // A dead letter carries its input: an input refused for its size would make a dead
+        // letter larger still. Cut the payload to fit (its length and the cut are recorded).
+        let room = self
+            .config
+            .max_message_bytes()
+            .saturating_sub(4_096)
+            .max(256);
+        let mut rows = DeadLetter::rows(batch);
+        for row in &mut rows {
+            if let Some(Value::String(payload)) = row.get_mut("payload")
+                && payload.len() > room
+            {
+                let original = payload.len();
+                let mut cut = room;
+                while !payload.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                payload.truncate(cut);
+                payload.push_str(&format!("… (cut: {original} bytes in all)"));
+            }
+        }
+        self.produce(&rows)
             .await
             .map_err(SinkError::for_dead_letters)
     }

@@ -27,9 +27,14 @@ pub struct SqliteDb {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     wal: PathBuf,
+    /// No WAL truncation before then (the last one missed).
+    truncate_after: Arc<Mutex<Option<(std::time::Instant, Duration)>>>,
     scope: Arc<str>,
     _checkpointer: Arc<Checkpointer>,
 }
+
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The WAL size past which the checkpoint thread truncates it (also SQLite's
 /// `journal_size_limit`, the size a reset WAL file is cut back to).
@@ -140,7 +145,7 @@ impl SqliteDb {
         let path = path.as_ref().to_path_buf();
         let conn = Connection::open(&path)
             .map_err(|e| store_error(&format!("open {}", path.display()), e))?;
-        conn.busy_timeout(Duration::from_secs(5))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| store_error("busy_timeout", e))?;
         // Checkpoints run on their own thread (`Checkpointer`), not in commits.
         conn.execute_batch(&format!(
@@ -155,6 +160,7 @@ impl SqliteDb {
             conn: Arc::new(Mutex::new(conn)),
             _checkpointer: Arc::new(Checkpointer::start(&path)),
             wal: wal_path(&path),
+            truncate_after: Arc::default(),
             path,
             scope,
         })
@@ -164,12 +170,42 @@ impl SqliteDb {
     /// and truncates the WAL here, between two commits: under back-to-back commits that is the
     /// only moment no writer of this process holds the database, and the checkpoint thread
     /// alone would never find one. Its PASSIVE runs keep the work left here small.
+    ///
+    /// A reader that keeps an old snapshot (a backup, a `sqlite3` shell) makes TRUNCATE wait:
+    /// it waits 100 ms at most, and after a miss the next try comes later (100 ms doubling to
+    /// 10 s, back to at once after a success), so commits are never held up for long.
     pub fn after_commit(&self, conn: &Connection) {
-        if std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > WAL_LIMIT)
-            && let Err(error) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        let now = std::time::Instant::now();
+        let mut next_try = self
+            .truncate_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if next_try.is_some_and(|(at, _)| now < at)
+            || !std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > WAL_LIMIT)
         {
-            tracing::debug!(%error, "wal truncate skipped");
+            return;
         }
+        let _ = conn.busy_timeout(Duration::from_millis(100));
+        let truncated: Result<(i64, i64, i64), _> =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            });
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        // The first column is 1 when the checkpoint could not complete (busy).
+        *next_try = match truncated {
+            Ok((0, _, _)) => None,
+            Ok(_) | Err(_) => {
+                let delay = next_try.map_or(Duration::from_millis(100), |(_, d)| {
+                    (d * 2).min(Duration::from_secs(10))
+                });
+                tracing::debug!(
+                    ?truncated,
+                    ?delay,
+                    "wal truncate missed; trying again later"
+                );
+                Some((now + delay, delay))
+            }
+        };
     }
 
     /// The file path.

@@ -306,15 +306,32 @@ where
         // releases it when it is dropped.
         let source = Arc::new(tokio::sync::Mutex::new(self.source));
         // The lease is kept for the whole life of the pipeline — sessions, drains, reconnect
-        // backoffs — by one keeper; the moment it is lost, every write and wait stops.
+        // backoffs — by one keeper; the moment it is lost, every write and wait stops and the
+        // session is stopped (its connection closed) before this returns.
+        let lease_lost = CancellationToken::new();
         let sessions = run_sessions(
-            &id, &source, processor, store, &options, &shutdown, &hard_stop, &stats,
+            &id,
+            &source,
+            processor,
+            store,
+            &options,
+            &shutdown,
+            &hard_stop,
+            &lease_lost,
+            &stats,
         );
+        let keeper = async {
+            let error = keep_lease(&id, store, &lease, &options).await;
+            tracing::error!(pipeline = %id, %error, "lease lost; stopped writing");
+            hard_stop.cancel();
+            lease_lost.cancel();
+            error
+        };
+        let (mut sessions, mut keeper) = (pin!(sessions), pin!(keeper));
         let result = tokio::select! {
-            result = sessions => result,
-            source = keep_lease(&id, store, &lease, &options) => {
-                hard_stop.cancel();
-                tracing::error!(pipeline = %id, error = %source, "lease lost; stopped writing");
+            result = &mut sessions => result,
+            source = &mut keeper => {
+                let _ = sessions.await;
                 Err(PipelineError::Store { pipeline: id.to_string(), source })
             }
         };
@@ -429,6 +446,8 @@ enum Ending {
     Processor(Result<(), PipelineError>),
     /// The processor drained a closed channel; the source's result.
     Drained(Result<SessionEnd, SourceError>),
+    /// The lease keeper lost the lease: stop the session, write nothing more.
+    LeaseLost,
 }
 
 type SessionFuture =
@@ -506,6 +525,7 @@ async fn run_sessions<Src, R, S, C, D>(
     options: &PipelineOptions,
     shutdown: &CancellationToken,
     hard_stop: &CancellationToken,
+    lease_lost: &CancellationToken,
     stats: &Arc<PipelineStats>,
 ) -> Result<PipelineExit, PipelineError>
 where
@@ -571,6 +591,7 @@ where
                 Ending::Source(result)
             }
             _ = shutdown.cancelled() => Ending::Shutdown,
+            _ = lease_lost.cancelled() => Ending::LeaseLost,
             _ = &mut idle => Ending::Idle,
         };
         // Stop the source first: dropping the session closes its connection and the channel,
@@ -580,6 +601,8 @@ where
         }
         stats.set_up(false);
         let (drained, ending) = match ending {
+            // Nothing more is written: the caller reports the keeper's error.
+            Ending::LeaseLost => return Ok(PipelineExit::Stopped),
             Ending::Drained(result) => (Ok(()), Ending::Source(result)),
             Ending::Processor(Err(error)) => (Err(error), Ending::Shutdown),
             other => (
@@ -621,7 +644,7 @@ where
             Ending::Idle => {
                 tracing::warn!(pipeline = %id, timeout_s = idle_timeout.unwrap_or_default().as_secs_f64(), "source idle; reconnecting")
             }
-            Ending::Processor(_) | Ending::Drained(_) => {
+            Ending::Processor(_) | Ending::Drained(_) | Ending::LeaseLost => {
                 unreachable!("mapped above")
             }
         }
@@ -629,8 +652,11 @@ where
         backoff.reset_if_stable(up_for);
         let delay = backoff.next_delay();
         tracing::info!(pipeline = %id, delay_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "reconnecting after backoff");
-        if !sleep_or_cancel(delay, shutdown).await {
-            return Ok(PipelineExit::Stopped);
+        tokio::select! {
+            _ = lease_lost.cancelled() => return Ok(PipelineExit::Stopped),
+            slept = sleep_or_cancel(delay, shutdown) => if !slept {
+                return Ok(PipelineExit::Stopped);
+            }
         }
     }
 }

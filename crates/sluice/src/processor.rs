@@ -576,7 +576,9 @@ where
         } else {
             Vec::new()
         };
-        let commit = (!checkpoints.is_empty()).then(|| CheckpointCommit {
+        // A transactional write always carries the lease (and the cursors it may save, perhaps
+        // none): a writer that lost its lease must not commit rows either.
+        let commit = transactional.then(|| CheckpointCommit {
             pipeline: &self.pipeline,
             lease: &self.lease,
             checkpoints: &checkpoints,
@@ -775,6 +777,8 @@ async fn write_isolating<T: Record, K: Sink<T>>(
     while let Some((from, to)) = todo.pop() {
         let whole = from == 0 && to == slot.records.len();
         // Parts are written left to right: everything before `from` is written or rejected.
+        // A transactional slot (`commit` is `Some`) commits each part with the lease check and
+        // the cursors done before the part's end.
         let part_cursors = match (&prefix, commit) {
             (Some(prefix), Some(_)) if !whole => {
                 let end = slot.meta.get(to).map_or(prefix.limit, |m| m.seq);
@@ -789,13 +793,7 @@ async fn write_isolating<T: Record, K: Sink<T>>(
             lease: c.lease,
             checkpoints: &part_cursors,
         });
-        let with_commit = if whole {
-            commit
-        } else if part_cursors.is_empty() {
-            None
-        } else {
-            part_commit.as_ref()
-        };
+        let with_commit = if whole { commit } else { part_commit.as_ref() };
         let result = tokio::select! {
             biased;
             _ = hard_stop.cancelled() => return Err(WriteFailure::Stopped),

@@ -83,6 +83,24 @@ fn connect_error(error: tungstenite::Error) -> SourceError {
     }
 }
 
+/// Queues a targeted re-read of `table` from `from`, at most one per table: a queued one is
+/// widened to the earlier start instead (the queue stays bounded by the number of tables).
+fn queue_reread(backfills: &mut VecDeque<(String, From, bool)>, table: String, from: From) {
+    // Normalised times compare as text.
+    let earlier = |a: &From, b: &From| match (a, b) {
+        (From::AtOrAfter(x), From::AtOrAfter(y)) => From::AtOrAfter(x.min(y).clone()),
+        _ => From::Start,
+    };
+    // A queued re-read that has not started (not a continuation page).
+    match backfills
+        .iter_mut()
+        .find(|(t, queued, vouch)| !vouch && *t == table && !matches!(queued, From::After(..)))
+    {
+        Some((_, queued, _)) => *queued = earlier(queued, &from),
+        None => backfills.push_back((table, from, false)),
+    }
+}
+
 /// The time `ms` milliseconds before `version` (a normalised time), normalised.
 fn minus(version: &str, ms: u64) -> String {
     chrono::DateTime::parse_from_rfc3339(version)
@@ -275,7 +293,9 @@ impl Source for SupabaseSource {
                     }));
                 }
                 _ = reconcile.tick() => {
-                    if phase == Phase::Live && backfill_done && backfills.is_empty() && page.is_none() {
+                    // Targeted re-reads waiting do not hold a pass back (a steady flow of
+                    // truncated records must not keep the cursor from moving).
+                    if phase == Phase::Live && backfill_done && !backfills.iter().any(|(_, _, vouch)| *vouch) {
                         backfill_done = false;
                         let cursors = durable.borrow().clone();
                         for table in &c.tables {
@@ -415,7 +435,7 @@ impl Source for SupabaseSource {
                                     checkpoint: None,
                                 }).await?;
                                 let from = commit.as_deref().map(|t| From::AtOrAfter(minus(t, c.overlap_ms))).unwrap_or(From::Start);
-                                backfills.push_back((table, from, false));
+                                queue_reread(&mut backfills, table, from);
                                 continue;
                             }
                             let (record, checkpoint) = match kind {
