@@ -15,7 +15,11 @@ pub mod coinbase;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod fuzz;
+#[cfg(any(feature = "coinbase", feature = "supabase"))]
+pub mod http;
 #[cfg(feature = "postgres_cdc")]
 pub mod postgres_cdc;
 #[cfg(feature = "supabase")]
 pub mod supabase;
+#[cfg(any(feature = "coinbase", feature = "supabase"))]
+pub mod websocket;

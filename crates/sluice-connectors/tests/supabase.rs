@@ -475,6 +475,8 @@ async fn changes_realtime_drops_on_a_live_socket_are_reconciled_exactly() {
     let mut config = config(&sim, &[table.as_str()]);
     config.reconcile_ms = 3_000;
     config.overlap_ms = 500;
+    // Short pages: many requests, so the injected 500s certainly hit some.
+    config.page_size = 25;
     let run = start(config, sink.clone(), dead.clone(), token.clone());
     eventually(
         20,

@@ -21,11 +21,7 @@ pub(crate) struct RestClient {
 
 impl RestClient {
     pub(crate) fn new(base: &str) -> Result<Self, SourceError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| SourceError::fatal("cannot build the HTTP client").with_source(e))?;
+        let http = crate::http::client(Duration::from_secs(10))?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -87,17 +83,24 @@ impl RestClient {
                         trades.sort_by_key(|t| t.trade_id);
                         return Ok(trades);
                     }
-                    let body = beating(alive, response.text()).await.unwrap_or_default();
-                    let message = format!(
-                        "REST trades of {product}: HTTP {status}: {}",
-                        body.chars().take(200).collect::<String>()
+                    let headers = response.headers().clone();
+                    let body = beating(alive, response.bytes()).await.unwrap_or_default();
+                    let error = crate::http::status_error(
+                        &format!("REST trades of {product}"),
+                        status.as_u16(),
+                        &body,
                     );
-                    if status.as_u16() == 429 || status.is_server_error() {
-                        tracing::warn!(product, %status, "REST backfill throttled or failed; retrying");
-                        last_error = Some(SourceError::transient(message));
-                    } else {
+                    if error.class() != sluice::ErrorClass::Transient {
                         // 400 (bad request), 401/403, 404 (unknown product): retrying cannot help.
-                        return Err(SourceError::fatal(message));
+                        return Err(error);
+                    }
+                    tracing::warn!(product, %status, "REST backfill throttled or failed; retrying");
+                    last_error = Some(error);
+                    // The server's own wait, when it names one, beats our guess.
+                    if let Some(wait) = crate::http::retry_after(&headers, Duration::from_secs(30))
+                    {
+                        beating(alive, tokio::time::sleep(wait)).await;
+                        continue;
                     }
                 }
                 Err(error) => {

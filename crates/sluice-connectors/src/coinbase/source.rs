@@ -16,7 +16,7 @@ use sluice::{
     Checkpoint, Envelope, Rejected, ResourceName, SessionEnd, Source, SourceContext, SourceError,
 };
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{
     connector::{CoinbaseConfig, HOLES_RESOURCE, OnUnfillable, RESOURCE},
@@ -607,22 +607,6 @@ impl Session<'_> {
     }
 }
 
-fn connect_error(url: &str, error: tungstenite::Error) -> SourceError {
-    let class = match &error {
-        tungstenite::Error::Http(response) => {
-            let status = response.status().as_u16();
-            if status == 429 || status >= 500 {
-                sluice::ErrorClass::Transient
-            } else {
-                sluice::ErrorClass::Fatal
-            }
-        }
-        tungstenite::Error::Url(_) => sluice::ErrorClass::Fatal,
-        _ => sluice::ErrorClass::Transient,
-    };
-    SourceError::new(class, format!("coinbase: cannot connect to {url}")).with_source(error)
-}
-
 impl Source for CoinbaseSource {
     type Payload = serde_json::Value;
 
@@ -640,14 +624,12 @@ impl Source for CoinbaseSource {
     ) -> Result<SessionEnd, SourceError> {
         CoinbaseStats::add(&self.stats.sessions, 1);
         let url = self.config.ws_url.clone();
-        let (mut socket, _) = tokio::time::timeout(
+        let mut socket = crate::websocket::connect(
+            url.as_str(),
+            &format!("coinbase: {url}"),
             Duration::from_secs(10),
-            // No Nagle on our side either: the subscribe goes out at once.
-            tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
         )
-        .await
-        .map_err(|_| SourceError::transient(format!("coinbase: connecting to {url} timed out")))?
-        .map_err(|e| connect_error(&url, e))?;
+        .await?;
         let subscribe = json!({"type": "subscribe", "product_ids": self.config.products, "channels": ["matches", "heartbeat"]});
         socket
             .send(Message::Text(subscribe.to_string().into()))

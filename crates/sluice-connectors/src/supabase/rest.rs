@@ -63,12 +63,7 @@ impl RestClient {
     /// # Errors
     /// A fatal error when the HTTP client cannot be built.
     pub fn new(config: SupabaseConfig) -> Result<Self, SourceError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| {
-                SourceError::fatal("supabase: http client").with_source(e.without_url())
-            })?;
+        let http = crate::http::client(Duration::from_secs(30))?;
         Ok(Self { http, config })
     }
 
@@ -89,16 +84,24 @@ impl RestClient {
         loop {
             attempt += 1;
             match self.page_once(table, from).await {
-                Err(error) if error.class() == sluice::ErrorClass::Transient && attempt < 8 => {
+                Err((error, wait))
+                    if error.class() == sluice::ErrorClass::Transient && attempt < 8 =>
+                {
                     tracing::warn!(table, attempt, %error, "supabase backfill page failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    // The server's own wait, when it names one, beats our guess.
+                    tokio::time::sleep(wait.unwrap_or_else(|| backoff.next_delay())).await;
                 }
-                other => return other,
+                other => return other.map_err(|(error, _)| error),
             }
         }
     }
 
-    async fn page_once(&self, table: &str, from: &From) -> Result<Vec<Value>, SourceError> {
+    /// One request; a failure carries the wait the server asked for (`Retry-After`).
+    async fn page_once(
+        &self,
+        table: &str,
+        from: &From,
+    ) -> Result<Vec<Value>, (SourceError, Option<Duration>)> {
         let c = &self.config;
         let mut query: Vec<(String, String)> = vec![
             ("select".into(), "*".into()),
@@ -135,33 +138,33 @@ impl RestClient {
             .send()
             .await
             .map_err(|e| {
-                SourceError::transient(format!("supabase: backfill of {table}: request failed"))
-                    .with_source(e.without_url())
+                let error = SourceError::transient(format!(
+                    "supabase: backfill of {table}: request failed"
+                ))
+                .with_source(e.without_url());
+                (error, None)
             })?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| {
-            SourceError::transient(format!(
+        let wait = crate::http::retry_after(response.headers(), Duration::from_secs(60));
+        let body = response.bytes().await.map_err(|e| {
+            let error = SourceError::transient(format!(
                 "supabase: backfill of {table}: reading the response"
             ))
-            .with_source(e.without_url())
+            .with_source(e.without_url());
+            (error, None)
         })?;
         if status.is_success() {
-            return parse_page(body.as_bytes()).map_err(|e| {
-                SourceError::transient(format!("supabase: backfill of {table}: {e}"))
+            return parse_page(&body).map_err(|e| {
+                (
+                    SourceError::transient(format!("supabase: backfill of {table}: {e}")),
+                    None,
+                )
             });
         }
-        let message = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| body.chars().take(200).collect());
-        let text = format!(
-            "supabase: backfill of {}.{table}: http {}: {message}",
-            c.schema,
-            status.as_u16()
-        );
-        Err(match status.as_u16() {
-            429 | 500..=599 => SourceError::transient(text),
-            _ => SourceError::fatal(text),
-        })
+        let context = format!("supabase: backfill of {}.{table}", c.schema);
+        Err((
+            crate::http::status_error(&context, status.as_u16(), &body),
+            wait,
+        ))
     }
 }

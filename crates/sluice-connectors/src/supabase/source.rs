@@ -10,7 +10,7 @@ use sluice::{
     Checkpoint, Envelope, Position, Rejected, SessionEnd, Source, SourceContext, SourceError,
 };
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use super::{
     connector::{RESOURCE, STATE_RESOURCE, SupabaseConfig},
@@ -59,27 +59,6 @@ fn join_error(reason: &str) -> SourceError {
     } else {
         // Rate limits, database initialising, Realtime restarting: back off and rejoin.
         SourceError::transient(message)
-    }
-}
-
-fn connect_error(error: tungstenite::Error) -> SourceError {
-    match error {
-        tungstenite::Error::Http(response) => {
-            let status = response.status().as_u16();
-            let body = response
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            let message =
-                format!("supabase: realtime refused the connection: http {status}: {body}");
-            match status {
-                401 | 403 | 404 => SourceError::fatal(message),
-                _ => SourceError::transient(message),
-            }
-        }
-        other => SourceError::transient("supabase: realtime connection failed").with_source(other),
     }
 }
 
@@ -221,11 +200,8 @@ impl Source for SupabaseSource {
                 .parse()
                 .map_err(|_| SourceError::fatal("supabase: the key is not a valid header value"))?,
         );
-        let (socket, _) =
-            tokio::time::timeout(c.join_timeout(), tokio_tungstenite::connect_async(request))
-                .await
-                .map_err(|_| SourceError::transient("supabase: connecting to realtime timed out"))?
-                .map_err(connect_error)?;
+        let socket =
+            crate::websocket::connect(request, "supabase: realtime", c.join_timeout()).await?;
         let (mut out, mut incoming) = socket.split();
         let mut next_ref = 0u64;
         let mut fresh_ref = move || {
