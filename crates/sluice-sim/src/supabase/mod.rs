@@ -32,7 +32,7 @@ use std::{
 };
 
 use serde_json::{Map, Value, json};
-use sluice_connectors::postgres_cdc::pgoutput::{self, Change, Datum, Message, Relation};
+use sluice_pgoutput::{self as pgoutput, Change, Datum, Message, Relation};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
