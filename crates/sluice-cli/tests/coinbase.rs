@@ -1,6 +1,7 @@
 //! `sluice run coinbase` and `sluice demo` as processes, against the simulator in this test
 //! process: SIGKILL at several points with restarts, SIGTERM, a bad product.
 
+use sluice::testing::eventually;
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -52,17 +53,6 @@ fn query(db: &Path, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn sigterm(child: &Child) {
     assert!(
         Command::new("kill")
@@ -97,7 +87,7 @@ async fn sigkill_at_several_points_with_restarts_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("trades.db");
     let mut child = spawn(&sim, &db);
-    wait_for("the starting cursors", Duration::from_secs(30), || {
+    eventually("the starting cursors", Duration::from_secs(30), || {
         query(&db, "SELECT count(*) FROM sluice_checkpoints") >= 2
     })
     .await;
@@ -126,7 +116,7 @@ async fn sigkill_at_several_points_with_restarts_loses_and_repeats_nothing() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     sim.set_rate(0.0);
     let generated = sim.generated() as i64;
-    wait_for("every trade", Duration::from_secs(60), || {
+    eventually("every trade", Duration::from_secs(60), || {
         query(&db, "SELECT count(*) FROM coinbase_trades") >= generated
     })
     .await;
@@ -282,7 +272,7 @@ async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cursors.db");
     let mut child = spawn_with(&sim, &db, &["--sink", &sink]);
-    wait_for("the starting cursors", Duration::from_secs(30), || {
+    eventually("the starting cursors", Duration::from_secs(30), || {
         query(&db, "SELECT count(*) FROM sluice_checkpoints") >= 2
     })
     .await;

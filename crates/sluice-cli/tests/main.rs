@@ -1,10 +1,11 @@
 //! End-to-end tests of the `sluice` binary: real processes, real SQLite files, real signals.
 
+use sluice::testing::eventually_blocking;
 use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 fn sluice() -> Command {
@@ -71,15 +72,6 @@ fn count(db: &Path, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
 }
 
-#[allow(clippy::disallowed_methods)] // a plain test thread polling a child process: no runtime here
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn table_rows(db: &Path) -> i64 {
     if !db.exists() {
         return 0;
@@ -106,7 +98,7 @@ fn sigkill_during_ingest_then_restart_leaves_every_line_exactly_once() {
     let mut kills = 0;
     for target in [20_000, 70_000, 130_000] {
         let mut child = spawn_run(&config);
-        wait_for("rows to land", Duration::from_secs(60), || {
+        eventually_blocking("rows to land", Duration::from_secs(60), || {
             table_rows(&db) >= target || child.try_wait().unwrap().is_some()
         });
         if child.try_wait().unwrap().is_none() {
@@ -140,7 +132,7 @@ fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (input, db, config) = ingest_setup(dir.path(), 5_000, true);
     let child = spawn_run(&config);
-    wait_for("all rows", Duration::from_secs(30), || {
+    eventually_blocking("all rows", Duration::from_secs(30), || {
         table_rows(&db) >= 5_000
     });
     let status = Command::new("kill")
@@ -170,7 +162,7 @@ fn a_second_run_of_the_same_pipeline_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_input, db, config) = ingest_setup(dir.path(), 100, true);
     let mut first = spawn_run(&config);
-    wait_for("the first run", Duration::from_secs(30), || {
+    eventually_blocking("the first run", Duration::from_secs(30), || {
         table_rows(&db) >= 100
     });
     let second = run(&["run", "--config", config.to_str().unwrap()]);
@@ -321,11 +313,11 @@ fn metrics_health_and_readiness_are_served() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("all rows", Duration::from_secs(30), || {
+    eventually_blocking("all rows", Duration::from_secs(30), || {
         table_rows(&db) >= 500
     });
     let mut metrics = String::new();
-    wait_for("the metrics endpoint", Duration::from_secs(30), || {
+    eventually_blocking("the metrics endpoint", Duration::from_secs(30), || {
         metrics = http_get(port, "/metrics")
             .map(|(_, body)| body)
             .unwrap_or_default();

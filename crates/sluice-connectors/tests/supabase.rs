@@ -6,6 +6,7 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use serde_json::Value;
+use sluice::testing::eventually_with;
 use sluice::{
     BackoffPolicy, BatchLimits, DeadLetter, MemoryStore, Pipeline, PipelineError, PipelineOptions,
     Resource, Resources, testing::RecordingSink,
@@ -40,19 +41,6 @@ async fn orders_table(pg: &tokio_postgres::Client, name: &str) {
     ))
     .await
     .unwrap();
-}
-
-/// Waits up to `secs` for `done`, then fails with `what()`.
-async fn eventually(secs: u64, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out: {}",
-            what()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn options() -> PipelineOptions {
@@ -180,8 +168,8 @@ async fn backfill_closes_every_gap_realtime_leaves() {
     }
     let expect = committed(&pg, &table).await;
     assert_eq!(expect.len(), 250);
-    eventually(
-        30,
+    eventually_with(
+        Duration::from_secs(30),
         || expect.is_subset(&stored(&sink, &table)),
         || {
             format!(
@@ -237,7 +225,7 @@ async fn live_changes_carry_keys_and_deletes_in_both_protocol_versions() {
                 .joins
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
-        eventually(20, || joins() > 0, || "no join".into()).await;
+        eventually_with(Duration::from_secs(20), || joins() > 0, || "no join".into()).await;
         tokio::time::sleep(Duration::from_millis(300)).await; // live
         pg.batch_execute(&format!(
             "INSERT INTO {table} (id, status, total) VALUES (1, 'new', 10.50), (2, 'new', 3);
@@ -246,7 +234,10 @@ async fn live_changes_carry_keys_and_deletes_in_both_protocol_versions() {
         .await
         .unwrap();
         let deleted = || sink.rows().iter().any(|r| r["op"] == "DELETE");
-        eventually(20, deleted, || format!("{vsn}: no delete arrived")).await;
+        eventually_with(Duration::from_secs(20), deleted, || {
+            format!("{vsn}: no delete arrived")
+        })
+        .await;
         let rows = sink.rows();
         let delete = rows.iter().find(|r| r["op"] == "DELETE").unwrap();
         assert_eq!(delete["key"], serde_json::json!({"id": 2}), "{vsn}");
@@ -351,7 +342,10 @@ async fn silent_heartbeats_end_the_session_and_nothing_is_lost() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     sim.set_faults(Faults::default());
     let arrived = || sink.rows().iter().any(|r| r["key"]["id"] == 7);
-    eventually(20, arrived, || "the row never arrived".into()).await;
+    eventually_with(Duration::from_secs(20), arrived, || {
+        "the row never arrived".into()
+    })
+    .await;
     assert!(
         sim.counters()
             .connections
@@ -401,8 +395,8 @@ async fn expired_tokens_bad_frames_and_truncated_records_lose_nothing() {
     }
     sim.set_faults(Faults::default());
     let expect = committed(&pg, &table).await;
-    eventually(
-        30,
+    eventually_with(
+        Duration::from_secs(30),
         || expect.is_subset(&stored(&sink, &table)),
         || {
             format!(
@@ -478,8 +472,8 @@ async fn changes_realtime_drops_on_a_live_socket_are_reconciled_exactly() {
     // Short pages: many requests, so the injected 500s certainly hit some.
     config.page_size = 25;
     let run = start(config, sink.clone(), dead.clone(), token.clone());
-    eventually(
-        20,
+    eventually_with(
+        Duration::from_secs(20),
         || sink.rows().iter().any(|r| r["source"] == "backfill"),
         || "no backfill".into(),
     )
@@ -508,8 +502,8 @@ async fn changes_realtime_drops_on_a_live_socket_are_reconciled_exactly() {
     }
     let expect = committed(&pg, &table).await;
     assert_eq!(expect.len(), 220);
-    eventually(
-        30,
+    eventually_with(
+        Duration::from_secs(30),
         || expect.is_subset(&stored(&sink, &table)),
         || {
             format!(
@@ -565,8 +559,8 @@ async fn changes_realtime_drops_on_a_live_socket_are_reconciled_exactly() {
         }
         assert!(checked > 10, "{source}: {checked} rows checked");
     }
-    eventually(
-        10,
+    eventually_with(
+        Duration::from_secs(10),
         || {
             dead.rows()
                 .iter()

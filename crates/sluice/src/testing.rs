@@ -455,3 +455,50 @@ pub fn service_env(var: &str) -> Option<String> {
         }
     }
 }
+
+/// Polls `done` every 20 ms until it holds; panics with `what` after `timeout`. The one way tests
+/// wait for a condition (never a bare sleep standing in for one).
+///
+/// # Panics
+/// When `done` does not hold within `timeout`.
+pub async fn eventually(what: &str, timeout: std::time::Duration, done: impl FnMut() -> bool) {
+    eventually_with(timeout, done, || what.to_owned()).await;
+}
+
+/// [`eventually`] with a message computed when it fails (what is still missing, say).
+///
+/// # Panics
+/// When `done` does not hold within `timeout`.
+pub async fn eventually_with(
+    timeout: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+    what: impl FnOnce() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {}", what());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually`] for a plain thread (no runtime): polls `done` every 20 ms.
+///
+/// # Panics
+/// When `done` does not hold within `timeout`.
+#[allow(clippy::disallowed_methods)] // a plain thread polling: no runtime to block
+pub fn eventually_blocking(
+    what: &str,
+    timeout: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
