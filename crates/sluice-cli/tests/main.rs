@@ -198,6 +198,27 @@ fn config_errors_name_the_file_and_the_key() {
             "[sinks.s]\nkind = \"sqlite\"\n[pipelines.p]\nsource = { kind = \"file\", path = \"x\" }\n[pipelines.p.resources.r]\nsink = \"s\"\n",
             "resources.r.columns",
         ),
+        // Every source kind is validated too, as `run` would (no connection is made).
+        (
+            "[sinks.s]\nkind = \"stdout\"\n[pipelines.p]\nsource = { kind = \"file\", path = \"\" }\n[pipelines.p.resources.r]\nsink = \"s\"\n",
+            "pipelines.p: source: path is empty",
+        ),
+        (
+            "[sinks.s]\nkind = \"stdout\"\n[pipelines.p]\nsource = { kind = \"coinbase\", ws_url = \"http://x\" }\n[pipelines.p.resources.matches]\nsink = \"s\"\n",
+            "pipelines.p: source: ws_url",
+        ),
+        (
+            "[sinks.s]\nkind = \"stdout\"\n[pipelines.p]\nsource = { kind = \"postgres_cdc\", url = \"mysql://h/db\", slot = \"s\", publication = \"p\" }\n[pipelines.p.resources.changes]\nsink = \"s\"\n",
+            "pipelines.p: source: postgres_cdc: url must start with postgres://",
+        ),
+        (
+            "[sinks.s]\nkind = \"stdout\"\n[pipelines.p]\nsource = { kind = \"postgres_cdc\", url = \"postgres://u:hunter2@h/db\", slot = \"Bad-Slot\", publication = \"p\" }\n[pipelines.p.resources.changes]\nsink = \"s\"\n",
+            "pipelines.p: source: slot \"Bad-Slot\"",
+        ),
+        (
+            "[sinks.s]\nkind = \"stdout\"\n[pipelines.p]\nsource = { kind = \"supabase\", url = \"ftp://x\", key = \"k\", tables = [\"t\"] }\n[pipelines.p.resources.changes]\nsink = \"s\"\n",
+            "pipelines.p: source: ",
+        ),
     ];
     for (body, expected) in cases {
         std::fs::write(&config, body).unwrap();
@@ -208,6 +229,7 @@ fn config_errors_name_the_file_and_the_key() {
             stderr.contains("bad.toml") && stderr.contains(expected),
             "expected {expected:?} in {stderr}"
         );
+        assert!(!stderr.contains("hunter2"), "a password in {stderr}");
     }
 }
 

@@ -515,6 +515,18 @@ fn resolve_pipeline(
     if id.is_empty() || id.chars().any(|c| c.is_whitespace()) {
         bail!("pipeline ids must be non-empty without spaces");
     }
+    // Everything `run` would refuse about the source, refused here (no connection made).
+    let checked = match &raw.source {
+        RawSource::File(config) => config.validate(),
+        RawSource::Coinbase(config) => config.validate(),
+        RawSource::PostgresCdc(config) => config.validate(),
+        RawSource::Supabase(config) => {
+            // The key too (from `key_env` when set), as the source resolves it.
+            let mut config = config.clone();
+            config.resolve_key().and_then(|()| config.validate())
+        }
+    };
+    checked.map_err(|e| anyhow!("source: {e}"))?;
     if raw.resources.is_empty() {
         bail!("resources: no resource is defined; add a [pipelines.{id}.resources.NAME] table");
     }

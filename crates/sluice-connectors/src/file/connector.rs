@@ -48,6 +48,26 @@ impl FileConfig {
         }
     }
 
+    /// Checks the configuration (what `run` would refuse).
+    ///
+    /// # Errors
+    /// What is wrong, for the user.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err("path is empty".into());
+        }
+        if self.resource.is_empty() {
+            return Err("resource is empty".into());
+        }
+        if self.partition.as_deref() == Some("") {
+            return Err("partition is empty".into());
+        }
+        if self.resource_field.as_deref() == Some("") {
+            return Err("resource_field is empty".into());
+        }
+        Ok(())
+    }
+
     /// The poll interval.
     pub fn poll(&self) -> Duration {
         Duration::from_millis(self.poll_ms.max(1))

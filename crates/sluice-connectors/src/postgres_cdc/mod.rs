@@ -50,6 +50,42 @@ fn default_resource() -> String {
     "changes".into()
 }
 
+impl PostgresCdcConfig {
+    /// Checks the configuration without connecting (what `run` would refuse for a config
+    /// reason).
+    ///
+    /// # Errors
+    /// What is wrong, for the user (never the password).
+    pub fn validate(&self) -> Result<(), String> {
+        Conn::parse(&self.url).map_err(|e| e.message().to_owned())?;
+        // Postgres: slot names are lower-case letters, digits and underscores, at most 63.
+        let slot_ok = !self.slot.is_empty()
+            && self.slot.len() <= 63
+            && self
+                .slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !slot_ok {
+            return Err(format!(
+                "slot {:?}: use 1 to 63 lower-case letters, digits and underscores",
+                self.slot
+            ));
+        }
+        if self.publication.is_empty() {
+            return Err("publication is empty".into());
+        }
+        if let Some(bad) = self.tables.iter().find(|t| {
+            t.is_empty() || t.split('.').count() > 2 || t.split('.').any(str::is_empty)
+        }) {
+            return Err(format!("table {bad:?}: use table or schema.table"));
+        }
+        if self.resource.is_empty() {
+            return Err("resource is empty".into());
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for PostgresCdcConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresCdcConfig")
