@@ -68,7 +68,7 @@ pub fn coinbase_rest_page(bytes: &[u8]) -> Result<(), String> {
 #[cfg(feature = "supabase")]
 pub fn phoenix_frame(bytes: &[u8]) -> Result<(), String> {
     let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
-    crate::supabase::types::Frame::decode(text).map(drop)
+    crate::supabase::phoenix::Frame::decode(text).map(drop)
 }
 
 /// A PostgREST page: a JSON array of row objects.

@@ -21,5 +21,6 @@ pub mod http;
 pub mod postgres_cdc;
 #[cfg(feature = "supabase")]
 pub mod supabase;
+pub mod template;
 #[cfg(any(feature = "coinbase", feature = "supabase"))]
 pub mod websocket;

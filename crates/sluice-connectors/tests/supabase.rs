@@ -11,9 +11,7 @@ use sluice::{
     BackoffPolicy, BatchLimits, DeadLetter, MemoryStore, Pipeline, PipelineError, PipelineOptions,
     Resource, Resources, testing::RecordingSink,
 };
-use sluice_connectors::supabase::{
-    RESOURCE, SupabaseConfig, SupabaseSource, types::normalize_time,
-};
+use sluice_connectors::supabase::{RESOURCE, SupabaseConfig, SupabaseSource, normalize_time};
 use sluice_sim::supabase::{Faults, SupabaseSim, SupabaseSimConfig};
 use tokio_util::sync::CancellationToken;
 

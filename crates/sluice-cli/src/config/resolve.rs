@@ -19,6 +19,7 @@ use sluice_connectors::{
     file::FileSource,
     postgres_cdc::{self, PostgresCdcSource},
     supabase::{self, SupabaseConfig, SupabaseSource},
+    template::Template,
 };
 use sluice_sinks::{
     clickhouse::{ClickHouseEndpoint, ClickHouseOptions, ClickHouseSink},
@@ -226,46 +227,22 @@ impl Config {
         })
     }
 
-    /// The built-in Coinbase pipeline: trades into table `coinbase_trades` of `db`, cursors in
-    /// the same file (one transaction: exactly-once), poison in `sluice_dead_letters`.
-    ///
-    /// With `sink` (a [`SinkSpec::from_url`] URL) trades go there instead; cursors and dead
-    /// letters stay in `db`.
+    /// The built-in Coinbase pipeline (its connector's template): trades into table
+    /// `coinbase_trades` of `db`, cursors in the same file (one transaction: exactly-once), poison
+    /// in `sluice_dead_letters`. With `sink` (a [`SinkSpec::from_url`] URL) trades go there
+    /// instead; cursors, holes and dead letters stay in `db`.
     pub(crate) fn builtin_coinbase(
         source: CoinbaseConfig,
         db: &Path,
         sink: Option<&str>,
     ) -> anyhow::Result<Self> {
         source.validate().map_err(|e| anyhow!("coinbase: {e}"))?;
-        let mut config = Self::builtin(
-            coinbase::PIPELINE_ID,
-            RawSource::Coinbase(source),
-            coinbase::RESOURCE,
-            coinbase::trades_table(),
-            db,
-            sink,
-        )?;
-        // Holes skipped under `on_unfillable = "skip"` are recorded beside the cursors.
-        let spec = config
-            .pipelines
-            .get_mut(coinbase::PIPELINE_ID)
-            .expect("just built");
-        let holes = coinbase::holes_table();
-        spec.resources.push(ResourceSpec {
-            name: coinbase::HOLES_RESOURCE.into(),
-            sink: STORE_SINK.to_owned(),
-            key: holes.key.clone(),
-            version: None,
-            topic: holes.table.clone(),
-            schema: Some(holes),
-            transform: None,
-            on_error: OnError::DeadLetter,
-        });
-        Ok(config)
+        Self::builtin(coinbase::template(), RawSource::Coinbase(source), db, sink)
     }
 
-    /// The built-in Supabase pipeline: every change into table `supabase_changes` of `db` (or
-    /// `sink`), cursors in `db`.
+    /// The built-in Supabase pipeline (its connector's template): every change into table
+    /// `supabase_changes` of `db` (or `sink`), the newest version of each row into
+    /// `supabase_rows`, cursors in `db`.
     pub(crate) fn builtin_supabase(
         source: SupabaseConfig,
         db: &Path,
@@ -276,46 +253,14 @@ impl Config {
             current_state: true,
             ..source
         };
-        let mut config = Self::builtin(
-            supabase::PIPELINE_ID,
-            RawSource::Supabase(source),
-            supabase::RESOURCE,
-            supabase::changes_table("supabase_changes"),
-            db,
-            sink,
-        )?;
-        // The current state beside the changes: newest version per row wins.
-        let spec = config
-            .pipelines
-            .get_mut(supabase::PIPELINE_ID)
-            .expect("just built");
-        let changes = &spec.resources[0];
-        let state = supabase::state_table("supabase_rows");
-        let topic = if changes.topic == "supabase_changes" {
-            state.table.clone()
-        } else {
-            changes.topic.clone()
-        };
-        let resource = ResourceSpec {
-            name: supabase::STATE_RESOURCE.into(),
-            sink: changes.sink.clone(),
-            key: state.key.clone(),
-            version: Some("version".into()),
-            schema: Some(state),
-            topic,
-            transform: None,
-            on_error: OnError::DeadLetter,
-        };
-        spec.resources.push(resource);
-        Ok(config)
+        Self::builtin(supabase::template(), RawSource::Supabase(source), db, sink)
     }
 
-    /// A one-resource pipeline into `table` of `db`, or of `sink` when given.
+    /// A built-in pipeline from its connector's template: each resource into its table of `db`,
+    /// or of `sink` when given (except bookkeeping kept beside the cursors).
     fn builtin(
-        id: &str,
+        template: Template,
         source: RawSource,
-        resource: &str,
-        trades: TableSchema,
         db: &Path,
         sink: Option<&str>,
     ) -> anyhow::Result<Self> {
@@ -327,26 +272,40 @@ impl Config {
             },
         );
         let mut target = STORE_SINK.to_owned();
-        let mut topic = trades.table.clone();
+        let mut kafka_topic = None;
         let remote = sink.is_some();
         if let Some(url) = sink {
             let spec = SinkSpec::from_url(url)?;
             if let SinkSpec::Kafka { config } = &spec {
-                topic = config.topic.clone();
+                kafka_topic = Some(config.topic.clone());
             }
             target = "out".to_owned();
             sinks.insert(target.clone(), spec);
         }
-        let resources = vec![ResourceSpec {
-            name: resource.into(),
-            sink: target,
-            key: trades.key.clone(),
-            schema: Some(trades),
-            version: None,
-            topic,
-            transform: None,
-            on_error: OnError::DeadLetter,
-        }];
+        let mut resources = Vec::new();
+        for (i, resource) in template.resources.into_iter().enumerate() {
+            let table = resource.table;
+            let to_sink = resource.follows_sink && !resource.beside_cursors;
+            // The main resource takes the Kafka URL's topic; others keep their table name.
+            let topic = match (&kafka_topic, to_sink && i == 0) {
+                (Some(topic), true) => topic.clone(),
+                _ => table.table.clone(),
+            };
+            resources.push(ResourceSpec {
+                name: resource.name.into(),
+                sink: if to_sink {
+                    target.clone()
+                } else {
+                    STORE_SINK.to_owned()
+                },
+                key: table.key.clone(),
+                version: resource.version.map(str::to_owned),
+                schema: Some(table),
+                topic,
+                transform: None,
+                on_error: OnError::DeadLetter,
+            });
+        }
         let spec = PipelineSpec {
             source,
             resources,
@@ -373,7 +332,7 @@ impl Config {
             },
             drain_timeout: PipelineOptions::default().drain_timeout,
         };
-        let pipelines = BTreeMap::from([(id.to_owned(), spec)]);
+        let pipelines = BTreeMap::from([(template.pipeline.to_owned(), spec)]);
         Ok(Self {
             store_path: db.to_path_buf(),
             sinks,

@@ -23,13 +23,15 @@
 //! `last_match` and repeated frames are duplicates by `(product_id, trade_id)`. Prices and sizes stay exact decimal
 //! strings (trailing zeros trimmed, so REST and websocket forms agree); times keep microseconds.
 
+mod config;
 mod connector;
+mod feed;
+mod record;
 mod rest;
-mod sinks;
 mod source;
-mod types;
 
-pub use connector::{CoinbaseConfig, HOLES_RESOURCE, OnUnfillable, PIPELINE_ID, RESOURCE};
-pub use sinks::{holes_table, trades_table};
+pub use config::{CoinbaseConfig, OnUnfillable};
+pub use connector::{HOLES_RESOURCE, PIPELINE_ID, RESOURCE, template};
+pub use feed::{decode_frame, decode_rest_page};
+pub use record::{holes_table, normalize_decimal, trades_table};
 pub use source::{CoinbaseSource, CoinbaseStats};
-pub use types::{decode_frame, decode_rest_page, normalize_decimal};

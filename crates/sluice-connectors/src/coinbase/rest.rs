@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sluice::{Backoff, BackoffPolicy, SourceError};
 
-use super::types::{RestTrade, parse_rest_page};
+use super::feed::{RestTrade, parse_rest_page};
 
 /// The largest page the endpoint serves.
 pub(crate) const PAGE: u64 = 1000;

@@ -19,9 +19,11 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    connector::{CoinbaseConfig, HOLES_RESOURCE, OnUnfillable, RESOURCE},
+    config::{CoinbaseConfig, OnUnfillable},
+    connector::{HOLES_RESOURCE, RESOURCE},
+    feed::Frame,
+    record::TradeRecord,
     rest::RestClient,
-    types::{Frame, TradeRecord},
 };
 
 /// What the source did, for status pages and the demo.
@@ -133,7 +135,7 @@ const CHUNK: u64 = 1_000;
 /// What REST showed about the ids of a chunk.
 #[derive(Debug, Default)]
 struct Fetched {
-    trades: BTreeMap<u64, super::types::RestTrade>,
+    trades: BTreeMap<u64, super::feed::RestTrade>,
     /// Ranges of ids REST shows do not exist (served ids on both sides, or an empty page below
     /// a served id).
     absent: Vec<(u64, u64)>,

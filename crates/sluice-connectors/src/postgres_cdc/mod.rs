@@ -74,9 +74,11 @@ impl PostgresCdcConfig {
         if self.publication.is_empty() {
             return Err("publication is empty".into());
         }
-        if let Some(bad) = self.tables.iter().find(|t| {
-            t.is_empty() || t.split('.').count() > 2 || t.split('.').any(str::is_empty)
-        }) {
+        if let Some(bad) = self
+            .tables
+            .iter()
+            .find(|t| t.is_empty() || t.split('.').count() > 2 || t.split('.').any(str::is_empty))
+        {
             return Err(format!("table {bad:?}: use table or schema.table"));
         }
         if self.resource.is_empty() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice::SourceError;
 
-use super::connector::SupabaseConfig;
+use super::config::SupabaseConfig;
 
 /// Where a keyset read starts.
 #[derive(Clone, Debug, PartialEq)]

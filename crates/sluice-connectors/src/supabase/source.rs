@@ -13,9 +13,11 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use super::{
-    connector::{RESOURCE, STATE_RESOURCE, SupabaseConfig},
+    config::SupabaseConfig,
+    connector::{RESOURCE, STATE_RESOURCE},
+    phoenix::Frame,
+    record::{change_record, normalize_time, position},
     rest::{From, RestClient},
-    types::{Frame, change_record, normalize_time, position},
 };
 
 /// Reads Supabase Realtime changes and backfills through PostgREST. See the [module docs](super).

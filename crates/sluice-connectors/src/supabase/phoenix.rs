@@ -1,7 +1,6 @@
-//! Defines the Phoenix frames (vsn 1.0.0 objects, 2.0.0 arrays) and the change records.
+//! The Phoenix frames of Realtime (vsn 1.0.0 objects, 2.0.0 arrays): encoding and decoding.
 
 use serde_json::{Value, json};
-use sluice::Position;
 
 /// One Phoenix message.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,52 +81,12 @@ impl Frame {
     }
 }
 
-/// A timestamp as fixed-width UTC microseconds (`2026-09-29T13:46:08.990112Z`), so that text
-/// order is time order; `None` when it is not a time.
-pub fn normalize_time(text: &str) -> Option<String> {
-    let parsed = chrono::DateTime::parse_from_rfc3339(text)
-        .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z"))
-        .ok()?;
-    Some(
-        parsed
-            .with_timezone(&chrono::Utc)
-            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-            .to_string(),
-    )
-}
-
-/// The cursor position of a row: (version, primary key). Integer keys compare as integers.
-pub fn position(version: &str, key: &Value) -> Position {
-    let key = match key {
-        Value::Number(n) if n.as_u64().is_some() => Position::Int(n.as_u64().unwrap_or_default()),
-        Value::String(s) => Position::Text(s.clone()),
-        other => Position::Text(other.to_string()),
-    };
-    Position::Tuple(vec![Position::Text(version.to_owned()), key])
-}
-
-/// A change record for the change table.
-#[allow(clippy::too_many_arguments)]
-pub fn change_record(
-    schema: &str,
-    table: &str,
-    key: Value,
-    version: &str,
-    op: &str,
-    commit_time: Option<&str>,
-    row: Option<Value>,
-    source: &str,
-) -> Value {
-    json!({
-        "schema": schema, "table": table, "key": key, "version": version,
-        "deleted": op == "DELETE", "op": op, "commit_time": commit_time,
-        "row": row, "source": source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        super::record::{normalize_time, position},
+        *,
+    };
 
     #[test]
     fn frames_round_trip_in_both_versions() {

@@ -1,6 +1,8 @@
-//! Defines the default destination of the Supabase connector: one change row per event.
+//! What a change becomes: the change record, its cursor position and version, and the tables —
+//! one change row per event, and the current state per row.
 
-use sluice::{Column, ColumnType, TableSchema};
+use serde_json::{Value, json};
+use sluice::{Column, ColumnType, Position, TableSchema};
 
 /// The change table: one row per change, keyed by (table, key, version, deleted) so a change
 /// seen live and again by backfill (or twice live) is stored once. `version` is the cursor
@@ -49,4 +51,47 @@ pub fn state_table(table: &str) -> TableSchema {
         ],
         key: vec!["schema".into(), "table".into(), "key".into()],
     }
+}
+
+/// A timestamp as fixed-width UTC microseconds (`2026-09-29T13:46:08.990112Z`), so that text
+/// order is time order; `None` when it is not a time.
+pub fn normalize_time(text: &str) -> Option<String> {
+    let parsed = chrono::DateTime::parse_from_rfc3339(text)
+        .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .ok()?;
+    Some(
+        parsed
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string(),
+    )
+}
+
+/// The cursor position of a row: (version, primary key). Integer keys compare as integers.
+pub fn position(version: &str, key: &Value) -> Position {
+    let key = match key {
+        Value::Number(n) if n.as_u64().is_some() => Position::Int(n.as_u64().unwrap_or_default()),
+        Value::String(s) => Position::Text(s.clone()),
+        other => Position::Text(other.to_string()),
+    };
+    Position::Tuple(vec![Position::Text(version.to_owned()), key])
+}
+
+/// A change record for the change table.
+#[allow(clippy::too_many_arguments)]
+pub fn change_record(
+    schema: &str,
+    table: &str,
+    key: Value,
+    version: &str,
+    op: &str,
+    commit_time: Option<&str>,
+    row: Option<Value>,
+    source: &str,
+) -> Value {
+    json!({
+        "schema": schema, "table": table, "key": key, "version": version,
+        "deleted": op == "DELETE", "op": op, "commit_time": commit_time,
+        "row": row, "source": source,
+    })
 }

@@ -1,10 +1,10 @@
-//! Defines the wire types of the Coinbase Exchange feed and REST trades (protocols.md §1), and
-//! the record a trade becomes.
+//! The wire types of the Coinbase Exchange feed and REST trades (protocols.md §1) and their
+//! decoding; what a trade becomes is in [`super::record`].
 
 use std::borrow::Cow;
 
+use super::record::{TradeRecord, record, side};
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 /// Any feed frame, parsed in one pass: every field optional, classified after parsing. (An
 /// internally tagged enum would buffer each frame before choosing a variant.)
@@ -43,77 +43,6 @@ pub(crate) struct RestTrade {
     pub(crate) price: String,
     pub(crate) size: String,
     pub(crate) side: String,
-}
-
-/// A trade on its way to becoming a record.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct TradeRecord {
-    pub(crate) trade_id: u64,
-    pub(crate) record: Value,
-}
-
-/// Trims trailing fractional zeros so `"84140.80000000"` (REST) and `"84140.80"` (websocket)
-/// are the same text; `None` when it is not a plain decimal.
-pub fn normalize_decimal(text: &str) -> Option<String> {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    let plain = !whole.is_empty()
-        && whole.bytes().all(|b| b.is_ascii_digit())
-        && fraction.bytes().all(|b| b.is_ascii_digit());
-    if !plain {
-        return None;
-    }
-    let fraction = fraction.trim_end_matches('0');
-    let sign = if text.starts_with('-') { "-" } else { "" };
-    Some(if fraction.is_empty() {
-        format!("{sign}{whole}")
-    } else {
-        format!("{sign}{whole}.{fraction}")
-    })
-}
-
-fn side(text: &str) -> Option<&'static str> {
-    match text {
-        "buy" => Some("buy"),
-        "sell" => Some("sell"),
-        _ => None,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn record(
-    product: &str,
-    trade_id: u64,
-    price: &str,
-    size: &str,
-    maker_side: &'static str,
-    time: &str,
-    sequence: Option<u64>,
-    orders: Option<(&str, &str)>,
-    source: &'static str,
-) -> Result<TradeRecord, String> {
-    let price =
-        normalize_decimal(price).ok_or_else(|| format!("price {price:?} is not a decimal"))?;
-    let size = normalize_decimal(size).ok_or_else(|| format!("size {size:?} is not a decimal"))?;
-    if !time.ends_with('Z') || time.len() < 20 {
-        return Err(format!("time {time:?} is not RFC 3339 UTC"));
-    }
-    let mut map = Map::new();
-    map.insert("product_id".into(), product.into());
-    map.insert("trade_id".into(), trade_id.into());
-    map.insert("price".into(), price.into());
-    map.insert("size".into(), size.into());
-    map.insert("side".into(), maker_side.into());
-    map.insert("time".into(), time.into());
-    map.insert("sequence".into(), sequence.map_or(Value::Null, Value::from));
-    let (maker, taker) = orders.map_or((Value::Null, Value::Null), |(m, t)| (m.into(), t.into()));
-    map.insert("maker_order_id".into(), maker);
-    map.insert("taker_order_id".into(), taker);
-    map.insert("source".into(), source.into());
-    Ok(TradeRecord {
-        trade_id,
-        record: Value::Object(map),
-    })
 }
 
 impl Frame<'_> {
@@ -200,7 +129,7 @@ impl RestTrade {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::record::normalize_decimal, *};
 
     #[test]
     fn decimals_compare_as_decimals_not_as_strings() {
