@@ -8,8 +8,8 @@
 //! parse). A file shorter than its saved cursor (truncated, replaced) is a fatal error: resuming
 //! would skip or repeat data, so the operator decides (`sluice checkpoints reset`).
 
-mod connector;
+mod config;
 mod source;
 
-pub use connector::FileConfig;
+pub use config::FileConfig;
 pub use source::FileSource;

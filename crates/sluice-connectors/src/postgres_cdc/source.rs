@@ -1,0 +1,254 @@
+//! The replication session: create the publication and slot when asked, stream pgoutput from
+//! the saved LSN, emit change records, advance at commits and quiet keepalives, acknowledge only
+//! what is durable.
+
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use serde_json::{Value, json};
+use sluice::{
+    Checkpoint, Envelope, Position, Rejected, SessionEnd, Source, SourceContext, SourceError,
+};
+
+use super::{
+    PARTITION,
+    config::{Conn, PostgresCdcConfig, pg_error},
+    pgoutput::{Message, RelationCache, decode},
+    record::records,
+};
+
+fn replication_error(error: pgwire_replication::PgWireError) -> SourceError {
+    use pgwire_replication::PgWireError as E;
+    let text = error.to_string();
+    match error {
+        E::Auth(_) => SourceError::fatal(format!("postgres_cdc: {text}")),
+        E::Server(ref m) if m.contains("does not exist") => SourceError::fatal(format!(
+            "postgres_cdc: {text} (create it, or set create = true)"
+        )),
+        _ => SourceError::transient(format!("postgres_cdc: {text}")),
+    }
+}
+
+/// Reads changes from a replication slot.
+#[derive(Debug)]
+pub struct PostgresCdcSource {
+    config: PostgresCdcConfig,
+    name: String,
+}
+
+impl PostgresCdcSource {
+    /// A source for `config`.
+    pub fn new(config: PostgresCdcConfig) -> Self {
+        let name = format!("postgres_cdc:{}", config.slot);
+        Self { config, name }
+    }
+
+    /// Creates the publication and the slot when asked and missing.
+    async fn ensure(&self, conn: &Conn) -> Result<(), SourceError> {
+        let client = conn.control().await?;
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&self.config.publication],
+            )
+            .await
+            .map_err(pg_error)?
+            .is_some();
+        if !exists {
+            if self.config.tables.is_empty() {
+                return Err(SourceError::fatal(format!(
+                    "postgres_cdc: publication {} does not exist and no tables are configured to create it",
+                    self.config.publication
+                )));
+            }
+            let tables: Vec<String> = self
+                .config
+                .tables
+                .iter()
+                .map(|t| {
+                    t.split('.')
+                        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+                        .collect::<Vec<_>>()
+                        .join(".")
+                })
+                .collect();
+            client
+                .batch_execute(&format!(
+                    "CREATE PUBLICATION \"{}\" FOR TABLE {}",
+                    self.config.publication.replace('"', "\"\""),
+                    tables.join(", ")
+                ))
+                .await
+                .map_err(pg_error)?;
+            tracing::info!(publication = %self.config.publication, "publication created");
+        }
+        let slot = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.config.slot],
+            )
+            .await
+            .map_err(pg_error)?;
+        if slot.is_none() {
+            client
+                .query(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&self.config.slot],
+                )
+                .await
+                .map_err(pg_error)?;
+            tracing::info!(slot = %self.config.slot, "replication slot created");
+        }
+        Ok(())
+    }
+
+    fn resource(&self, schema: &str, table: &str) -> String {
+        self.config
+            .resource
+            .replace("{schema}", schema)
+            .replace("{table}", table)
+    }
+}
+
+/// Microseconds since 2000-01-01 (Postgres epoch) as RFC 3339.
+fn pg_time(micros: i64) -> String {
+    const PG_EPOCH_US: i64 = 946_684_800_000_000;
+    chrono::DateTime::from_timestamp_micros(micros + PG_EPOCH_US)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default()
+}
+
+impl Source for PostgresCdcSource {
+    type Payload = Value;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&mut self, ctx: SourceContext<Value>) -> Result<SessionEnd, SourceError> {
+        let conn = Conn::parse(&self.config.url)?;
+        if self.config.create {
+            self.ensure(&conn).await?;
+        }
+        let start = ctx
+            .resume_after(PARTITION)
+            .and_then(Position::as_int)
+            .map(Lsn::from_u64)
+            .unwrap_or(Lsn::ZERO);
+        let config = ReplicationConfig::new(
+            conn.host.clone(),
+            conn.user.clone(),
+            conn.password.clone(),
+            conn.database.clone(),
+            self.config.slot.clone(),
+            self.config.publication.clone(),
+        )
+        .with_port(conn.port)
+        .with_tls(TlsConfig::disabled())
+        .with_start_lsn(start)
+        .with_ack_lsn(start)
+        .with_status_interval(Duration::from_secs(1))
+        .with_application_name("sluice");
+        let mut client = ReplicationClient::connect(config)
+            .await
+            .map_err(replication_error)?;
+        tracing::info!(slot = %self.config.slot, start = %start.to_pg_string(), "replication started");
+        let mut durable = ctx.durable();
+        let mut relations = RelationCache::new();
+        // The transaction being read: commit LSN, commit time, ordinal of the next change.
+        let mut txn: Option<(u64, String, u64)> = None;
+        // The newest position handed to `ctx.advance`.
+        let mut advanced = start.as_u64();
+        loop {
+            let event = tokio::select! {
+                _ = ctx.cancelled() => {
+                    let _ = client.shutdown().await;
+                    return Ok(SessionEnd::Closed);
+                }
+                changed = durable.changed() => {
+                    if changed.is_ok() {
+                        let lsn = durable.borrow_and_update().get(PARTITION).and_then(Position::as_int);
+                        if let Some(lsn) = lsn {
+                            // Only now may the server drop the WAL up to here.
+                            client.update_applied_lsn(Lsn::from_u64(lsn));
+                        }
+                    }
+                    continue;
+                }
+                event = client.recv() => event.map_err(replication_error)?,
+            };
+            let Some(event) = event else {
+                return Ok(SessionEnd::Closed);
+            };
+            match event {
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    ctx.alive();
+                    // Between transactions the server has sent everything before `wal_end`: a
+                    // quiet publication moves its cursor (and so the slot) with the cluster's
+                    // WAL instead of pinning it. Saved, and so acknowledged, once durable.
+                    let wal_end = wal_end.as_u64();
+                    if txn.is_none() && wal_end > advanced {
+                        advanced = wal_end;
+                        ctx.advance(Checkpoint::new(PARTITION, Position::Int(wal_end)))
+                            .await?;
+                    }
+                }
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    commit_time_micros,
+                    ..
+                } => txn = Some((final_lsn.as_u64(), pg_time(commit_time_micros), 0)),
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    txn = None;
+                    advanced = advanced.max(end_lsn.as_u64());
+                    ctx.advance(Checkpoint::new(PARTITION, Position::Int(end_lsn.as_u64())))
+                        .await?;
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    let message = match decode(&data) {
+                        Ok(message) => message,
+                        Err(error) => {
+                            ctx.reject(Rejected {
+                                resource: self.config.resource.clone().into(),
+                                raw: format!("{data:?}"),
+                                reason: error.to_string(),
+                                checkpoint: None,
+                            })
+                            .await?;
+                            continue;
+                        }
+                    };
+                    match message {
+                        Message::Relation(oid, relation) => {
+                            if relation.replica_identity == b'n' {
+                                tracing::warn!(table = %relation.table, "table has REPLICA IDENTITY NOTHING: deletes carry no key");
+                            }
+                            relations.insert(oid, relation);
+                        }
+                        Message::Change(change) => {
+                            let Some((lsn, time, seq)) = txn.as_mut() else {
+                                return Err(SourceError::transient(
+                                    "postgres_cdc: change outside a transaction",
+                                ));
+                            };
+                            for record in records(&relations, change, *lsn, time)? {
+                                let (schema, table) = (
+                                    record["schema"].as_str().unwrap_or_default().to_owned(),
+                                    record["table"].as_str().unwrap_or_default().to_owned(),
+                                );
+                                let mut record = record;
+                                record["seq"] = json!(*seq);
+                                *seq += 1;
+                                ctx.emit(Envelope::new(self.resource(&schema, &table), record))
+                                    .await?;
+                            }
+                        }
+                        Message::Begin { .. } | Message::Commit { .. } | Message::Other(_) => {}
+                    }
+                }
+                ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::StoppedAt { .. } => return Ok(SessionEnd::Finished),
+            }
+        }
+    }
+}
