@@ -1,9 +1,45 @@
-//! What a connector's `connector.rs` hands the CLI: the built-in pipeline as data — its id and
-//! resources with their tables — which the CLI turns into a pipeline into SQLite (default) or
-//! another sink. A connector never builds CLI configuration itself, and the CLI never hard-codes
-//! a connector's tables.
+//! What a connector's `connector.rs` hands the CLI: the kind (its configuration type, how to
+//! check it and build the source, the tables its records fit) and, for the built-in pipelines,
+//! the pipeline as data — id and resources with their tables. The CLI lists kinds in one place
+//! (its `registry.rs`) and never hard-codes a connector's tables; a connector never builds CLI
+//! configuration.
 
-use sluice::TableSchema;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sluice::{Source, SourceError, TableSchema};
+
+/// A source kind as configuration names it (`source = { kind = "…", … }`).
+///
+/// The CLI promises: `validate` is called before `build`, and by `sluice validate` without a
+/// `build`; `build` is called once per pipeline start. Implementers guarantee: `validate` refuses
+/// everything `build` or the first session would refuse for a configuration reason, without
+/// touching the network; errors name the key and never carry a secret.
+pub trait SourceKind {
+    /// The `source = { … }` table, without its `kind`.
+    type Config: DeserializeOwned + Clone + std::fmt::Debug;
+    /// The source it builds.
+    type Source: Source<Payload = Value> + std::fmt::Debug + 'static;
+
+    /// Checks a configuration; `Err` says what is wrong, for the user.
+    ///
+    /// # Errors
+    /// What is wrong.
+    fn validate(config: &Self::Config) -> Result<(), String>;
+
+    /// The source for a checked configuration.
+    ///
+    /// # Errors
+    /// Fatal when it cannot be built.
+    fn build(config: Self::Config) -> Result<Self::Source, SourceError>;
+
+    /// The table (and version column) a resource named `resource` gets in a table sink when the
+    /// configuration lists no columns — for sources whose records have a fixed shape. `None`:
+    /// columns must be configured.
+    fn default_table(resource: &str, table: &str) -> Option<(TableSchema, Option<&'static str>)> {
+        let _ = (resource, table);
+        None
+    }
+}
 
 /// A built-in pipeline.
 #[derive(Clone, Debug)]

@@ -3,12 +3,9 @@
 
 use std::collections::BTreeMap;
 
+pub(crate) use crate::registry::RawSource;
 use serde::Deserialize;
 use sluice::{Column, OnError};
-use sluice_connectors::{
-    coinbase::CoinbaseConfig, file::FileConfig, postgres_cdc::PostgresCdcConfig,
-    supabase::SupabaseConfig,
-};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -101,20 +98,6 @@ pub(crate) struct RawPipeline {
     /// Seconds a shutdown may spend flushing.
     #[serde(default)]
     pub(crate) drain_timeout_s: Option<f64>,
-}
-
-/// `source = { kind = …, … }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub(crate) enum RawSource {
-    /// A JSON-lines file.
-    File(FileConfig),
-    /// Coinbase Exchange trades.
-    Coinbase(CoinbaseConfig),
-    /// Postgres logical replication (pgoutput).
-    PostgresCdc(PostgresCdcConfig),
-    /// Supabase Realtime `postgres_changes` with PostgREST backfill.
-    Supabase(SupabaseConfig),
 }
 
 /// `[pipelines.ID.resources.NAME]`.

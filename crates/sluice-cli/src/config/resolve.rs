@@ -15,10 +15,8 @@ use sluice::{
     TableSchema,
 };
 use sluice_connectors::{
-    coinbase::{self, CoinbaseConfig, CoinbaseSource},
-    file::FileSource,
-    postgres_cdc::{self, PostgresCdcSource},
-    supabase::{self, SupabaseConfig, SupabaseSource},
+    coinbase::{self, CoinbaseConfig},
+    supabase::{self, SupabaseConfig},
     template::Template,
 };
 use sluice_sinks::{
@@ -367,18 +365,7 @@ impl Config {
             .get(id)
             .ok_or_else(|| anyhow!("no pipeline named {id:?}"))?;
         let store = SqliteStore::new(databases.open(&self.store_path)?);
-        let source = match &spec.source {
-            RawSource::File(config) => AnySource::File(FileSource::new(config.clone())),
-            RawSource::Coinbase(config) => {
-                AnySource::Coinbase(CoinbaseSource::new(config.clone())?)
-            }
-            RawSource::PostgresCdc(config) => {
-                AnySource::PostgresCdc(PostgresCdcSource::new(config.clone()))
-            }
-            RawSource::Supabase(config) => {
-                AnySource::Supabase(Box::new(SupabaseSource::new(config.clone())?))
-            }
-        };
+        let source = spec.source.build()?;
         let mut resources = Resources::new().on_unknown(spec.on_unknown);
         let mut sinks = Vec::new();
         for resource in &spec.resources {
@@ -475,16 +462,7 @@ fn resolve_pipeline(
         bail!("pipeline ids must be non-empty without spaces");
     }
     // Everything `run` would refuse about the source, refused here (no connection made).
-    let checked = match &raw.source {
-        RawSource::File(config) => config.validate(),
-        RawSource::Coinbase(config) => config.validate(),
-        RawSource::PostgresCdc(config) => config.validate(),
-        RawSource::Supabase(config) => {
-            // The key too (from `key_env` when set), as the source resolves it.
-            let mut config = config.clone();
-            config.resolve_key().and_then(|()| config.validate())
-        }
-    };
+    let checked = raw.source.validate();
     checked.map_err(|e| anyhow!("source: {e}"))?;
     if raw.resources.is_empty() {
         bail!("resources: no resource is defined; add a [pipelines.{id}.resources.NAME] table");
@@ -516,22 +494,18 @@ fn resolve_pipeline(
         }
         let key = resource.key.clone();
         let schema = if sink.is_table() {
-            if resource.columns.is_empty()
-                && matches!(
-                    raw.source,
-                    RawSource::PostgresCdc(_) | RawSource::Supabase(_)
-                )
-            {
-                // Change records have a fixed shape: the change-log table unless told otherwise.
-                let table = resource.table.clone().unwrap_or_else(|| name.clone());
-                Some(match raw.source {
-                    RawSource::Supabase(_) if name == supabase::STATE_RESOURCE => {
-                        version.get_or_insert_with(|| "version".to_owned());
-                        supabase::state_table(&table)
-                    }
-                    RawSource::Supabase(_) => supabase::changes_table(&table),
-                    _ => postgres_cdc::changes_table(&table),
-                })
+            let table = resource.table.clone().unwrap_or_else(|| name.clone());
+            let fixed = resource
+                .columns
+                .is_empty()
+                .then(|| raw.source.default_table(&name, &table))
+                .flatten();
+            if let Some((schema, default_version)) = fixed {
+                // Records of a fixed shape: the connector's table unless told otherwise.
+                if let Some(column) = default_version {
+                    version.get_or_insert_with(|| column.to_owned());
+                }
+                Some(schema)
             } else if resource.columns.is_empty() {
                 bail!(
                     "{context}.columns: the table sink {:?} needs columns, e.g. columns = [{{ name = \"id\", type = \"integer\" }}]",

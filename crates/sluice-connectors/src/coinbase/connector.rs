@@ -1,8 +1,40 @@
 //! The composition point: the built-in pipeline's id, resources and tables — what `sluice run
 //! coinbase` builds (the seed's `defineConnector`).
 
-use super::record::{holes_table, trades_table};
-use crate::template::{Template, TemplateResource};
+use sluice::{SourceError, TableSchema};
+
+use super::{
+    CoinbaseConfig, CoinbaseSource,
+    record::{holes_table, trades_table},
+};
+use crate::template::{SourceKind, Template, TemplateResource};
+
+/// `kind = "coinbase"`.
+#[derive(Debug)]
+pub struct Coinbase;
+
+impl SourceKind for Coinbase {
+    type Config = CoinbaseConfig;
+    type Source = CoinbaseSource;
+
+    fn validate(config: &CoinbaseConfig) -> Result<(), String> {
+        config.validate()
+    }
+
+    fn build(config: CoinbaseConfig) -> Result<CoinbaseSource, SourceError> {
+        CoinbaseSource::new(config)
+    }
+
+    fn default_table(resource: &str, table: &str) -> Option<(TableSchema, Option<&'static str>)> {
+        let mut schema = match resource {
+            RESOURCE => trades_table(),
+            HOLES_RESOURCE => holes_table(),
+            _ => return None,
+        };
+        schema.table = table.to_owned();
+        Some((schema, None))
+    }
+}
 
 /// The built-in pipeline id.
 pub const PIPELINE_ID: &str = "coinbase-trades-listener";

@@ -31,7 +31,7 @@ mod rest;
 mod source;
 
 pub use config::{CoinbaseConfig, OnUnfillable};
-pub use connector::{HOLES_RESOURCE, PIPELINE_ID, RESOURCE, template};
+pub use connector::{Coinbase, HOLES_RESOURCE, PIPELINE_ID, RESOURCE, template};
 pub use feed::{decode_frame, decode_rest_page};
 pub use record::{holes_table, normalize_decimal, trades_table};
 pub use source::{CoinbaseSource, CoinbaseStats};

@@ -9,7 +9,9 @@
 //! would skip or repeat data, so the operator decides (`sluice checkpoints reset`).
 
 mod config;
+mod connector;
 mod source;
 
 pub use config::FileConfig;
+pub use connector::File;
 pub use source::FileSource;

@@ -8,11 +8,13 @@
 //! `pgwire-replication`. Decoding of the change messages: [`pgoutput`].
 
 mod config;
+mod connector;
 pub mod pgoutput;
 mod record;
 mod source;
 
 pub use config::PostgresCdcConfig;
+pub use connector::PostgresCdc;
 pub use record::changes_table;
 pub use source::PostgresCdcSource;
 

@@ -28,6 +28,6 @@ pub mod rest;
 pub mod source;
 
 pub use config::SupabaseConfig;
-pub use connector::{PIPELINE_ID, RESOURCE, STATE_RESOURCE, template};
+pub use connector::{PIPELINE_ID, RESOURCE, STATE_RESOURCE, Supabase, template};
 pub use record::{change_record, changes_table, normalize_time, position, state_table};
 pub use source::SupabaseSource;
