@@ -166,11 +166,16 @@ resources.changes = {{ sink = "db", table = "pg_changes" }}
     let expect = 3000 + 1 + 100 + 50 + 1; // inserts (+ toast row), updates, deletes, toast update
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while count(&db, "SELECT count(*) FROM pg_changes") < expect {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {expect} changes",
-            count(&db, "SELECT count(*) FROM pg_changes")
-        );
+        if tokio::time::Instant::now() >= deadline {
+            // What the running process said, to tell a stall from a loss.
+            let stored = count(&db, "SELECT count(*) FROM pg_changes");
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "only {stored} of {expect} changes; sluice said:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await; // status updates go out every second
