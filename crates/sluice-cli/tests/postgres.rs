@@ -67,18 +67,32 @@ fn count(db: &Path, sql: &str) -> i64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cdc_with_sigkills_loses_and_repeats_nothing() {
-    let Some(url) = postgres() else { return };
-    let pg = connect(&url).await;
+/// A CDC pipeline `pg` from `table` (created with `columns`) into table `pg_changes` of a fresh
+/// SQLite file, started as a `sluice run` process; returns once its slot exists (changes
+/// committed from then on are kept). The table, slot and publication carry `name`.
+struct Cdc {
+    dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    config: std::path::PathBuf,
+    table: String,
+    slot: String,
+    publication: String,
+}
+
+async fn start_cdc(
+    pg: &tokio_postgres::Client,
+    url: &str,
+    name: &str,
+    columns: &str,
+) -> (Cdc, Child) {
     let suffix = std::process::id();
     let (table, slot, publication) = (
-        format!("items_{suffix}"),
-        format!("sluice_test_{suffix}"),
-        format!("sluice_pub_{suffix}"),
+        format!("{name}_{suffix}"),
+        format!("sluice_{name}_{suffix}"),
+        format!("sluice_{name}_pub_{suffix}"),
     );
     pg.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigint PRIMARY KEY, name text, price numeric(20,8), body text);"
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({columns});"
     ))
     .await
     .unwrap();
@@ -103,8 +117,7 @@ resources.changes = {{ sink = "db", table = "pg_changes" }}
         ),
     )
     .unwrap();
-    let mut child = spawn(&config);
-    // The slot exists once the source started; changes committed from then on are kept.
+    let child = spawn(&config);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while pg
         .query_opt(
@@ -121,6 +134,36 @@ resources.changes = {{ sink = "db", table = "pg_changes" }}
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let cdc = Cdc {
+        dir,
+        db,
+        config,
+        table,
+        slot,
+        publication,
+    };
+    (cdc, child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_with_sigkills_loses_and_repeats_nothing() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let (cdc, mut child) = start_cdc(
+        &pg,
+        &url,
+        "items",
+        "id bigint PRIMARY KEY, name text, price numeric(20,8), body text",
+    )
+    .await;
+    let Cdc {
+        dir: _dir,
+        db,
+        config,
+        table,
+        slot,
+        publication,
+    } = cdc;
     // A writer: 300 transactions of 10 inserts, then updates and deletes, while sluice is killed.
     let writer = {
         let url = url.clone();
@@ -277,57 +320,21 @@ async fn confirmed_flush(pg: &tokio_postgres::Client, slot: &str) -> i64 {
 async fn a_quiet_publication_follows_the_wal_and_changes_keep_old_keys_and_exact_json() {
     let Some(url) = postgres() else { return };
     let pg = connect(&url).await;
-    let suffix = std::process::id();
-    let (table, noise, slot, publication) = (
-        format!("quiet_{suffix}"),
-        format!("noise_{suffix}"),
-        format!("sluice_quiet_{suffix}"),
-        format!("sluice_quiet_pub_{suffix}"),
-    );
+    let (cdc, mut child) = start_cdc(&pg, &url, "quiet", "id bigint PRIMARY KEY, doc jsonb").await;
+    let Cdc {
+        dir: _dir,
+        db,
+        table,
+        slot,
+        publication,
+        ..
+    } = cdc;
+    let noise = format!("noise_{}", std::process::id());
     pg.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigint PRIMARY KEY, doc jsonb);
-         DROP TABLE IF EXISTS {noise}; CREATE TABLE {noise} (id bigserial PRIMARY KEY, pad text);"
+        "DROP TABLE IF EXISTS {noise}; CREATE TABLE {noise} (id bigserial PRIMARY KEY, pad text);"
     ))
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("quiet.db");
-    let config = dir.path().join("quiet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[store]
-path = "{db}"
-
-[sinks.db]
-kind = "sqlite"
-
-[pipelines.pg]
-source = {{ kind = "postgres_cdc", url = "{url}", slot = "{slot}", publication = "{publication}", create = true, tables = ["{table}"] }}
-resources.changes = {{ sink = "db", table = "pg_changes" }}
-"#,
-            db = db.display()
-        ),
-    )
-    .unwrap();
-    let mut child = spawn(&config);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while pg
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .is_none()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no slot was created"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let doc = r#"{"big": -12345678901234567890, "huge": 123456789012345678901234567890, "dec": 0.1, "long": 3.14159265358979323846264338327950288}"#;
     pg.batch_execute(&format!(
         "INSERT INTO {table} VALUES (1, '{doc}'); UPDATE {table} SET id = 2 WHERE id = 1;"

@@ -15,16 +15,36 @@ use crate::common::{fast_options, ns, pipeline};
 async fn crashes_with_a_transactional_destination_leave_every_envelope_exactly_once() {
     let store = Arc::new(MemoryStore::with_scope("mem:db"));
     let sink = RecordingSink::<Value>::new().transactional_with(store.clone(), "mem:db");
-    let total = 200;
+    crash_until_done(&store, &sink, 50, 5, 7).await;
+    let rows = ns(&sink.rows());
+    let unique: HashSet<_> = rows.iter().collect();
+    assert_eq!(rows.len(), unique.len(), "duplicates after crashes");
+    assert_eq!(unique.len() as u64, 200, "envelopes lost");
+}
+
+/// Runs the 200-envelope log into `sink` again and again, dropping the whole pipeline (a crash,
+/// no drain) after 1 to `spread` writes each round, until a round finishes; asserts it crashed
+/// more than 3 times.
+async fn crash_until_done(
+    store: &Arc<MemoryStore>,
+    sink: &RecordingSink<Value>,
+    rounds: u64,
+    spread: u64,
+    batch: usize,
+) {
     let mut crashes = 0;
-    for round in 0..50u64 {
-        let source =
-            ScriptedSource::new(json_log("r", total, 2)).sessions([], SessionScript::Finish);
-        let run = pipeline(source, store.clone(), sink.clone(), RecordingSink::new(), 7)
-            .run(CancellationToken::new());
-        // "Crash": drop the whole pipeline future after a few writes, with no drain.
+    for round in 0..rounds {
+        let source = ScriptedSource::new(json_log("r", 200, 2)).sessions([], SessionScript::Finish);
+        let run = pipeline(
+            source,
+            store.clone(),
+            sink.clone(),
+            RecordingSink::new(),
+            batch,
+        )
+        .run(CancellationToken::new());
         let writes_before = sink.calls();
-        let crash_after = 1 + (round % 5) as usize;
+        let crash_after = 1 + (round % spread) as usize;
         let crashed = tokio::select! {
             result = run => { result.unwrap(); false }
             _ = async { while sink.calls() < writes_before + crash_after { tokio::task::yield_now().await } } => true,
@@ -35,14 +55,6 @@ async fn crashes_with_a_transactional_destination_leave_every_envelope_exactly_o
         }
     }
     assert!(crashes > 3, "the test did not crash the pipeline");
-    let rows = ns(&sink.rows());
-    let unique: HashSet<_> = rows.iter().collect();
-    assert_eq!(
-        rows.len(),
-        unique.len(),
-        "duplicates after {crashes} crashes"
-    );
-    assert_eq!(unique.len() as u64, total, "envelopes lost");
 }
 
 /// Invariant 9 with a record the destination rejects: the batch is bisected and its parts
@@ -54,34 +66,12 @@ async fn crashes_while_a_batch_is_bisected_leave_every_envelope_exactly_once() {
     let sink = RecordingSink::<Value>::new()
         .transactional_with(store.clone(), "mem:db")
         .rejecting(|r: &Value| r["n"] == 37 || r["n"] == 118);
-    let total = 200;
-    let mut crashes = 0;
-    for round in 0..80u64 {
-        let source =
-            ScriptedSource::new(json_log("r", total, 2)).sessions([], SessionScript::Finish);
-        let run = pipeline(source, store.clone(), sink.clone(), RecordingSink::new(), 8)
-            .run(CancellationToken::new());
-        let writes_before = sink.calls();
-        // Crash points spread over the parts of the bisected batches.
-        let crash_after = 1 + (round % 9) as usize;
-        let crashed = tokio::select! {
-            result = run => { result.unwrap(); false }
-            _ = async { while sink.calls() < writes_before + crash_after { tokio::task::yield_now().await } } => true,
-        };
-        crashes += crashed as u32;
-        if !crashed {
-            break;
-        }
-    }
-    assert!(crashes > 3, "the test did not crash the pipeline");
+    // Crash points spread over the parts of the bisected batches.
+    crash_until_done(&store, &sink, 80, 9, 8).await;
     let rows = ns(&sink.rows());
     let unique: HashSet<_> = rows.iter().collect();
-    assert_eq!(
-        rows.len(),
-        unique.len(),
-        "duplicates after {crashes} crashes"
-    );
-    assert_eq!(unique.len() as u64, total - 2, "envelopes lost");
+    assert_eq!(rows.len(), unique.len(), "duplicates after crashes");
+    assert_eq!(unique.len(), 200 - 2, "envelopes lost");
 }
 
 /// Invariant 8 across the whole life of a pipeline: a lease of 150 ms is kept through the
