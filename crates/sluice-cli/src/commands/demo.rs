@@ -55,7 +55,7 @@ pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         sim.rest_url()
     );
     let shutdown = CancellationToken::new();
-    crate::spawn_signal_handler(shutdown.clone());
+    super::run::spawn_signal_handler(shutdown.clone());
     shutdown.cancelled().await;
     sim.stop();
     println!("generated {} trades", sim.generated());
@@ -122,7 +122,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let stats = pipeline.stats();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    crate::spawn_signal_handler(stop.clone());
+    super::run::spawn_signal_handler(stop.clone());
     let handle = tokio::spawn(pipeline.run(shutdown.clone()));
     let store = databases.open(&db)?;
 

@@ -1,0 +1,7 @@
+//! One file per subcommand.
+
+pub(crate) mod checkpoints;
+pub(crate) mod codegen;
+pub(crate) mod demo;
+pub(crate) mod run;
+pub(crate) mod validate;

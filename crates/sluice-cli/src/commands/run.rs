@@ -1,0 +1,159 @@
+//! `sluice run`: the built-in pipelines (`coinbase`, `supabase`) or those of a config file,
+//! under a supervisor, with the opt-in endpoints; SIGTERM/SIGINT drain.
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+use sluice::{BackoffPolicy, PipelineError, PipelineExit, PipelineStats, Supervisor};
+use sluice_connectors::{coinbase::CoinbaseConfig, supabase::SupabaseConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::RunArgs,
+    config::{Config, Databases},
+    serve,
+};
+
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (config, ids) = match &args.config {
+        Some(path) => {
+            if args.coinbase.products.is_some()
+                || args.coinbase.ws_url.is_some()
+                || args.coinbase.rest_url.is_some()
+                || args.sink.is_some()
+            {
+                anyhow::bail!(
+                    "--products, --ws-url, --rest-url and --sink are for `sluice run coinbase`; with --config set them in the file"
+                );
+            }
+            let config = Config::load(path, &args.db)?;
+            let ids = config.select(&args.targets)?;
+            (config, ids)
+        }
+        None => match args.targets.as_slice() {
+            [name] if name == "coinbase" => {
+                let defaults = CoinbaseConfig::default();
+                let source = CoinbaseConfig {
+                    products: args
+                        .coinbase
+                        .products
+                        .as_deref()
+                        .map(CoinbaseConfig::parse_products)
+                        .unwrap_or(defaults.products.clone()),
+                    ws_url: args
+                        .coinbase
+                        .ws_url
+                        .clone()
+                        .unwrap_or(defaults.ws_url.clone()),
+                    rest_url: args
+                        .coinbase
+                        .rest_url
+                        .clone()
+                        .unwrap_or(defaults.rest_url.clone()),
+                    ..defaults
+                };
+                let config = Config::builtin_coinbase(source, &args.db, args.sink.as_deref())?;
+                (
+                    config,
+                    vec![sluice_connectors::coinbase::PIPELINE_ID.to_owned()],
+                )
+            }
+            [name] if name == "supabase" => {
+                let source =
+                    SupabaseConfig::from_env().map_err(|e| anyhow::anyhow!("supabase: {e}"))?;
+                let config = Config::builtin_supabase(source, &args.db, args.sink.as_deref())?;
+                (
+                    config,
+                    vec![sluice_connectors::supabase::PIPELINE_ID.to_owned()],
+                )
+            }
+            [] => anyhow::bail!(
+                "nothing to run: `sluice run coinbase`, `sluice run supabase`, or `sluice run --config FILE [PIPELINE…]`"
+            ),
+            other => anyhow::bail!(
+                "unknown built-in pipeline {:?} (built-in: coinbase, supabase); for configured pipelines pass --config FILE",
+                other.join(" ")
+            ),
+        },
+    };
+    let config = Arc::new(config);
+    let databases = Arc::new(Databases::default());
+    // Build once up front so that configuration errors (unopenable files) fail fast with exit 2.
+    for id in &ids {
+        config
+            .build(id, &databases)
+            .with_context(|| format!("pipeline {id}"))?;
+    }
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let mut supervisor = Supervisor::new(shutdown.clone(), BackoffPolicy::default());
+    let metrics_addr = args.metrics_addr.or(config.metrics_addr);
+    let prometheus = metrics_addr
+        .map(|_| serve::install_recorder())
+        .transpose()?;
+    let mut live_stats = Vec::new();
+    for id in &ids {
+        let stats = Arc::new(PipelineStats::new(id));
+        live_stats.push(stats.clone());
+        let (config, databases, id) = (config.clone(), databases.clone(), id.clone());
+        supervisor.spawn(id.clone(), move |token| {
+            let built = config
+                .build(&id, &databases)
+                .map(|p| p.with_stats(stats.clone()));
+            let id = id.clone();
+            async move {
+                match built {
+                    Ok(pipeline) => pipeline.run(token).await,
+                    Err(error) => Err(PipelineError::Config {
+                        pipeline: id,
+                        message: format!("{error:#}"),
+                    }),
+                }
+            }
+        });
+    }
+    if let (Some(addr), Some(prometheus)) = (metrics_addr, prometheus) {
+        let (health, token) = (supervisor.health(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = serve::serve(addr, prometheus, health, live_stats, token).await {
+                tracing::error!(%addr, error = %format!("{error:#}"), "metrics endpoint failed");
+            }
+        });
+    }
+    let mut failed = false;
+    for (id, outcome) in supervisor.wait().await {
+        match outcome {
+            Ok(PipelineExit::Completed) => tracing::info!(pipeline = %id, "completed"),
+            Ok(PipelineExit::Stopped) => tracing::info!(pipeline = %id, "stopped"),
+            Err(error) => {
+                failed = true;
+                eprintln!("error: {}", sluice::report(&error));
+            }
+        }
+    }
+    shutdown.cancel();
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+pub(crate) fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping sources, draining"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping sources, draining"),
+        }
+        shutdown.cancel();
+    });
+}
