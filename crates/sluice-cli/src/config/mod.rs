@@ -1,7 +1,10 @@
-//! Defines the configuration in two phases: `raw` mirrors the TOML file; `resolve` checks it
-//! (every error names the file, the key and what is wrong) and builds pipelines from it.
+//! The configuration in three steps: `raw` mirrors the TOML file; `resolve` checks it (every
+//! error names the file, the key and what is wrong); `build` turns a checked pipeline into a
+//! running one.
 
+mod build;
 mod raw;
 mod resolve;
 
-pub(crate) use resolve::{Config, Databases};
+pub(crate) use build::Databases;
+pub(crate) use resolve::Config;

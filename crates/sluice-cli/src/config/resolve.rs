@@ -1,7 +1,8 @@
-//! Defines the validated configuration and how it builds pipelines.
+//! Resolves the raw configuration into a checked one: every error names the key and what is
+//! wrong, and everything `run` would refuse for a configuration reason is refused here.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -9,29 +10,18 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
-use serde_json::Value;
-use sluice::{
-    BatchLimits, JqTransform, NullSink, OnError, Pipeline, PipelineOptions, Resource, Resources,
-    TableSchema,
-};
+use sluice::{BatchLimits, JqTransform, OnError, PipelineOptions, TableSchema};
 use sluice_connectors::{
     coinbase::{self, CoinbaseConfig},
     supabase::{self, SupabaseConfig},
     template::Template,
 };
 use sluice_sinks::{
-    clickhouse::{ClickHouseEndpoint, ClickHouseOptions, ClickHouseSink},
-    jsonl::JsonlSink,
-    kafka::{KafkaConfig, KafkaSink},
-    sqlite::SqliteSink,
+    clickhouse::{ClickHouseEndpoint, ClickHouseOptions},
+    kafka::KafkaConfig,
 };
-use sluice_stores::sqlite::{SqliteDb, SqliteStore};
 
 use super::raw::{RawConfig, RawPipeline, RawSink, RawSource, default_dead_letter_table};
-use crate::registry::{AnySink, AnySource};
-
-/// A pipeline as the CLI builds it.
-pub(crate) type CliPipeline = Pipeline<AnySource, Value, AnySink, SqliteStore, AnySink>;
 
 /// A named sink.
 #[derive(Debug, Clone)]
@@ -78,36 +68,36 @@ impl SinkSpec {
 }
 
 #[derive(Debug)]
-struct ResourceSpec {
-    name: String,
-    sink: String,
-    schema: Option<TableSchema>,
+pub(crate) struct ResourceSpec {
+    pub(crate) name: String,
+    pub(crate) sink: String,
+    pub(crate) schema: Option<TableSchema>,
     /// The ClickHouse version column.
-    version: Option<String>,
+    pub(crate) version: Option<String>,
     /// The Kafka topic.
-    topic: String,
+    pub(crate) topic: String,
     /// The Kafka message key fields.
-    key: Vec<String>,
-    transform: Option<Arc<JqTransform>>,
-    on_error: OnError,
+    pub(crate) key: Vec<String>,
+    pub(crate) transform: Option<Arc<JqTransform>>,
+    pub(crate) on_error: OnError,
 }
 
 #[derive(Debug)]
-struct PipelineSpec {
-    source: RawSource,
-    resources: Vec<ResourceSpec>,
-    dead_letters: (String, String),
-    on_unknown: OnError,
-    limits: BatchLimits,
-    drain_timeout: Duration,
+pub(crate) struct PipelineSpec {
+    pub(crate) source: RawSource,
+    pub(crate) resources: Vec<ResourceSpec>,
+    pub(crate) dead_letters: (String, String),
+    pub(crate) on_unknown: OnError,
+    pub(crate) limits: BatchLimits,
+    pub(crate) drain_timeout: Duration,
 }
 
 /// A checked configuration.
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) store_path: PathBuf,
-    sinks: BTreeMap<String, SinkSpec>,
-    pipelines: BTreeMap<String, PipelineSpec>,
+    pub(crate) sinks: BTreeMap<String, SinkSpec>,
+    pub(crate) pipelines: BTreeMap<String, PipelineSpec>,
     pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
@@ -357,100 +347,6 @@ impl Config {
         }
         Ok(ids.to_vec())
     }
-
-    /// Builds pipeline `id` (its sinks open their files now).
-    pub(crate) fn build(&self, id: &str, databases: &Databases) -> anyhow::Result<CliPipeline> {
-        let spec = self
-            .pipelines
-            .get(id)
-            .ok_or_else(|| anyhow!("no pipeline named {id:?}"))?;
-        let store = SqliteStore::new(databases.open(&self.store_path)?);
-        let source = spec.source.build()?;
-        let mut resources = Resources::new().on_unknown(spec.on_unknown);
-        let mut sinks = Vec::new();
-        for resource in &spec.resources {
-            let definition = match &resource.transform {
-                Some(jq) => Resource::with_transform(resource.name.clone(), SharedJq(jq.clone())),
-                None => Resource::direct(resource.name.clone()),
-            };
-            resources = resources.with(
-                resource.name.as_str(),
-                definition.on_error(resource.on_error),
-            );
-            let sink = self.open_sink(&resource.sink, id, Some(resource), databases)?;
-            sinks.push((resource.name.clone(), sink));
-        }
-        let (dead_sink, dead_table) = &spec.dead_letters;
-        let dead = match self.sinks.get(dead_sink).expect("checked in resolve") {
-            SinkSpec::Sqlite { path } => {
-                AnySink::Sqlite(SqliteSink::dead_letters(databases.open(path)?, dead_table))
-            }
-            SinkSpec::ClickHouse { endpoint, options } => AnySink::ClickHouse(Box::new(
-                ClickHouseSink::dead_letters(endpoint.clone(), dead_table, options.clone())?,
-            )),
-            SinkSpec::Kafka { config } => {
-                let mut config = config.clone();
-                config.topic = dead_table.clone();
-                config.pipeline = id.to_owned();
-                config.resource = "dead_letters".to_owned();
-                AnySink::Kafka(KafkaSink::new(config)?)
-            }
-            _ => self.open_sink(dead_sink, id, None, databases)?,
-        };
-        let mut pipeline = Pipeline::new(id, source, store, resources);
-        for (name, sink) in sinks {
-            pipeline = pipeline.sink(name, sink, spec.limits);
-        }
-        let options = PipelineOptions {
-            drain_timeout: spec.drain_timeout,
-            ..PipelineOptions::default()
-        };
-        Ok(pipeline.dead_letters(dead, spec.limits).options(options))
-    }
-
-    fn open_sink(
-        &self,
-        name: &str,
-        pipeline: &str,
-        resource: Option<&ResourceSpec>,
-        databases: &Databases,
-    ) -> anyhow::Result<AnySink> {
-        let schema = || {
-            resource
-                .and_then(|r| r.schema.clone())
-                .expect("table sinks have a schema (checked in resolve)")
-        };
-        Ok(match self.sinks.get(name).expect("checked in resolve") {
-            SinkSpec::Sqlite { path } => {
-                let mut sink = SqliteSink::new(databases.open(path)?, schema())?;
-                if let Some(version) = resource.and_then(|r| r.version.as_deref()) {
-                    sink = sink.version(version)?;
-                }
-                AnySink::Sqlite(sink)
-            }
-            SinkSpec::ClickHouse { endpoint, options } => {
-                let mut sink = ClickHouseSink::new(endpoint.clone(), schema(), options.clone())?;
-                if let Some(version) = resource.and_then(|r| r.version.as_deref()) {
-                    sink = sink.version(version)?;
-                }
-                AnySink::ClickHouse(Box::new(sink))
-            }
-            SinkSpec::Kafka { config } => {
-                let resource = resource.expect("kafka sinks are opened for a resource");
-                let mut config = config.clone();
-                if config.topic.is_empty() {
-                    config.topic = resource.topic.clone();
-                }
-                config.key = resource.key.clone();
-                config.pipeline = pipeline.to_owned();
-                config.resource = resource.name.clone();
-                AnySink::Kafka(KafkaSink::new(config)?)
-            }
-            SinkSpec::Jsonl { path } => AnySink::Jsonl(JsonlSink::new(path)),
-            SinkSpec::Stdout => AnySink::Jsonl(JsonlSink::stdout()),
-            SinkSpec::Null => AnySink::Null(NullSink),
-        })
-    }
 }
 
 fn resolve_pipeline(
@@ -589,37 +485,4 @@ fn resolve_pipeline(
         limits,
         drain_timeout,
     })
-}
-
-/// A jq transform shared by every restart of a pipeline (compiled once).
-struct SharedJq(Arc<JqTransform>);
-
-impl sluice::Transform<Value, Value> for SharedJq {
-    fn apply(
-        &self,
-        payload: &Value,
-        meta: &sluice::EnvelopeMeta<'_>,
-    ) -> Result<sluice::Transformed<Value>, sluice::TransformError> {
-        self.0.apply(payload, meta)
-    }
-}
-
-/// Open SQLite files, one connection per file, shared by stores and sinks of every pipeline.
-#[derive(Debug, Default)]
-pub(crate) struct Databases {
-    open: std::sync::Mutex<HashMap<PathBuf, SqliteDb>>,
-}
-
-impl Databases {
-    pub(crate) fn open(&self, path: &Path) -> anyhow::Result<SqliteDb> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if let Some(db) = open.get(&key) {
-            return Ok(db.clone());
-        }
-        let db = SqliteDb::open(path)?;
-        let key = std::fs::canonicalize(path).unwrap_or(key);
-        open.insert(key, db.clone());
-        Ok(db)
-    }
 }
