@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 use sluice::{
-    CheckpointCommit, DeadLetter, NullSink, SessionEnd, Sink, SinkError, Source, SourceContext,
-    SourceError, TableSchema,
+    CheckpointCommit, NullSink, SessionEnd, Sink, SinkError, Source, SourceContext, SourceError,
+    TableSchema,
 };
 use sluice_connectors::template::SourceKind;
 use sluice_sinks::{
@@ -130,29 +130,5 @@ impl Sink<Value> for AnySink {
             AnySink::Sqlite(s) => Sink::<Value>::transaction_scope(s),
             _ => None,
         }
-    }
-}
-
-impl Sink<DeadLetter> for AnySink {
-    async fn prepare(&mut self) -> Result<(), SinkError> {
-        Sink::<Value>::prepare(self).await
-    }
-
-    async fn write(
-        &mut self,
-        batch: &[DeadLetter],
-        commit: Option<&CheckpointCommit<'_>>,
-    ) -> Result<(), SinkError> {
-        match self {
-            AnySink::Sqlite(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
-            AnySink::ClickHouse(s) => Sink::<DeadLetter>::write(&mut **s, batch, commit).await,
-            AnySink::Kafka(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
-            AnySink::Jsonl(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
-            AnySink::Null(s) => Sink::<DeadLetter>::write(s, batch, commit).await,
-        }
-    }
-
-    fn transaction_scope(&self) -> Option<&str> {
-        Sink::<Value>::transaction_scope(self)
     }
 }

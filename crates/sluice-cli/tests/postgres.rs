@@ -145,6 +145,29 @@ resources.changes = {{ sink = "db", table = "pg_changes" }}
     (cdc, child)
 }
 
+/// Drops what a CDC test made, once the killed process's walsender let go of the slot.
+async fn drop_cdc(pg: &tokio_postgres::Client, slot: &str, publication: &str, tables: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pg
+        .query_one(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the slot stays active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.batch_execute(&format!(
+        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION {publication}; DROP TABLE {};",
+        tables.join(", ")
+    ))
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_with_sigkills_loses_and_repeats_nothing() {
     let Some(url) = postgres() else { return };
@@ -215,7 +238,10 @@ async fn cdc_with_sigkills_loses_and_repeats_nothing() {
             child.kill().unwrap();
             let output = child.wait_with_output().unwrap();
             panic!(
-                "only {stored} of {expect} changes; sluice said:\n{}",
+                "only {stored} of {expect} changes; by op {:?}; dead letters {:?}; cursor {:?}; sluice said:\n{}",
+                sqlite(&db, "SELECT op, count(*), min(lsn), max(lsn) FROM pg_changes GROUP BY op"),
+                sqlite(&db, "SELECT reason FROM sluice_dead_letters LIMIT 3"),
+                sqlite(&db, "SELECT position FROM sluice_checkpoints"),
                 String::from_utf8_lossy(&output.stderr)
             );
         }
@@ -298,7 +324,7 @@ async fn cdc_with_sigkills_loses_and_repeats_nothing() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    pg.batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION {publication}; DROP TABLE {table};")).await.unwrap();
+    drop_cdc(&pg, &slot, &publication, &[&table]).await;
 }
 
 async fn confirmed_flush(pg: &tokio_postgres::Client, slot: &str) -> i64 {
@@ -406,7 +432,7 @@ async fn a_quiet_publication_follows_the_wal_and_changes_keep_old_keys_and_exact
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    pg.batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION {publication}; DROP TABLE {table}; DROP TABLE {noise};")).await.unwrap();
+    drop_cdc(&pg, &slot, &publication, &[&table, &noise]).await;
 }
 
 /// `sluice run supabase` from the seed's environment variables, against the simulated Realtime
@@ -439,7 +465,7 @@ async fn sluice_run_supabase_survives_sigkill_and_misses_nothing() {
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "supabase", "--db", db.to_str().unwrap()])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .env("SUPABASE_URL", sim.url())
             .env("SUPABASE_SERVICE_ROLE_KEY", sim.api_key())
             .env("SUPABASE_SCHEMA", "public")

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use sluice::{CheckpointCommit, DeadLetter, Record, Sink, SinkError};
+use sluice::{CheckpointCommit, Sink, SinkError};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Writes each record as one JSON line, to a file (appended, fsynced before the batch is
@@ -167,16 +167,6 @@ impl Sink<Value> for JsonlSink {
         _: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
         self.write_lines(batch.iter().cloned()).await
-    }
-}
-
-impl Sink<DeadLetter> for JsonlSink {
-    async fn write(
-        &mut self,
-        batch: &[DeadLetter],
-        _: Option<&CheckpointCommit<'_>>,
-    ) -> Result<(), SinkError> {
-        self.write_lines(batch.iter().map(Record::to_json)).await
     }
 }
 

@@ -15,7 +15,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, future_producer::DeliveryFuture},
 };
 use serde_json::Value;
-use sluice::{CheckpointCommit, DeadLetter, ErrorClass, Sink, SinkError};
+use sluice::{CheckpointCommit, ErrorClass, Sink, SinkError};
 
 /// Where and how the sink produces.
 #[derive(Clone)]
@@ -465,43 +465,6 @@ impl Sink<Value> for KafkaSink {
         _commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
         self.produce(batch).await
-    }
-}
-
-impl Sink<DeadLetter> for KafkaSink {
-    async fn prepare(&mut self) -> Result<(), SinkError> {
-        Sink::<Value>::prepare(self).await
-    }
-
-    async fn write(
-        &mut self,
-        batch: &[DeadLetter],
-        _commit: Option<&CheckpointCommit<'_>>,
-    ) -> Result<(), SinkError> {
-        // A dead letter carries its input: an input refused for its size would make a dead
-        // letter larger still. Cut the payload to fit (its length and the cut are recorded).
-        let room = self
-            .config
-            .max_message_bytes()
-            .saturating_sub(4_096)
-            .max(256);
-        let mut rows = DeadLetter::rows(batch);
-        for row in &mut rows {
-            if let Some(Value::String(payload)) = row.get_mut("payload")
-                && payload.len() > room
-            {
-                let original = payload.len();
-                let mut cut = room;
-                while !payload.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                payload.truncate(cut);
-                payload.push_str(&format!("… (cut: {original} bytes in all)"));
-            }
-        }
-        self.produce(&rows)
-            .await
-            .map_err(SinkError::for_dead_letters)
     }
 }
 

@@ -7,9 +7,7 @@ use rusqlite::{
     types::{ToSqlOutput, Value as SqlValue, ValueRef},
 };
 use serde_json::Value;
-use sluice::{
-    CheckpointCommit, ColumnType, DeadLetter, Sink, SinkError, TableSchema, is_plain_decimal,
-};
+use sluice::{CheckpointCommit, ColumnType, Sink, SinkError, TableSchema, is_plain_decimal};
 use sluice_stores::sqlite::{SqliteDb, classify, save_in_tx};
 
 /// Writes JSON records into one SQLite table.
@@ -281,25 +279,6 @@ impl Sink<Value> for SqliteSink {
         commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
         blocking(|| self.write_rows(batch, commit))
-    }
-
-    fn transaction_scope(&self) -> Option<&str> {
-        Some(self.db.scope())
-    }
-}
-
-impl Sink<DeadLetter> for SqliteSink {
-    async fn prepare(&mut self) -> Result<(), SinkError> {
-        Sink::<Value>::prepare(self).await
-    }
-
-    async fn write(
-        &mut self,
-        batch: &[DeadLetter],
-        commit: Option<&CheckpointCommit<'_>>,
-    ) -> Result<(), SinkError> {
-        let rows = DeadLetter::rows(batch);
-        blocking(|| self.write_rows(&rows, commit)).map_err(SinkError::for_dead_letters)
     }
 
     fn transaction_scope(&self) -> Option<&str> {

@@ -103,7 +103,7 @@ pub use jq::JqTransform;
 pub use pipeline::{NoDeadLetters, Pipeline, PipelineExit, PipelineOptions, default_holder};
 pub use record::{Column, ColumnType, DeadLetter, Record, TableSchema, is_plain_decimal};
 pub use resource::{IntoRecords, OnError, Resource, Resources, Transform, Transformed};
-pub use sink::{BatchLimits, CheckpointCommit, NullSink, Sink};
+pub use sink::{BatchLimits, CheckpointCommit, DeadLetterSink, NullSink, Sink};
 pub use source::{Rejected, SessionEnd, Source, SourceContext};
 pub use stats::{PipelineStats, StatsSnapshot};
 pub use supervisor::{Health, PipelineState, Supervisor, report};

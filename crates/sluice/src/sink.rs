@@ -2,7 +2,9 @@
 
 use std::{future::Future, time::Duration};
 
-use crate::{checkpoint::Lease, envelope::Checkpoint, error::SinkError};
+use serde_json::Value;
+
+use crate::{checkpoint::Lease, envelope::Checkpoint, error::SinkError, record::DeadLetter};
 
 /// The cursors that become durable with a write, handed to a sink that shares a transaction
 /// with the checkpoint store (see [`Sink::transaction_scope`]).
@@ -86,5 +88,96 @@ pub struct NullSink;
 impl<R: Sync> Sink<R> for NullSink {
     async fn write(&mut self, _: &[R], _: Option<&CheckpointCommit<'_>>) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// Writes dead letters through any sink of JSON records — a table, a topic, a file. Each dead
+/// letter becomes its row ([`DeadLetter::rows`]); with [`max_payload`](Self::max_payload) its
+/// payload is cut to a size the destination takes (an input refused for its size would make a
+/// larger dead letter still; the cut and the original length are recorded in it). A row the
+/// destination rejects is fatal: a dead letter has nowhere left to go. One adapter serves every
+/// destination, so sinks implement only `Sink<Value>`.
+#[derive(Debug)]
+pub struct DeadLetterSink<S> {
+    inner: S,
+    max_payload: Option<usize>,
+}
+
+impl<S> DeadLetterSink<S> {
+    /// Dead letters through `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            max_payload: None,
+        }
+    }
+
+    /// Cuts payloads longer than `bytes` (at a character boundary).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = Some(bytes);
+        self
+    }
+
+    /// The wrapped sink.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Sink<Value>> Sink<DeadLetter> for DeadLetterSink<S> {
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        self.inner.prepare().await
+    }
+
+    async fn write(
+        &mut self,
+        batch: &[DeadLetter],
+        commit: Option<&CheckpointCommit<'_>>,
+    ) -> Result<(), SinkError> {
+        let mut rows = DeadLetter::rows(batch);
+        if let Some(room) = self.max_payload {
+            for row in &mut rows {
+                if let Some(Value::String(payload)) = row.get_mut("payload") {
+                    cut(payload, room);
+                }
+            }
+        }
+        self.inner
+            .write(&rows, commit)
+            .await
+            .map_err(SinkError::for_dead_letters)
+    }
+
+    fn transaction_scope(&self) -> Option<&str> {
+        self.inner.transaction_scope()
+    }
+}
+
+/// Cuts `text` to at most `room` bytes at a character boundary, noting the original length.
+fn cut(text: &mut String, room: usize) {
+    if text.len() <= room {
+        return;
+    }
+    let original = text.len();
+    let mut at = room;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text.truncate(at);
+    text.push_str(&format!("… (cut: {original} bytes in all)"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_payloads_are_cut_at_a_character_boundary() {
+        let mut text = "é".repeat(10);
+        cut(&mut text, 5);
+        assert_eq!(text, "éé… (cut: 20 bytes in all)");
+        let mut short = "abc".to_owned();
+        cut(&mut short, 5);
+        assert_eq!(short, "abc");
     }
 }

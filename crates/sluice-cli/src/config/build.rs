@@ -9,17 +9,20 @@ use std::{
 
 use anyhow::anyhow;
 use serde_json::Value;
-use sluice::{JqTransform, NullSink, Pipeline, PipelineOptions, Resource, Resources};
+use sluice::{
+    DeadLetterSink, JqTransform, NullSink, Pipeline, PipelineOptions, Resource, Resources,
+};
 use sluice_sinks::{
     clickhouse::ClickHouseSink, jsonl::JsonlSink, kafka::KafkaSink, sqlite::SqliteSink,
 };
 use sluice_stores::sqlite::{SqliteDb, SqliteStore};
 
-use super::resolve::{Config, ResourceSpec, SinkSpec};
+use super::resolve::{Config, PipelineSpec, ResourceSpec, SinkSpec};
 use crate::registry::{AnySink, AnySource};
 
 /// A pipeline as the CLI builds it.
-pub(crate) type CliPipeline = Pipeline<AnySource, Value, AnySink, SqliteStore, AnySink>;
+pub(crate) type CliPipeline =
+    Pipeline<AnySource, Value, AnySink, SqliteStore, DeadLetterSink<AnySink>>;
 
 impl Config {
     /// Builds pipeline `id` (its sinks open their files now).
@@ -57,10 +60,43 @@ impl Config {
                 config.topic = dead_table.clone();
                 config.pipeline = id.to_owned();
                 config.resource = "dead_letters".to_owned();
-                AnySink::Kafka(KafkaSink::new(config)?)
+                // Room for the envelope of the dead letter around its payload.
+                let room = config.max_message_bytes().saturating_sub(4_096).max(256);
+                let sink = DeadLetterSink::new(AnySink::Kafka(KafkaSink::new(config)?));
+                return Ok(Self::assemble(
+                    id,
+                    spec,
+                    source,
+                    store,
+                    resources,
+                    sinks,
+                    sink.max_payload(room),
+                ));
             }
             _ => self.open_sink(dead_sink, id, None, databases)?,
         };
+        Ok(Self::assemble(
+            id,
+            spec,
+            source,
+            store,
+            resources,
+            sinks,
+            DeadLetterSink::new(dead),
+        ))
+    }
+
+    /// The pipeline from its parts.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        id: &str,
+        spec: &PipelineSpec,
+        source: AnySource,
+        store: SqliteStore,
+        resources: Resources<Value, Value>,
+        sinks: Vec<(String, AnySink)>,
+        dead: DeadLetterSink<AnySink>,
+    ) -> CliPipeline {
         let mut pipeline = Pipeline::new(id, source, store, resources);
         for (name, sink) in sinks {
             pipeline = pipeline.sink(name, sink, spec.limits);
@@ -69,7 +105,7 @@ impl Config {
             drain_timeout: spec.drain_timeout,
             ..PipelineOptions::default()
         };
-        Ok(pipeline.dead_letters(dead, spec.limits).options(options))
+        pipeline.dead_letters(dead, spec.limits).options(options)
     }
 
     fn open_sink(

@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 pub use client::{ClickHouseEndpoint, ServerVersion};
 use serde_json::Value;
-use sluice::{
-    Backoff, BackoffPolicy, CheckpointCommit, DeadLetter, ErrorClass, Sink, SinkError, TableSchema,
-};
+use sluice::{Backoff, BackoffPolicy, CheckpointCommit, ErrorClass, Sink, SinkError, TableSchema};
 
 use self::{
     client::Client,
@@ -264,21 +262,5 @@ impl Sink<Value> for ClickHouseSink {
         _commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
         self.insert(batch).await
-    }
-}
-
-impl Sink<DeadLetter> for ClickHouseSink {
-    async fn prepare(&mut self) -> Result<(), SinkError> {
-        Sink::<Value>::prepare(self).await
-    }
-
-    async fn write(
-        &mut self,
-        batch: &[DeadLetter],
-        _commit: Option<&CheckpointCommit<'_>>,
-    ) -> Result<(), SinkError> {
-        self.insert(&DeadLetter::rows(batch))
-            .await
-            .map_err(SinkError::for_dead_letters)
     }
 }
