@@ -42,7 +42,7 @@ pub const PIPELINE_ID: &str = "coinbase-trades-listener";
 /// The resource of every trade.
 pub const RESOURCE: &str = "matches";
 
-/// The resource of holes skipped under [`OnUnfillable::Skip`].
+/// The resource of holes skipped under [`OnUnfillable::Skip`](super::OnUnfillable::Skip).
 pub const HOLES_RESOURCE: &str = "holes";
 
 /// The built-in pipeline: trades into `coinbase_trades` (or the chosen sink), holes skipped by
