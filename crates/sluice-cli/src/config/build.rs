@@ -48,6 +48,9 @@ impl Config {
             sinks.push((resource.name.clone(), sink));
         }
         let (dead_sink, dead_table) = &spec.dead_letters;
+        // A topic takes messages up to a size: dead letters are cut to fit, with room for the
+        // envelope around their payload.
+        let mut room = None;
         let dead = match self.sinks.get(dead_sink).expect("checked in resolve") {
             SinkSpec::Sqlite { path } => {
                 AnySink::Sqlite(SqliteSink::dead_letters(databases.open(path)?, dead_table))
@@ -60,29 +63,17 @@ impl Config {
                 config.topic = dead_table.clone();
                 config.pipeline = id.to_owned();
                 config.resource = "dead_letters".to_owned();
-                // Room for the envelope of the dead letter around its payload.
-                let room = config.max_message_bytes().saturating_sub(4_096).max(256);
-                let sink = DeadLetterSink::new(AnySink::Kafka(KafkaSink::new(config)?));
-                return Ok(Self::assemble(
-                    id,
-                    spec,
-                    source,
-                    store,
-                    resources,
-                    sinks,
-                    sink.max_payload(room),
-                ));
+                room = Some(config.max_message_bytes().saturating_sub(4_096).max(256));
+                AnySink::Kafka(KafkaSink::new(config)?)
             }
             _ => self.open_sink(dead_sink, id, None, databases)?,
         };
+        let mut dead = DeadLetterSink::new(dead);
+        if let Some(room) = room {
+            dead = dead.max_payload(room);
+        }
         Ok(Self::assemble(
-            id,
-            spec,
-            source,
-            store,
-            resources,
-            sinks,
-            DeadLetterSink::new(dead),
+            id, spec, source, store, resources, sinks, dead,
         ))
     }
 
