@@ -193,3 +193,31 @@ async fn rest_windows_are_exclusive_newest_first_with_cursor_headers() {
         .unwrap();
     assert_eq!(too_big.status(), 400);
 }
+
+#[tokio::test]
+async fn rest_keeps_the_documented_public_rate_limit() {
+    let sim = CoinbaseSim::start(CoinbaseSimConfig {
+        rate: 0.0,
+        products: vec!["BTC-USD".into()],
+        ..CoinbaseSimConfig::default()
+    })
+    .await
+    .unwrap();
+    sim.burst(10);
+    let client = reqwest::Client::new();
+    let url = format!("{}/products/BTC-USD/trades?limit=1", sim.rest_url());
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        statuses.push(client.get(&url).send().await.unwrap().status().as_u16());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    // A burst of 15, plus what refills (10 a second) while the requests are made.
+    assert!(ok < 60, "none refused: {statuses:?}");
+    assert!(statuses[..15].iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        sim.counters()
+            .rest_rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed),
+        60 - ok as u64
+    );
+}

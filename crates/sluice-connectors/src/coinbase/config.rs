@@ -4,28 +4,25 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Configuration of a [`super::CoinbaseSource`].
+/// Configuration of a [`super::CoinbaseSource`]; every field has a default.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CoinbaseConfig {
     /// The websocket feed.
-    #[serde(default = "default_ws_url")]
     pub ws_url: String,
     /// The REST base URL for backfill.
-    #[serde(default = "default_rest_url")]
     pub rest_url: String,
     /// Products to follow.
-    #[serde(default = "default_products")]
     pub products: Vec<String>,
     /// How long a gap may stay open before it is backfilled, in milliseconds.
-    #[serde(default = "default_gap_grace_ms")]
     pub gap_grace_ms: u64,
     /// Silence (no frame, no heartbeat) before reconnecting, in milliseconds.
-    #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
     /// What to do at a hole: trade ids REST shows do not exist (or no longer serves).
-    #[serde(default)]
     pub on_unfillable: OnUnfillable,
+    /// REST requests a second at most, over all products (bursts of as many). Coinbase allows
+    /// 10 a second per IP, bursts of 15, and answers 429 beyond; the default leaves room.
+    pub rest_requests_per_second: u32,
 }
 
 /// The policy for a hole REST cannot fill.
@@ -41,35 +38,20 @@ pub enum OnUnfillable {
     Skip,
 }
 
-fn default_ws_url() -> String {
-    "wss://ws-feed.exchange.coinbase.com".into()
-}
-
-fn default_rest_url() -> String {
-    "https://api.exchange.coinbase.com".into()
-}
-
 fn default_products() -> Vec<String> {
     vec!["BTC-USD".into(), "ETH-USD".into()]
-}
-
-fn default_gap_grace_ms() -> u64 {
-    250
-}
-
-fn default_idle_timeout_ms() -> u64 {
-    5_000
 }
 
 impl Default for CoinbaseConfig {
     fn default() -> Self {
         Self {
-            ws_url: default_ws_url(),
-            rest_url: default_rest_url(),
+            ws_url: "wss://ws-feed.exchange.coinbase.com".into(),
+            rest_url: "https://api.exchange.coinbase.com".into(),
             products: default_products(),
-            gap_grace_ms: default_gap_grace_ms(),
-            idle_timeout_ms: default_idle_timeout_ms(),
+            gap_grace_ms: 250,
+            idle_timeout_ms: 5_000,
             on_unfillable: OnUnfillable::default(),
+            rest_requests_per_second: 8,
         }
     }
 }
@@ -117,6 +99,9 @@ impl CoinbaseConfig {
                 "rest_url {:?} must start with http:// or https://",
                 self.rest_url
             ));
+        }
+        if self.rest_requests_per_second == 0 {
+            return Err("rest_requests_per_second must be at least 1".into());
         }
         Ok(())
     }

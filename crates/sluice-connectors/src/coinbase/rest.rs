@@ -1,7 +1,7 @@
 //! Defines the REST backfill client: `GET /products/{id}/trades` with exclusive `before`/`after`
 //! cursors, 429 and 5xx retried with backoff, 400/404 reported as configuration errors.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
 use sluice::{Backoff, BackoffPolicy, SourceError};
 
@@ -13,18 +13,28 @@ pub(crate) const PAGE: u64 = 1000;
 /// How many times one page is tried before the session gives up (and reconnects).
 const ATTEMPTS: u32 = 10;
 
+/// Paces requests under the endpoint's public rate limit: every request, retries included,
+/// waits for a permit, so a feed with many gaps slows its backfill instead of earning 429s.
+type Limiter = governor::DefaultDirectRateLimiter;
+
 #[derive(Debug, Clone)]
 pub(crate) struct RestClient {
     http: reqwest::Client,
     base: String,
+    limiter: Arc<Limiter>,
 }
 
 impl RestClient {
-    pub(crate) fn new(base: &str) -> Result<Self, SourceError> {
+    pub(crate) fn new(base: &str, per_second: u32) -> Result<Self, SourceError> {
         let http = crate::http::client(Duration::from_secs(10))?;
+        let per_second = NonZeroU32::new(per_second)
+            .ok_or_else(|| SourceError::fatal("coinbase: rest_requests_per_second is 0"))?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            limiter: Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                per_second,
+            ))),
         })
     }
 
@@ -44,7 +54,6 @@ impl RestClient {
         before_id: u64,
         alive: &(dyn Fn() + Sync),
     ) -> Result<Vec<RestTrade>, SourceError> {
-        let url = format!("{}/products/{product}/trades", self.base);
         let mut query = vec![
             ("after", before_id.to_string()),
             ("limit", PAGE.to_string()),
@@ -53,6 +62,33 @@ impl RestClient {
             query.push(("before", after_id.to_string()));
         }
         let after_id = after_id.unwrap_or(0);
+        let mut trades = self.page(product, &query, alive).await?;
+        trades.retain(|t| t.trade_id > after_id && t.trade_id < before_id);
+        Ok(trades)
+    }
+
+    /// The newest trade id REST serves for `product` (`None` when it serves none): every id
+    /// at or below it that REST does not serve is absent, not merely late. One request with
+    /// no cursor and `limit=1`, whatever the page cap.
+    pub(crate) async fn newest(
+        &self,
+        product: &str,
+        alive: &(dyn Fn() + Sync),
+    ) -> Result<Option<u64>, SourceError> {
+        let page = self
+            .page(product, &[("limit", "1".to_owned())], alive)
+            .await?;
+        Ok(page.iter().map(|t| t.trade_id).max())
+    }
+
+    /// One page for `query`, ascending by id; throttling and server errors retried.
+    async fn page(
+        &self,
+        product: &str,
+        query: &[(&str, String)],
+        alive: &(dyn Fn() + Sync),
+    ) -> Result<Vec<RestTrade>, SourceError> {
+        let url = format!("{}/products/{product}/trades", self.base);
         let mut backoff = Backoff::new(BackoffPolicy {
             initial: Duration::from_millis(200),
             max: Duration::from_secs(5),
@@ -61,9 +97,10 @@ impl RestClient {
         });
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
+            beating(alive, self.limiter.until_ready()).await;
             metrics::counter!("sluice_coinbase_rest_requests_total", "product" => product.to_owned()).increment(1);
-            tracing::debug!(product, after_id, before_id, "REST trades request");
-            let sent = beating(alive, self.http.get(&url).query(&query).send()).await;
+            tracing::debug!(product, ?query, "REST trades request");
+            let sent = beating(alive, self.http.get(&url).query(query).send()).await;
             match sent {
                 Ok(response) => {
                     let status = response.status();
@@ -79,7 +116,6 @@ impl RestClient {
                                 "REST trades of {product}: unreadable body: {e}"
                             ))
                         })?;
-                        trades.retain(|t| t.trade_id > after_id && t.trade_id < before_id);
                         trades.sort_by_key(|t| t.trade_id);
                         return Ok(trades);
                     }

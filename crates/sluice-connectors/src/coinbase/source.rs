@@ -73,7 +73,7 @@ impl CoinbaseSource {
         config
             .validate()
             .map_err(|e| SourceError::fatal(format!("coinbase: {e}")))?;
-        let rest = RestClient::new(&config.rest_url)?;
+        let rest = RestClient::new(&config.rest_url, config.rest_requests_per_second)?;
         Ok(Self {
             config,
             rest,
@@ -104,8 +104,10 @@ struct Product {
     suspect: Option<u64>,
     /// No backfill before then (REST lagging behind the socket, or a hole held).
     retry_at: Option<Instant>,
-    /// Backfill attempts in a row that could not close the gap.
+    /// Backfill attempts in a row that made no progress.
     attempts: u32,
+    /// The newest id REST was seen to serve: below it, what REST does not serve is absent.
+    rest_head: Option<u64>,
     /// The hole the cursor is held before (`on_unfillable = "hold"`).
     held: Option<(u64, u64)>,
 }
@@ -123,6 +125,35 @@ impl Product {
             .min()?;
         (top > last + 1 || ahead != Some(top)).then_some(top)
     }
+
+    /// The highest id known to exist (read ahead or named by a heartbeat).
+    fn highest_known(&self) -> Option<u64> {
+        let ahead = self.ahead.last_key_value().map(|(id, _)| *id);
+        ahead.max(self.known_top)
+    }
+
+    /// The exclusive windows of ids in `(last, top]` not read ahead, neighbours merged while
+    /// the merged window spans at most [`MERGE_SPAN`] ids: one request then reads several
+    /// small gaps (a feed that drops one trade in twenty at 400 a second has twenty gaps a
+    /// second, and Coinbase allows ten requests a second).
+    fn missing_windows(&self, last: u64, top: u64) -> Vec<(u64, u64)> {
+        let mut windows: Vec<(u64, u64)> = Vec::new();
+        let mut push = |below: u64, above: u64| match windows.last_mut() {
+            Some(prev) if above - prev.0 - 1 <= MERGE_SPAN => prev.1 = above,
+            _ => windows.push((below, above)),
+        };
+        let mut below = last;
+        for &id in self.ahead.range(last + 1..=top).map(|(id, _)| id) {
+            if id > below + 1 {
+                push(below, id);
+            }
+            below = id;
+        }
+        if below < top {
+            push(below, top + 1);
+        }
+        windows
+    }
 }
 
 /// Trades kept ahead of a gap per product, at most: a hole held for long must not grow memory
@@ -131,6 +162,10 @@ const MAX_AHEAD: usize = 100_000;
 
 /// Ids backfilled per pass, at most (the pass emits before it fetches the next).
 const CHUNK: u64 = 1_000;
+
+/// Gap windows closer than this are read as one: a page of 100 is what every version of the
+/// endpoint serves (older docs cap `limit` at 100).
+const MERGE_SPAN: u64 = 100;
 
 /// What REST showed about the ids of a chunk.
 #[derive(Debug, Default)]
@@ -209,6 +244,7 @@ impl Session<'_> {
                 Some((&id, _)) if id == next => {
                     let (_, trade) = state.ahead.pop_first().expect("present");
                     state.last = Some(id);
+                    state.attempts = 0;
                     let partition = state.partition.clone();
                     let from_rest = trade.record["source"] == "rest";
                     self.emit(partition, trade, from_rest).await?;
@@ -225,9 +261,9 @@ impl Session<'_> {
         }
     }
 
-    /// Fills the product's gap from REST, chunk by chunk from the cursor up, emitting as it goes.
-    /// Stops early (and schedules a retry) when REST does not serve the gap's top yet, or at a
-    /// hole it holds.
+    /// Fills the product's gaps from REST, chunk by chunk from the cursor up, emitting as it
+    /// goes. Stops early (and schedules a retry) when REST does not serve the first gap's top
+    /// yet, or at a hole it holds.
     async fn backfill(&mut self, product: &str) -> Result<(), SourceError> {
         let state = &self.products[product];
         let (Some(last), Some(top)) = (state.last, state.gap_top()) else {
@@ -241,27 +277,37 @@ impl Session<'_> {
             "backfilling gap through REST"
         );
         // REST lags the socket: ids below a top it does not serve yet are not missing, only
-        // not served yet. Only once a top is served does an unserved id below it prove a hole.
-        let mut proven = None;
+        // not served yet. Only below the newest id REST serves does an unserved id prove a
+        // hole. That head is asked for at most once a pass, when the gaps reach above it.
+        let mut asked = false;
         loop {
             let state = &self.products[product];
             let (Some(last), Some(top)) = (state.last, state.gap_top()) else {
                 break;
             };
-            if proven.is_none_or(|p| top > p) {
-                if !self.served(product, top).await? {
-                    tracing::debug!(
-                        product,
-                        top,
-                        "REST does not serve the gap's top yet; retrying"
-                    );
-                    self.retry_later(product);
-                    return Ok(());
-                }
-                proven = Some(top);
+            let want = state.highest_known().unwrap_or(top).min(last + CHUNK);
+            if !asked && state.rest_head.is_none_or(|head| head < want) {
+                asked = true;
+                let alive = || self.ctx.alive();
+                let head = self.source.rest.newest(product, &alive).await?;
+                let state = self.products.get_mut(product).expect("known product");
+                state.rest_head = state.rest_head.max(head);
             }
-            let chunk_top = top.min(last + CHUNK);
-            let fetched = self.fetch(product, last, chunk_top).await?;
+            let state = &self.products[product];
+            let head = state.rest_head.unwrap_or(0);
+            if head < top {
+                tracing::debug!(
+                    product,
+                    top,
+                    head,
+                    "REST does not serve the gap's top yet; retrying"
+                );
+                self.retry_later(product);
+                return Ok(());
+            }
+            let chunk_top = want.min(head);
+            let windows = state.missing_windows(last, chunk_top);
+            let fetched = self.fetch(product, windows).await?;
             if !self.merge(product, chunk_top, fetched).await? {
                 return Ok(());
             }
@@ -269,30 +315,15 @@ impl Session<'_> {
         self.drain_ahead(product).await
     }
 
-    /// Whether REST serves trade `id` of `product`.
-    async fn served(&self, product: &str, id: u64) -> Result<bool, SourceError> {
-        let alive = || self.ctx.alive();
-        let page = self
-            .source
-            .rest
-            .window(product, Some(id.saturating_sub(1)), id + 1, &alive)
-            .await?;
-        Ok(page.iter().any(|t| t.trade_id == id))
-    }
-
-    /// Pages through `(last, chunk_top]` until every id is served or shown absent. Pages may be
-    /// short and may come from either end of the window: each served page splits what is left
-    /// into the parts it did not reach, and the ids between two served ids do not exist.
-    async fn fetch(
-        &self,
-        product: &str,
-        last: u64,
-        chunk_top: u64,
-    ) -> Result<Fetched, SourceError> {
+    /// Pages through the exclusive `windows` (below REST's head) until every id in them is
+    /// served or shown absent. Pages may be short and may come from either end of a window:
+    /// each served page splits what is left into the parts it did not reach, and the ids
+    /// between two served ids do not exist.
+    async fn fetch(&self, product: &str, windows: Vec<(u64, u64)>) -> Result<Fetched, SourceError> {
         let alive = || self.ctx.alive();
         let mut fetched = Fetched::default();
         // Exclusive windows still to read.
-        let mut open = vec![(last, chunk_top + 1)];
+        let mut open = windows;
         while let Some((below, above)) = open.pop() {
             if above <= below + 1 {
                 continue;

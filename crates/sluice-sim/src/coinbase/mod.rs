@@ -114,6 +114,9 @@ pub struct CoinbaseSimConfig {
     pub subscribe_timeout: Duration,
     /// REST serves only the newest `n` trades of a product (`None`: all).
     pub rest_retention: Option<u64>,
+    /// REST's public rate limit per client, as documented (protocols.md §1.12): 10 requests a
+    /// second, bursts of 15; beyond it, 429. `None`: unlimited.
+    pub rest_rate_limit: Option<RateLimit>,
     /// The faults.
     pub chaos: Chaos,
 }
@@ -129,9 +132,27 @@ impl Default for CoinbaseSimConfig {
             heartbeat: Duration::from_secs(1),
             subscribe_timeout: Duration::from_secs(5),
             rest_retention: None,
+            rest_rate_limit: Some(RateLimit::COINBASE_PUBLIC),
             chaos: Chaos::default(),
         }
     }
+}
+
+/// A token bucket: `per_second` requests refill, at most `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Requests a second, sustained.
+    pub per_second: f64,
+    /// Requests at once.
+    pub burst: f64,
+}
+
+impl RateLimit {
+    /// Coinbase Exchange's public endpoints: 10 a second, bursts of 15.
+    pub const COINBASE_PUBLIC: Self = Self {
+        per_second: 10.0,
+        burst: 15.0,
+    };
 }
 
 /// Counters of what the simulator did, for tests and the demo.
@@ -163,6 +184,8 @@ pub struct SimCounters {
     pub rest_throttled: AtomicU64,
     /// REST requests answered 500.
     pub rest_errors: AtomicU64,
+    /// REST requests answered 429 for going over `rest_rate_limit` (also in `rest_throttled`).
+    pub rest_rate_limited: AtomicU64,
     /// REST pages cut short by `rest_page_cap`.
     pub rest_capped: AtomicU64,
 }
@@ -190,6 +213,8 @@ pub(crate) struct State {
     announced: Vec<Mutex<std::collections::VecDeque<(Instant, u64)>>>,
     /// REST answers 429 to everything until then.
     pub(crate) rest_throttled_until: Mutex<Option<Instant>>,
+    /// The rate limit's bucket: (tokens, when last refilled).
+    rest_bucket: Mutex<(f64, Instant)>,
 }
 
 impl State {
@@ -230,6 +255,22 @@ impl State {
 
     pub(crate) fn chaos(&self) -> Chaos {
         self.chaos.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes a token of the REST rate limit; `false` when the client is over it.
+    pub(crate) fn rest_allowed(&self) -> bool {
+        let Some(limit) = self.config.rest_rate_limit else {
+            return true;
+        };
+        let mut bucket = self.rest_bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let (tokens, since) = *bucket;
+        let tokens = (tokens.min(limit.burst)
+            + now.duration_since(since).as_secs_f64() * limit.per_second)
+            .min(limit.burst);
+        let allowed = tokens >= 1.0;
+        *bucket = (if allowed { tokens - 1.0 } else { tokens }, now);
+        allowed
     }
 
     pub(crate) fn roll(&self, probability: f64) -> bool {
@@ -291,6 +332,7 @@ impl CoinbaseSim {
             emit_lock: Mutex::new(()),
             announced: (0..products).map(|_| Mutex::default()).collect(),
             rest_throttled_until: Mutex::new(None),
+            rest_bucket: Mutex::new((f64::MAX, Instant::now())),
         });
         let app = axum::Router::new()
             .route("/", axum::routing::get(feed::upgrade))

@@ -27,6 +27,15 @@ pub(crate) async fn trades(
     Shared(state): Shared<Arc<State>>,
 ) -> Response {
     state.counters.rest_requests.fetch_add(1, Ordering::Relaxed);
+    if !state.rest_allowed() {
+        for counter in [
+            &state.counters.rest_throttled,
+            &state.counters.rest_rate_limited,
+        ] {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        return message(StatusCode::TOO_MANY_REQUESTS, "Public rate limit exceeded");
+    }
     let chaos = state.chaos();
     if !chaos.rest_delay.is_zero() {
         tokio::time::sleep(chaos.rest_delay).await;
