@@ -23,19 +23,10 @@ use sluice::{
 use sluice_stores::sqlite::{SqliteDb, SqliteStore};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Record)]
+#[record(table = "ticks", key(n))]
 struct Tick {
     n: u64,
-}
-
-impl Record for Tick {
-    fn size_hint(&self) -> usize {
-        8
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "n": self.n })
-    }
 }
 
 /// Emits `total` envelopes from memory, one checkpoint each.

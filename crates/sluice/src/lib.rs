@@ -70,7 +70,11 @@
 //! # }
 //! ```
 
+// The derive names `::sluice::…`; this lets the crate derive its own records.
+extern crate self as sluice;
+
 mod backoff;
+mod cell;
 mod checkpoint;
 pub mod codegen_support;
 mod envelope;
@@ -90,6 +94,7 @@ pub mod testing;
 mod watchdog;
 
 pub use backoff::{Backoff, BackoffPolicy};
+pub use cell::{AsCell, Cell, CellWriter, FieldPlan};
 pub use checkpoint::{
     CheckpointStore, Lease, MemoryStore, lease_held_message, lease_lost_message, merge_monotonic,
 };
@@ -101,7 +106,15 @@ pub use error::{
 #[cfg(feature = "jq")]
 pub use jq::JqTransform;
 pub use pipeline::{NoDeadLetters, Pipeline, PipelineExit, PipelineOptions, default_holder};
-pub use record::{Column, ColumnType, DeadLetter, Record, TableSchema, is_plain_decimal};
+pub use record::{Column, ColumnType, DeadLetter, Record, Table, TableSchema, is_plain_decimal};
+/// `#[derive(Record)]`: see [`Record`] and the `sluice-derive` crate.
+pub use sluice_derive::Record;
+
+#[doc(hidden)]
+pub mod __private {
+    //! What derived code names; not public API.
+    pub use serde_json;
+}
 pub use resource::{IntoRecords, OnError, Resource, Resources, Transform, Transformed};
 pub use sink::{BatchLimits, CheckpointCommit, DeadLetterSink, NullSink, Sink};
 pub use source::{Rejected, SessionEnd, Source, SourceContext};

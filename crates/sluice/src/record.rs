@@ -4,20 +4,82 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{envelope::Checkpoint, error::ErrorClass};
+use crate::{
+    cell::{Cell, CellWriter},
+    envelope::Checkpoint,
+    error::ErrorClass,
+};
 
-/// One row for a destination.
+/// One row for a destination: it knows how to fill a table's columns.
 ///
-/// The runtime needs two things of a record beyond moving it: its approximate size, for the
-/// `max_bytes` batch limit, and a JSON form, for dead-letter rows when the destination rejects it.
+/// The runtime needs of a record its approximate size (for the `max_bytes` batch limit) and a
+/// JSON form (for a dead-letter row when the destination rejects it, and only then). Sinks need
+/// its values: once per batch a sink asks the record type for a [`Plan`](Record::Plan) against
+/// its table's columns, then has each record [`write`](Record::write) one [`Cell`] per column,
+/// in column order, into the sink's [`CellWriter`] — no intermediate map.
+///
+/// Derive it: `#[derive(Record)] #[record(table = "trades", key(id))] struct Trade { … }`
+/// makes the struct the table definition (see [`Table`]). `serde_json::Value` is a record too:
+/// the dynamic row of configured pipelines and jq transforms, its fields looked up by column
+/// name.
 pub trait Record: Send + Sync + 'static {
+    /// What `write` needs to fill a given list of columns (which field goes where).
+    type Plan: Send + Sync;
+
+    /// Works out how records of this type fill `columns`, once per batch.
+    ///
+    /// # Errors
+    /// Why the type cannot fill them (a required column it has no field for): a fatal
+    /// configuration error for the sink.
+    fn plan(columns: &[Column]) -> Result<Self::Plan, String>
+    where
+        Self: Sized;
+
+    /// Hands `out` one cell per column of `columns`, in order.
+    ///
+    /// # Errors
+    /// The writer's reason a cell does not fit its column, or why this record is not a row
+    /// (a JSON payload that is not an object): a data error for this record only.
+    fn write<W: CellWriter>(
+        &self,
+        plan: &Self::Plan,
+        columns: &[Column],
+        out: &mut W,
+    ) -> Result<(), String>
+    where
+        Self: Sized;
+
     /// Approximate encoded size in bytes. Cheap; need not be exact.
     fn size_hint(&self) -> usize;
+
     /// The record as JSON, used when it must be dead-lettered.
     fn to_json(&self) -> Value;
 }
 
+/// A record type that is a table definition: its columns, types and key come from the type
+/// (the derive writes this), so the record and its table cannot drift.
+pub trait Table: Record {
+    /// The table this type fills, under its default name.
+    fn schema() -> TableSchema;
+}
+
 impl Record for Value {
+    type Plan = ();
+
+    fn plan(_: &[Column]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn write<W: CellWriter>(&self, _: &(), columns: &[Column], out: &mut W) -> Result<(), String> {
+        let Value::Object(fields) = self else {
+            return Err(format!("record is not a JSON object: {self}"));
+        };
+        for column in columns {
+            out.cell(fields.get(&column.name).map_or(Cell::Null, Cell::of_json))?;
+        }
+        Ok(())
+    }
+
     fn size_hint(&self) -> usize {
         json_size_hint(self)
     }
@@ -27,7 +89,7 @@ impl Record for Value {
     }
 }
 
-fn json_size_hint(value: &Value) -> usize {
+pub(crate) fn json_size_hint(value: &Value) -> usize {
     match value {
         Value::Null | Value::Bool(_) => 4,
         Value::Number(_) => 8,
@@ -43,7 +105,8 @@ fn json_size_hint(value: &Value) -> usize {
 }
 
 /// A poison input kept with its reason, so an operator can inspect, fix and replay it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::Record)]
+#[record(table = "dead_letters")]
 pub struct DeadLetter {
     /// The pipeline id.
     pub pipeline: String,
@@ -96,16 +159,6 @@ impl DeadLetter {
     /// and map their error through [`SinkError::for_dead_letters`](crate::SinkError::for_dead_letters).
     pub fn rows(batch: &[DeadLetter]) -> Vec<Value> {
         batch.iter().map(Record::to_json).collect()
-    }
-}
-
-impl Record for DeadLetter {
-    fn size_hint(&self) -> usize {
-        self.payload.len() + self.reason.len() + self.resource.len() + 64
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
 
@@ -210,22 +263,14 @@ impl TableSchema {
         Ok(())
     }
 
-    /// The schema of the dead-letter table.
+    /// The schema of the dead-letter table: [`DeadLetter`]'s, named `table`, every column
+    /// nullable (as tables created by earlier versions are).
     pub fn dead_letters(table: &str) -> Self {
-        let col = |name: &str, kind| Column::new(name, kind, true);
-        Self {
-            table: table.into(),
-            columns: vec![
-                col("pipeline", ColumnType::Text),
-                col("resource", ColumnType::Text),
-                col("reason", ColumnType::Text),
-                col("class", ColumnType::Text),
-                col("payload", ColumnType::Text),
-                col("partition", ColumnType::Text),
-                col("position", ColumnType::Text),
-                col("failed_at_us", ColumnType::Integer),
-            ],
-            key: Vec::new(),
+        let mut schema = <DeadLetter as Table>::schema();
+        schema.table = table.into();
+        for column in &mut schema.columns {
+            column.nullable = true;
         }
+        schema
     }
 }

@@ -20,3 +20,5 @@ mod exactly_once;
 mod properties;
 // The supervisor restarts transient failures and panics, stops on fatal ones.
 mod supervision;
+// Typed records: the derive and the dynamic JSON row.
+mod records;
