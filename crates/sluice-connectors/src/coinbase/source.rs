@@ -289,13 +289,28 @@ impl Session<'_> {
             if !asked && state.rest_head.is_none_or(|head| head < want) {
                 asked = true;
                 let alive = || self.ctx.alive();
-                let head = self.source.rest.newest(product, &alive).await?;
+                let fresh = self.source.rest.newest(product, &alive).await?;
                 let state = self.products.get_mut(product).expect("known product");
-                state.rest_head = state.rest_head.max(head);
+                let before = state.rest_head.replace(fresh.unwrap_or(0));
+                if before.is_some_and(|b| fresh.is_none_or(|f| f < b)) {
+                    // REST serves less than it did (a lagging replica, a degraded answer):
+                    // nothing it says now proves a hole.
+                    tracing::warn!(
+                        product,
+                        ?before,
+                        ?fresh,
+                        "REST's newest trade went backwards; retrying"
+                    );
+                    self.retry_later(product);
+                    return Ok(());
+                }
             }
             let state = &self.products[product];
             let head = state.rest_head.unwrap_or(0);
-            if head < top {
+            // Only the chunk's own top must be served: a gap wider than a chunk is filled a
+            // chunk at a time under a head that has not reached the gap's top yet. A pass that
+            // stops here has `head < want`, so the next one asks REST again.
+            if head < top.min(want) {
                 tracing::debug!(
                     product,
                     top,
@@ -431,14 +446,22 @@ impl Session<'_> {
                 .find(|(a, b)| (*a..=*b).contains(&from))
                 .map_or(from, |(_, b)| *b)
                 .min(next_known);
-            if !self.hole(product, from, to).await? {
+            if !self.hole(product, from, to, to < chunk_top).await? {
                 return Ok(false);
             }
         }
     }
 
     /// Applies the hole policy to `[from, to]`. `true` when the cursor moved past it.
-    async fn hole(&mut self, product: &str, from: u64, to: u64) -> Result<bool, SourceError> {
+    /// `bounded`: trade `to + 1` exists (served, or read from the socket), rather than the hole
+    /// reaching the top of the chunk.
+    async fn hole(
+        &mut self,
+        product: &str,
+        from: u64,
+        to: u64,
+        bounded: bool,
+    ) -> Result<bool, SourceError> {
         let missing = to - from + 1;
         let state = self.products.get_mut(product).expect("known product");
         match self.source.config.on_unfillable {
@@ -460,6 +483,31 @@ impl Session<'_> {
                 Ok(false)
             }
             OnUnfillable::Skip => {
+                // Before moving past for good, one answer must show the hole: the trade right
+                // above it and nothing in it. The pages that showed it empty may have come from
+                // a replica that lags (a load-balanced REST). Walking back from above the hole
+                // (the paging every server agrees on), a page that starts at `to + 1` holds
+                // `to` next if that replica has it.
+                let alive = || self.ctx.alive();
+                let page = self
+                    .source
+                    .rest
+                    .window(product, None, to + 2, &alive)
+                    .await?;
+                let inside = page.iter().any(|t| t.trade_id >= from && t.trade_id <= to);
+                let above = page.iter().any(|t| t.trade_id == to + 1);
+                if inside || (bounded && !above) {
+                    tracing::warn!(
+                        product,
+                        from,
+                        to,
+                        inside,
+                        "REST answers disagree about a hole; retrying before skipping it"
+                    );
+                    self.retry_later(product);
+                    return Ok(false);
+                }
+                let state = self.products.get_mut(product).expect("known product");
                 state.last = Some(to);
                 state.held = None;
                 let partition = state.partition.clone();

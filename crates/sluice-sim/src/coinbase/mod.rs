@@ -55,6 +55,9 @@ pub struct Chaos {
     pub rest_page_cap: Option<u64>,
     /// REST serves a trade only this long after the socket announced it.
     pub rest_lag: Duration,
+    /// A second REST replica this much further behind answers half the requests (a
+    /// load-balanced endpoint): one answer may show trades the next does not.
+    pub rest_replica_lag: Option<Duration>,
     /// Every REST answer is this slow.
     pub rest_delay: Duration,
     /// Which page a request with both cursors gets when the window holds more than a page.
@@ -89,6 +92,7 @@ impl Chaos {
             rest_500: 0.05,
             rest_page_cap: Some(100),
             rest_lag: Duration::from_millis(300),
+            rest_replica_lag: Some(Duration::from_millis(700)),
             rest_delay: Duration::from_millis(20),
             rest_window: RestWindow::NewestBelowAfter,
         }

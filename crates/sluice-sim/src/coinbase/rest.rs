@@ -80,7 +80,11 @@ pub(crate) async fn trades(
         state.counters.rest_capped.fetch_add(1, Ordering::Relaxed);
     }
     let limit = served;
-    let last = state.rest_last(p, chaos.rest_lag);
+    let lag = match chaos.rest_replica_lag {
+        Some(behind) if state.roll(0.5) => chaos.rest_lag + behind,
+        _ => chaos.rest_lag,
+    };
+    let last = state.rest_last(p, lag);
     let oldest = match state.config.rest_retention {
         Some(keep) => state.first[p].max(last.saturating_sub(keep.saturating_sub(1))),
         None => state.first[p],
