@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 use sluice::{
-    CheckpointCommit, NullSink, SessionEnd, Sink, SinkError, Source, SourceContext, SourceError,
-    TableSchema,
+    CheckpointCommit, NullSink, Record, SessionEnd, Sink, SinkError, Source, SourceContext,
+    SourceError, TableSchema,
 };
 use sluice_connectors::template::SourceKind;
 use sluice_sinks::{
@@ -101,33 +101,33 @@ pub(crate) enum AnySink {
     Null(NullSink),
 }
 
-impl Sink<Value> for AnySink {
+impl<R: Record> Sink<R> for AnySink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         match self {
-            AnySink::Sqlite(s) => Sink::<Value>::prepare(s).await,
-            AnySink::ClickHouse(s) => Sink::<Value>::prepare(&mut **s).await,
-            AnySink::Kafka(s) => Sink::<Value>::prepare(s).await,
+            AnySink::Sqlite(s) => Sink::<R>::prepare(s).await,
+            AnySink::ClickHouse(s) => Sink::<R>::prepare(&mut **s).await,
+            AnySink::Kafka(s) => Sink::<R>::prepare(s).await,
             AnySink::Jsonl(_) | AnySink::Null(_) => Ok(()),
         }
     }
 
     async fn write(
         &mut self,
-        batch: &[Value],
+        batch: &[R],
         commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
         match self {
-            AnySink::Sqlite(s) => Sink::<Value>::write(s, batch, commit).await,
-            AnySink::ClickHouse(s) => Sink::<Value>::write(&mut **s, batch, commit).await,
-            AnySink::Kafka(s) => Sink::<Value>::write(s, batch, commit).await,
-            AnySink::Jsonl(s) => Sink::<Value>::write(s, batch, commit).await,
-            AnySink::Null(s) => Sink::<Value>::write(s, batch, commit).await,
+            AnySink::Sqlite(s) => s.write(batch, commit).await,
+            AnySink::ClickHouse(s) => s.write(batch, commit).await,
+            AnySink::Kafka(s) => s.write(batch, commit).await,
+            AnySink::Jsonl(s) => s.write(batch, commit).await,
+            AnySink::Null(s) => s.write(batch, commit).await,
         }
     }
 
     fn transaction_scope(&self) -> Option<&str> {
         match self {
-            AnySink::Sqlite(s) => Sink::<Value>::transaction_scope(s),
+            AnySink::Sqlite(s) => Sink::<R>::transaction_scope(s),
             _ => None,
         }
     }

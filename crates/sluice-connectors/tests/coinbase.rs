@@ -52,7 +52,19 @@ fn default_config(sim: &CoinbaseSim) -> CoinbaseConfig {
     }
 }
 
+/// Logs to the test's output (shown when it fails): what the source did and why.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "sluice=info,sluice_connectors=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 fn start(config: CoinbaseConfig, store: Arc<MemoryStore>, sink: RecordingSink<Value>) -> Running {
+    logs();
     let source = CoinbaseSource::new(config).unwrap();
     let stats = source.stats();
     let dead = RecordingSink::new();

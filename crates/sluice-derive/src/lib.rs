@@ -125,6 +125,12 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
             ty: field.ty.clone(),
         });
     }
+    if fields.is_empty() {
+        return Err(syn::Error::new(
+            named.span(),
+            "#[derive(Record)] needs at least one field",
+        ));
+    }
     for k in &key {
         if !fields.iter().any(|f| f.ident == k) {
             return Err(syn::Error::new(
@@ -164,6 +170,15 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
             )
         }
     });
+    // `{"a":` then `,"b":`: the keys as JSON text, escaped here once.
+    let json_keys: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let escaped = c.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("{}\"{escaped}\":", if i == 0 { "{" } else { "," })
+        })
+        .collect();
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
 
     Ok(quote! {
@@ -187,6 +202,21 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
                     }
                 }
                 ::std::result::Result::Ok(())
+            }
+
+            fn field(&self, name: &str) -> ::std::option::Option<::sluice::Cell<'_>> {
+                match name {
+                    #(#columns => ::std::option::Option::Some(::sluice::AsCell::as_cell(&self.#idents)),)*
+                    _ => ::std::option::Option::None,
+                }
+            }
+
+            fn write_json(&self, out: &mut ::std::vec::Vec<u8>) {
+                #(
+                    out.extend_from_slice(#json_keys.as_bytes());
+                    ::sluice::AsCell::as_cell(&self.#idents).write_json(out);
+                )*
+                out.push(b'}');
             }
 
             fn size_hint(&self) -> usize {

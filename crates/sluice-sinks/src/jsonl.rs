@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-use sluice::{CheckpointCommit, Sink, SinkError};
+use sluice::{CheckpointCommit, Record, Sink, SinkError};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Writes each record as one JSON line, to a file (appended, fsynced before the batch is
@@ -49,8 +48,8 @@ impl JsonlSink {
         }
     }
 
-    async fn write_lines(&mut self, lines: impl Iterator<Item = Value>) -> Result<(), SinkError> {
-        encode(&mut self.buffer, lines)?;
+    /// Writes the encoded buffer (whole lines) and makes it durable.
+    async fn write_buffer(&mut self) -> Result<(), SinkError> {
         match &mut self.target {
             Target::Stdout => write_flush(&mut tokio::io::stdout(), &self.buffer)
                 .await
@@ -134,16 +133,6 @@ async fn last_line_end(path: &Path) -> std::io::Result<u64> {
     Ok(0)
 }
 
-fn encode(buffer: &mut Vec<u8>, lines: impl Iterator<Item = Value>) -> Result<(), SinkError> {
-    buffer.clear();
-    for line in lines {
-        serde_json::to_writer(&mut *buffer, &line)
-            .map_err(|e| SinkError::data("record is not serializable").with_source(e))?;
-        buffer.push(b'\n');
-    }
-    Ok(())
-}
-
 fn io_error(path: &Path, error: std::io::Error) -> SinkError {
     use std::io::ErrorKind::*;
     let class = match error.kind() {
@@ -160,19 +149,24 @@ async fn write_flush<W: AsyncWrite + Unpin>(out: &mut W, bytes: &[u8]) -> std::i
     out.flush().await
 }
 
-impl Sink<Value> for JsonlSink {
+impl<R: Record> Sink<R> for JsonlSink {
     async fn write(
         &mut self,
-        batch: &[Value],
+        batch: &[R],
         _: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
-        self.write_lines(batch.iter().cloned()).await
+        self.buffer.clear();
+        for record in batch {
+            record.write_json(&mut self.buffer);
+            self.buffer.push(b'\n');
+        }
+        self.write_buffer().await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

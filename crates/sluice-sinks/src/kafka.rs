@@ -14,8 +14,7 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, future_producer::DeliveryFuture},
 };
-use serde_json::Value;
-use sluice::{CheckpointCommit, ErrorClass, Sink, SinkError};
+use sluice::{Cell, CheckpointCommit, ErrorClass, Record, Sink, SinkError};
 
 /// Where and how the sink produces.
 #[derive(Clone)]
@@ -246,22 +245,34 @@ async fn delivered(topic: &str, delivery: DeliveryFuture) -> Result<(), (SinkErr
 }
 
 /// The message key of `record`: the text of one field, or a JSON array of several.
-fn message_key(fields: &[String], record: &Value) -> Result<Option<Vec<u8>>, SinkError> {
-    let field = |name: &String| match record.get(name) {
-        Some(Value::Null) | None => Err(SinkError::data(format!(
-            "record has no key field {name}: {record}"
+fn message_key<R: Record>(fields: &[String], record: &R) -> Result<Option<Vec<u8>>, SinkError> {
+    let field = |name: &String| match record.field(name) {
+        Some(Cell::Null) | None => Err(SinkError::data(format!(
+            "record has no key field {name}: {}",
+            record.to_json()
         ))),
-        Some(value) => Ok(value),
+        Some(cell) => Ok(cell),
     };
     Ok(match fields {
         [] => None,
         [one] => Some(match field(one)? {
-            Value::String(s) => s.as_bytes().to_vec(),
-            other => other.to_string().into_bytes(),
+            Cell::Text(s) => s.as_bytes().to_vec(),
+            other => {
+                let mut key = Vec::new();
+                other.write_json(&mut key);
+                key
+            }
         }),
         many => {
-            let values = many.iter().map(field).collect::<Result<Vec<_>, _>>()?;
-            Some(serde_json::to_vec(&values).map_err(|e| SinkError::data(e.to_string()))?)
+            let mut key = vec![b'['];
+            for (i, name) in many.iter().enumerate() {
+                if i > 0 {
+                    key.push(b',');
+                }
+                field(name)?.write_json(&mut key);
+            }
+            key.push(b']');
+            Some(key)
         }
     })
 }
@@ -296,7 +307,7 @@ impl KafkaSink {
             })
     }
 
-    async fn produce(&mut self, batch: &[Value]) -> Result<(), SinkError> {
+    async fn produce<R: Record>(&mut self, batch: &[R]) -> Result<(), SinkError> {
         // Encode everything first: a bad record is a data error before anything is sent.
         let max = self.config.max_message_bytes();
         let headers = self.headers();
@@ -307,7 +318,8 @@ impl KafkaSink {
         let mut refused: Vec<(usize, String)> = Vec::new();
         for (index, record) in batch.iter().enumerate() {
             let key = message_key(&self.config.key, record)?;
-            let payload = serde_json::to_vec(record).map_err(|e| SinkError::data(e.to_string()))?;
+            let mut payload = Vec::with_capacity(record.size_hint());
+            record.write_json(&mut payload);
             let size = payload.len() + key.as_ref().map_or(0, Vec::len) + header_bytes;
             if size > max {
                 // librdkafka would refuse it too, after the records before it were delivered:
@@ -451,7 +463,7 @@ impl KafkaSink {
     }
 }
 
-impl Sink<Value> for KafkaSink {
+impl<R: Record> Sink<R> for KafkaSink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         if let Some((partitions, replication)) = self.config.create_topic {
             self.create_topic(partitions, replication).await?;
@@ -461,7 +473,7 @@ impl Sink<Value> for KafkaSink {
 
     async fn write(
         &mut self,
-        batch: &[Value],
+        batch: &[R],
         _commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
         self.produce(batch).await

@@ -6,11 +6,14 @@ use rusqlite::{
     Connection, Transaction, TransactionBehavior,
     types::{ToSqlOutput, Value as SqlValue, ValueRef},
 };
-use serde_json::Value;
-use sluice::{CheckpointCommit, ColumnType, Sink, SinkError, TableSchema, is_plain_decimal};
+use sluice::{
+    Cell, CellWriter, CheckpointCommit, ColumnType, Record, Sink, SinkError, TableSchema,
+    is_plain_decimal,
+};
 use sluice_stores::sqlite::{SqliteDb, classify, save_in_tx};
 
-/// Writes JSON records into one SQLite table.
+/// Writes records of any [`Record`] type into one SQLite table: a cached prepared insert, each
+/// record's cells bound by index.
 #[derive(Debug)]
 pub struct SqliteSink {
     db: SqliteDb,
@@ -98,41 +101,57 @@ fn insert_sql(schema: &TableSchema, version: Option<&str>) -> String {
     sql
 }
 
-/// Converts one field to its SQLite value, or says why it cannot be.
-fn bind<'a>(
-    kind: ColumnType,
-    nullable: bool,
-    value: Option<&'a Value>,
-) -> Result<ToSqlOutput<'a>, String> {
-    let value = match value {
-        None | Some(Value::Null) if nullable => return Ok(ToSqlOutput::Owned(SqlValue::Null)),
-        None | Some(Value::Null) => return Err("is null but the column is NOT NULL".into()),
-        Some(value) => value,
-    };
-    let mismatch = || format!("expects {kind:?}, got {value}");
-    Ok(match (kind, value) {
-        (ColumnType::Integer, Value::Number(n)) => {
-            ToSqlOutput::Owned(SqlValue::Integer(n.as_i64().ok_or_else(mismatch)?))
+/// Converts one cell to its SQLite value, or says why it cannot be.
+fn bind(kind: ColumnType, nullable: bool, cell: Cell<'_>) -> Result<ToSqlOutput<'_>, String> {
+    let mismatch = || format!("expects {kind:?}, got {}", cell.to_json());
+    fn text(s: &str) -> ToSqlOutput<'_> {
+        ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+    }
+    let owned = |v: SqlValue| ToSqlOutput::Owned(v);
+    Ok(match (kind, cell) {
+        (_, Cell::Null) if nullable => owned(SqlValue::Null),
+        (_, Cell::Null) => return Err("is null but the column is NOT NULL".into()),
+        (ColumnType::Integer, Cell::Int(i)) => owned(SqlValue::Integer(i)),
+        (ColumnType::Integer, Cell::UInt(u)) => {
+            owned(SqlValue::Integer(i64::try_from(u).map_err(|_| mismatch())?))
         }
-        (ColumnType::Float, Value::Number(n)) => {
-            ToSqlOutput::Owned(SqlValue::Real(n.as_f64().ok_or_else(mismatch)?))
+        (ColumnType::Float, Cell::Float(f)) => owned(SqlValue::Real(f)),
+        (ColumnType::Float, Cell::Int(i)) => owned(SqlValue::Real(i as f64)),
+        (ColumnType::Float, Cell::UInt(u)) => owned(SqlValue::Real(u as f64)),
+        (ColumnType::Float, Cell::Number(n)) => {
+            owned(SqlValue::Real(n.parse().map_err(|_| mismatch())?))
         }
-        (ColumnType::Boolean, Value::Bool(b)) => ToSqlOutput::Owned(SqlValue::Integer(*b as i64)),
-        (ColumnType::Decimal, Value::String(s)) if is_plain_decimal(s) => {
-            ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
-        }
-        (ColumnType::Decimal, Value::Number(n)) => {
-            ToSqlOutput::Owned(SqlValue::Text(n.to_string()))
-        }
-        (ColumnType::Text | ColumnType::Timestamp, Value::String(s)) => {
-            ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
-        }
-        (ColumnType::Json, Value::String(s)) => {
-            ToSqlOutput::Owned(SqlValue::Text(Value::String(s.clone()).to_string()))
-        }
-        (ColumnType::Json, other) => ToSqlOutput::Owned(SqlValue::Text(other.to_string())),
+        (ColumnType::Boolean, Cell::Bool(b)) => owned(SqlValue::Integer(i64::from(b))),
+        (ColumnType::Decimal, Cell::Text(s) | Cell::Number(s)) if is_plain_decimal(s) => text(s),
+        (ColumnType::Decimal, Cell::Int(i)) => owned(SqlValue::Text(i.to_string())),
+        (ColumnType::Decimal, Cell::UInt(u)) => owned(SqlValue::Text(u.to_string())),
+        (ColumnType::Text | ColumnType::Timestamp, Cell::Text(s)) => text(s),
+        (ColumnType::Json, Cell::Json(v)) => owned(SqlValue::Text(v.to_string())),
+        (ColumnType::Json, other) => owned(SqlValue::Text(other.to_json().to_string())),
         _ => return Err(mismatch()),
     })
+}
+
+/// Binds one record's cells to the insert statement, by index.
+struct Binder<'s, 'c> {
+    stmt: &'s mut rusqlite::CachedStatement<'c>,
+    schema: &'s TableSchema,
+    /// Per column: whether NULL is allowed (nullable and not a key column).
+    nullable: &'s [bool],
+    next: usize,
+}
+
+impl CellWriter for Binder<'_, '_> {
+    fn cell(&mut self, cell: Cell<'_>) -> Result<(), String> {
+        let i = self.next;
+        let column = &self.schema.columns[i];
+        self.next += 1;
+        let value = bind(column.kind, self.nullable[i], cell)
+            .map_err(|why| format!("column {} {why}", column.name))?;
+        self.stmt
+            .raw_bind_parameter(i + 1, value)
+            .map_err(|e| format!("column {}: {e}", column.name))
+    }
 }
 
 /// Runs blocking SQLite work: in place on a multi-threaded runtime (no copy of the batch),
@@ -183,9 +202,9 @@ impl SqliteSink {
         &self.schema
     }
 
-    fn write_rows(
+    fn write_rows<R: Record>(
         &self,
-        batch: &[Value],
+        batch: &[R],
         commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
         let mut conn = self.db.lock();
@@ -203,35 +222,32 @@ impl SqliteSink {
         Ok(())
     }
 
-    fn insert_all(&self, tx: &Transaction<'_>, batch: &[Value]) -> Result<(), SinkError> {
+    fn insert_all<R: Record>(&self, tx: &Transaction<'_>, batch: &[R]) -> Result<(), SinkError> {
+        let table = &self.schema.table;
+        let plan = R::plan(&self.schema.columns)
+            .map_err(|why| SinkError::fatal(format!("table {table}: {why}")))?;
+        let nullable: Vec<bool> = self
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.nullable && !self.schema.key.contains(&c.name))
+            .collect();
         let mut stmt = tx
             .prepare_cached(&self.insert)
             .map_err(|e| sink_error("prepare insert", e))?;
         for record in batch {
-            let Value::Object(fields) = record else {
-                return Err(SinkError::data(format!(
-                    "record is not a JSON object: {record}"
-                )));
+            let mut binder = Binder {
+                stmt: &mut stmt,
+                schema: &self.schema,
+                nullable: &nullable,
+                next: 0,
             };
-            for (i, column) in self.schema.columns.iter().enumerate() {
-                let value = bind(
-                    column.kind,
-                    column.nullable && !self.schema.key.contains(&column.name),
-                    fields.get(&column.name),
-                )
-                .map_err(|why| {
-                    SinkError::data(format!(
-                        "table {}: column {} {why}",
-                        self.schema.table, column.name
-                    ))
-                })?;
-                stmt.raw_bind_parameter(i + 1, value)
-                    .map_err(|e| sink_error("bind", e))?;
-            }
+            record
+                .write(&plan, &self.schema.columns, &mut binder)
+                .map_err(|why| SinkError::data(format!("table {table}: {why}")))?;
             stmt.raw_execute().map_err(|e| {
                 let class = classify(&e);
-                SinkError::new(class, format!("sqlite: insert into {}", self.schema.table))
-                    .with_source(e)
+                SinkError::new(class, format!("sqlite: insert into {table}")).with_source(e)
             })?;
         }
         Ok(())
@@ -263,7 +279,7 @@ fn check_columns(conn: &Connection, schema: &TableSchema) -> Result<(), SinkErro
     Ok(())
 }
 
-impl Sink<Value> for SqliteSink {
+impl<R: Record> Sink<R> for SqliteSink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         blocking(|| {
             let conn = self.db.lock();
@@ -275,7 +291,7 @@ impl Sink<Value> for SqliteSink {
 
     async fn write(
         &mut self,
-        batch: &[Value],
+        batch: &[R],
         commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
         blocking(|| self.write_rows(batch, commit))
@@ -290,7 +306,7 @@ impl Sink<Value> for SqliteSink {
 mod tests {
     use std::sync::Arc;
 
-    use serde_json::json;
+    use serde_json::{Value, json};
     use sluice::{Column, ErrorClass, Lease};
 
     use super::*;

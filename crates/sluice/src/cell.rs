@@ -64,6 +64,30 @@ impl<'a> Cell<'a> {
         }
     }
 
+    /// Appends the cell as JSON to `out`: numbers as their exact text, text escaped.
+    pub fn write_json(self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        // Writing to a Vec cannot fail; serde_json fails only on non-string map keys, which a
+        // `Value` cannot hold.
+        let _ = match self {
+            Cell::Null => out.write_all(b"null"),
+            Cell::Bool(b) => out.write_all(if b { b"true" } else { b"false" }),
+            Cell::Int(i) => write!(out, "{i}"),
+            Cell::UInt(u) => write!(out, "{u}"),
+            Cell::Float(f) if f.is_finite() => write!(out, "{f:?}"),
+            Cell::Float(_) => out.write_all(b"null"),
+            Cell::Number(text) if serde_json::from_str::<serde_json::Number>(text).is_ok() => {
+                out.write_all(text.as_bytes())
+            }
+            Cell::Number(text) | Cell::Text(text) => {
+                serde_json::to_writer(&mut *out, text).map_err(std::io::Error::other)
+            }
+            Cell::Json(value) => {
+                serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)
+            }
+        };
+    }
+
     /// Approximate encoded size in bytes.
     pub fn size_hint(self) -> usize {
         match self {
@@ -189,6 +213,28 @@ mod tests {
         assert_eq!(
             Cell::of_json(&decimal).to_json().to_string(),
             "999999999999.12345670"
+        );
+    }
+
+    #[test]
+    fn cells_write_json_exactly() {
+        let mut out = Vec::new();
+        for cell in [
+            Cell::Null,
+            Cell::Bool(true),
+            Cell::Int(-1),
+            Cell::UInt(u64::MAX),
+            Cell::Float(0.1),
+            Cell::Number("1000000000000.00000000"),
+            Cell::Text("a\"b"),
+            Cell::Json(&json!({"k": [1]})),
+        ] {
+            cell.write_json(&mut out);
+            out.push(b' ');
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "null true -1 18446744073709551615 0.1 1000000000000.00000000 \"a\\\"b\" {\"k\":[1]} "
         );
     }
 

@@ -49,6 +49,16 @@ pub trait Record: Send + Sync + 'static {
     where
         Self: Sized;
 
+    /// The value of the field that fills column `name`, if the record has one (message keys,
+    /// partitioning).
+    fn field(&self, name: &str) -> Option<Cell<'_>>;
+
+    /// Appends the record as one JSON object to `out` (schemaless destinations: topics, files).
+    /// Numbers keep their exact text.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        Cell::Json(&self.to_json()).write_json(out);
+    }
+
     /// Approximate encoded size in bytes. Cheap; need not be exact.
     fn size_hint(&self) -> usize;
 
@@ -78,6 +88,14 @@ impl Record for Value {
             out.cell(fields.get(&column.name).map_or(Cell::Null, Cell::of_json))?;
         }
         Ok(())
+    }
+
+    fn field(&self, name: &str) -> Option<Cell<'_>> {
+        self.get(name).map(Cell::of_json)
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        Cell::Json(self).write_json(out);
     }
 
     fn size_hint(&self) -> usize {
@@ -151,14 +169,6 @@ impl DeadLetter {
             position: checkpoint.map(|c| c.position.to_string()),
             failed_at_us,
         }
-    }
-}
-
-impl DeadLetter {
-    /// A batch of dead letters as JSON rows, for sinks that write JSON records: they write these
-    /// and map their error through [`SinkError::for_dead_letters`](crate::SinkError::for_dead_letters).
-    pub fn rows(batch: &[DeadLetter]) -> Vec<Value> {
-        batch.iter().map(Record::to_json).collect()
     }
 }
 

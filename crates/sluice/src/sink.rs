@@ -2,8 +2,6 @@
 
 use std::{future::Future, time::Duration};
 
-use serde_json::Value;
-
 use crate::{checkpoint::Lease, envelope::Checkpoint, error::SinkError, record::DeadLetter};
 
 /// The cursors that become durable with a write, handed to a sink that shares a transaction
@@ -91,12 +89,11 @@ impl<R: Sync> Sink<R> for NullSink {
     }
 }
 
-/// Writes dead letters through any sink of JSON records — a table, a topic, a file. Each dead
-/// letter becomes its row ([`DeadLetter::rows`]); with [`max_payload`](Self::max_payload) its
-/// payload is cut to a size the destination takes (an input refused for its size would make a
-/// larger dead letter still; the cut and the original length are recorded in it). A row the
-/// destination rejects is fatal: a dead letter has nowhere left to go. One adapter serves every
-/// destination, so sinks implement only `Sink<Value>`.
+/// Writes dead letters through any sink — a table, a topic, a file. With
+/// [`max_payload`](Self::max_payload) a payload is cut to a size the destination takes (an
+/// input refused for its size would make a larger dead letter still; the cut and the original
+/// length are recorded in it). A row the destination rejects is fatal: a dead letter has
+/// nowhere left to go.
 #[derive(Debug)]
 pub struct DeadLetterSink<S> {
     inner: S,
@@ -124,7 +121,7 @@ impl<S> DeadLetterSink<S> {
     }
 }
 
-impl<S: Sink<Value>> Sink<DeadLetter> for DeadLetterSink<S> {
+impl<S: Sink<DeadLetter>> Sink<DeadLetter> for DeadLetterSink<S> {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         self.inner.prepare().await
     }
@@ -134,18 +131,21 @@ impl<S: Sink<Value>> Sink<DeadLetter> for DeadLetterSink<S> {
         batch: &[DeadLetter],
         commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
-        let mut rows = DeadLetter::rows(batch);
-        if let Some(room) = self.max_payload {
-            for row in &mut rows {
-                if let Some(Value::String(payload)) = row.get_mut("payload") {
-                    cut(payload, room);
-                }
-            }
-        }
-        self.inner
-            .write(&rows, commit)
-            .await
-            .map_err(SinkError::for_dead_letters)
+        let room = self.max_payload.unwrap_or(usize::MAX);
+        let written = if batch.iter().any(|d| d.payload.len() > room) {
+            let cut_batch: Vec<DeadLetter> = batch
+                .iter()
+                .cloned()
+                .map(|mut d| {
+                    cut(&mut d.payload, room);
+                    d
+                })
+                .collect();
+            self.inner.write(&cut_batch, commit).await
+        } else {
+            self.inner.write(batch, commit).await
+        };
+        written.map_err(SinkError::for_dead_letters)
     }
 
     fn transaction_scope(&self) -> Option<&str> {

@@ -111,6 +111,21 @@ fn a_derived_record_is_json_for_dead_letters_and_sizes_itself() {
         })
     );
     assert!(record.size_hint() >= "999999999999.12345670".len() + "BTC-USD".len());
+    let mut text = Vec::new();
+    record.write_json(&mut text);
+    let parsed: Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(parsed, record.to_json());
+    assert!(
+        String::from_utf8(text)
+            .unwrap()
+            .contains(r#""price":"999999999999.12345670""#)
+    );
+    assert_eq!(record.field("trade_id"), Some(Cell::UInt(u64::MAX)));
+    assert_eq!(
+        record.field("time"),
+        Some(Cell::Text("2026-12-01T00:00:00.000001Z"))
+    );
+    assert_eq!(record.field("at"), None, "fields are named by their column");
 }
 
 #[test]

@@ -5,8 +5,9 @@
 use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use sluice::{ColumnType, SinkError, TableSchema, is_plain_decimal};
+use sluice::{
+    Cell, CellWriter, Column, ColumnType, Record, SinkError, TableSchema, is_plain_decimal,
+};
 
 use super::client::ServerVersion;
 
@@ -40,6 +41,8 @@ struct ColumnSpec {
 pub(crate) struct Encoder {
     table: String,
     columns: Vec<ColumnSpec>,
+    /// The schema's columns, for record plans.
+    schema_columns: Vec<Column>,
     key: Vec<String>,
     version: Option<String>,
     datetime64: bool,
@@ -66,6 +69,7 @@ impl Encoder {
         Self {
             table: schema.table.clone(),
             columns,
+            schema_columns: schema.columns.clone(),
             key: schema.key.clone(),
             version: version.map(str::to_owned),
             datetime64: server.has_datetime64(),
@@ -122,89 +126,70 @@ impl Encoder {
     /// The JSONEachRow body of `batch`.
     ///
     /// # Errors
-    /// A data error naming the table and column of the first field that does not fit.
-    pub(crate) fn rows(&self, batch: &[Value]) -> Result<Vec<u8>, SinkError> {
+    /// A data error naming the table and column of the first field that does not fit; a fatal
+    /// error when the record type cannot fill the table's columns.
+    pub(crate) fn rows<R: Record>(&self, batch: &[R]) -> Result<Vec<u8>, SinkError> {
+        let table = &self.table;
+        let plan = R::plan(&self.schema_columns)
+            .map_err(|why| SinkError::fatal(format!("table {table}: {why}")))?;
         let mut out = Vec::with_capacity(batch.len() * 64 * self.columns.len().max(1));
         for record in batch {
-            let Value::Object(fields) = record else {
-                return Err(SinkError::data(format!(
-                    "record is not a JSON object: {record}"
-                )));
-            };
             out.push(b'{');
-            for (i, column) in self.columns.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&column.json_key);
-                self.value(&mut out, column, fields.get(&column.name))
-                    .map_err(|why| {
-                        SinkError::data(format!(
-                            "table {}: column {} {why}",
-                            self.table, column.name
-                        ))
-                    })?;
-            }
+            let mut row = Row {
+                encoder: self,
+                out: &mut out,
+                next: 0,
+            };
+            record
+                .write(&plan, &self.schema_columns, &mut row)
+                .map_err(|why| SinkError::data(format!("table {table}: {why}")))?;
             out.extend_from_slice(b"}\n");
         }
         Ok(out)
     }
 
-    fn value(
-        &self,
-        out: &mut Vec<u8>,
-        column: &ColumnSpec,
-        value: Option<&Value>,
-    ) -> Result<(), String> {
-        let value = match value {
-            None | Some(Value::Null) if column.nullable => {
-                out.extend_from_slice(b"null");
-                return Ok(());
-            }
-            None | Some(Value::Null) => return Err("is null but the column is not nullable".into()),
-            Some(value) => value,
+    fn value(&self, out: &mut Vec<u8>, column: &ColumnSpec, cell: Cell<'_>) -> Result<(), String> {
+        let mismatch = || format!("expects {:?}, got {}", column.kind, cell.to_json());
+        let number = |out: &mut Vec<u8>, n: &dyn std::fmt::Display| {
+            write!(out, "{n}").map_err(|e| e.to_string())
         };
-        let mismatch = || format!("expects {:?}, got {value}", column.kind);
-        match (column.kind, value) {
-            (ColumnType::Integer, Value::Number(n)) if column.unsigned => {
-                let n = n
-                    .as_u64()
-                    .ok_or_else(|| format!("is a version and must be ≥ 0, got {n}"))?;
-                write!(out, "{n}").map_err(|e| e.to_string())?;
+        match (column.kind, cell) {
+            (_, Cell::Null) if column.nullable => out.extend_from_slice(b"null"),
+            (_, Cell::Null) => return Err("is null but the column is not nullable".into()),
+            (ColumnType::Integer, Cell::Int(i)) if column.unsigned && i < 0 => {
+                return Err(format!("is a version and must be ≥ 0, got {i}"));
             }
-            (ColumnType::Integer, Value::Number(n)) => {
-                let n = n.as_i64().ok_or_else(mismatch)?;
-                write!(out, "{n}").map_err(|e| e.to_string())?;
+            (ColumnType::Integer, Cell::Int(i)) => number(out, &i)?,
+            (ColumnType::Integer, Cell::UInt(u)) if column.unsigned => number(out, &u)?,
+            (ColumnType::Integer, Cell::UInt(u)) => {
+                number(out, &i64::try_from(u).map_err(|_| mismatch())?)?;
             }
-            (ColumnType::Float, Value::Number(n)) => {
-                let n = n.as_f64().ok_or_else(mismatch)?;
-                write!(out, "{n}").map_err(|e| e.to_string())?;
+            (ColumnType::Float, Cell::Float(f)) => number(out, &f)?,
+            (ColumnType::Float, Cell::Int(i)) => number(out, &i)?,
+            (ColumnType::Float, Cell::UInt(u)) => number(out, &u)?,
+            // Exact digits, as read (serde_json's arbitrary precision, or text).
+            (ColumnType::Decimal, Cell::Text(s) | Cell::Number(s)) if is_plain_decimal(s) => {
+                write_decimal(out, s)?;
             }
-            (ColumnType::Decimal, Value::String(s)) if is_plain_decimal(s) => {
-                write_decimal(out, s)?
-            }
-            // A JSON number keeps its exact digits (serde_json's arbitrary precision).
-            (ColumnType::Decimal, Value::Number(n)) if is_plain_decimal(&n.to_string()) => {
-                write_decimal(out, &n.to_string())?;
-            }
-            (ColumnType::Text, Value::String(s)) => write_json(out, s)?,
-            (ColumnType::Boolean, Value::Bool(b)) => out.push(if *b { b'1' } else { b'0' }),
-            (ColumnType::Timestamp, Value::String(s)) => {
+            (ColumnType::Decimal, Cell::Int(i)) => number(out, &i)?,
+            (ColumnType::Decimal, Cell::UInt(u)) => number(out, &u)?,
+            (ColumnType::Text, Cell::Text(s)) => write_json(out, s)?,
+            (ColumnType::Boolean, Cell::Bool(b)) => out.push(if b { b'1' } else { b'0' }),
+            (ColumnType::Timestamp, Cell::Text(s)) => {
                 let time = DateTime::parse_from_rfc3339(s)
                     .map_err(|e| format!("is not an RFC 3339 time ({e}): {s:?}"))?
                     .with_timezone(&Utc);
                 self.write_time(out, time)?;
             }
-            (ColumnType::Timestamp, Value::Number(n)) => {
+            (ColumnType::Timestamp, Cell::Int(micros)) => {
                 // Microseconds since the Unix epoch.
-                let micros = n.as_i64().ok_or_else(mismatch)?;
                 let time = DateTime::from_timestamp_micros(micros).ok_or_else(mismatch)?;
                 self.write_time(out, time)?;
             }
-            (ColumnType::Json, Value::String(s)) => {
+            (ColumnType::Json, Cell::Text(s)) => {
                 write_json(out, &serde_json::to_string(s).map_err(|e| e.to_string())?)?;
             }
-            (ColumnType::Json, other) => write_json(out, &other.to_string())?,
+            (ColumnType::Json, other) => write_json(out, &other.to_json().to_string())?,
             _ => return Err(mismatch()),
         }
         Ok(())
@@ -240,6 +225,27 @@ impl Encoder {
         written.map_err(|e| e.to_string())?;
         out.push(b'"');
         Ok(())
+    }
+}
+
+/// Writes one record's cells as the fields of a JSONEachRow object.
+struct Row<'a> {
+    encoder: &'a Encoder,
+    out: &'a mut Vec<u8>,
+    next: usize,
+}
+
+impl CellWriter for Row<'_> {
+    fn cell(&mut self, cell: Cell<'_>) -> Result<(), String> {
+        let column = &self.encoder.columns[self.next];
+        if self.next > 0 {
+            self.out.push(b',');
+        }
+        self.next += 1;
+        self.out.extend_from_slice(&column.json_key);
+        self.encoder
+            .value(self.out, column, cell)
+            .map_err(|why| format!("column {} {why}", column.name))
     }
 }
 

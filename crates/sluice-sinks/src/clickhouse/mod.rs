@@ -19,8 +19,9 @@ mod encode;
 use std::time::{Duration, Instant};
 
 pub use client::{ClickHouseEndpoint, ServerVersion};
-use serde_json::Value;
-use sluice::{Backoff, BackoffPolicy, CheckpointCommit, ErrorClass, Sink, SinkError, TableSchema};
+use sluice::{
+    Backoff, BackoffPolicy, CheckpointCommit, ErrorClass, Record, Sink, SinkError, TableSchema,
+};
 
 use self::{
     client::Client,
@@ -184,7 +185,7 @@ impl ClickHouseSink {
         Ok(())
     }
 
-    async fn insert(&mut self, batch: &[Value]) -> Result<(), SinkError> {
+    async fn insert<R: Record>(&mut self, batch: &[R]) -> Result<(), SinkError> {
         let encoder = self
             .encoder
             .as_ref()
@@ -233,7 +234,7 @@ impl ClickHouseSink {
     }
 }
 
-impl Sink<Value> for ClickHouseSink {
+impl<R: Record> Sink<R> for ClickHouseSink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         let version = self.server_version().await?;
         let encoder = Encoder::new(&self.schema, self.version_column.as_deref(), version);
@@ -258,7 +259,7 @@ impl Sink<Value> for ClickHouseSink {
 
     async fn write(
         &mut self,
-        batch: &[Value],
+        batch: &[R],
         _commit: Option<&CheckpointCommit<'_>>,
     ) -> Result<(), SinkError> {
         self.insert(batch).await
