@@ -1,11 +1,18 @@
 //! The only list of source kinds (and the sink kinds) the CLI builds from configuration. The
-//! core is generic; the CLI picks kinds at run time through these enums (one payload and one
-//! record type: JSON).
+//! core is generic; the CLI picks kinds at run time through these enums. One record type,
+//! [`AnyRecord`], holds every kind's typed records and the JSON rows jq transforms make: a
+//! record reaches its sink as the type its connector made, never as a JSON map on the way.
+
+use std::borrow::Cow;
 
 use serde_json::Value;
 use sluice::{
-    CheckpointCommit, NullSink, Record, SessionEnd, Sink, SinkError, Source, SourceContext,
-    SourceError, TableSchema,
+    Cell, CellWriter, Column, EnvelopeMeta, IntoRecords, JqTransform, Record, Transform,
+    TransformError, Transformed,
+};
+use sluice::{
+    CheckpointCommit, NullSink, SessionEnd, Sink, SinkError, Source, SourceContext, SourceError,
+    TableSchema,
 };
 use sluice_connectors::template::SourceKind;
 use sluice_sinks::{
@@ -60,8 +67,114 @@ macro_rules! source_kinds {
             }
         }
 
+        /// Every kind's records, and the JSON rows of jq transforms.
+        #[derive(Debug, Clone)]
+        pub(crate) enum AnyRecord {
+            /// A row a jq transform made.
+            Json(Value),
+            $($variant(Payload<$kind>)),*
+        }
+
+        /// How each variant fills a table's columns.
+        #[allow(non_snake_case)]
+        #[derive(Debug)]
+        pub(crate) struct AnyPlan {
+            $($variant: Result<<Payload<$kind> as Record>::Plan, String>),*
+        }
+
+        impl RawSource {
+            /// Whether this kind's records can fill `columns` (a resource written as emitted).
+            pub(crate) fn check_columns(&self, columns: &[Column]) -> Result<(), String> {
+                match self {
+                    $(Self::$variant(_) => <Payload<$kind> as Record>::plan(columns).map(drop)),*
+                }
+            }
+        }
+
+        impl Record for AnyRecord {
+            type Plan = AnyPlan;
+
+            fn plan(columns: &[Column]) -> Result<AnyPlan, String> {
+                Ok(AnyPlan { $($variant: <Payload<$kind> as Record>::plan(columns)),* })
+            }
+
+            fn write<W: CellWriter>(
+                &self,
+                plan: &AnyPlan,
+                columns: &[Column],
+                out: &mut W,
+            ) -> Result<(), String> {
+                match self {
+                    AnyRecord::Json(v) => v.write(&(), columns, out),
+                    $(AnyRecord::$variant(r) => {
+                        r.write(plan.$variant.as_ref().map_err(Clone::clone)?, columns, out)
+                    }),*
+                }
+            }
+
+            fn field(&self, name: &str) -> Option<Cell<'_>> {
+                match self {
+                    AnyRecord::Json(v) => v.field(name),
+                    $(AnyRecord::$variant(r) => r.field(name)),*
+                }
+            }
+
+            fn write_json(&self, out: &mut Vec<u8>) {
+                match self {
+                    AnyRecord::Json(v) => v.write_json(out),
+                    $(AnyRecord::$variant(r) => r.write_json(out)),*
+                }
+            }
+
+            fn size_hint(&self) -> usize {
+                match self {
+                    AnyRecord::Json(v) => v.size_hint(),
+                    $(AnyRecord::$variant(r) => r.size_hint()),*
+                }
+            }
+
+            fn to_json(&self) -> Value {
+                match self {
+                    AnyRecord::Json(v) => v.clone(),
+                    $(AnyRecord::$variant(r) => r.to_json()),*
+                }
+            }
+        }
+
+        impl AnyRecord {
+            /// The record as jq sees it.
+            fn json(&self) -> Cow<'_, Value> {
+                match self {
+                    AnyRecord::Json(v) => Cow::Borrowed(v),
+                    $(AnyRecord::$variant(r) => Cow::Owned(r.to_json())),*
+                }
+            }
+        }
+
+        /// As its JSON row (how a dead letter shows it).
+        impl serde::Serialize for AnyRecord {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                self.json().serialize(serializer)
+            }
+        }
+
+        impl IntoRecords<AnyRecord> for AnyRecord {
+            fn into_records(self) -> Result<Transformed<AnyRecord>, (Self, TransformError)> {
+                match self {
+                    AnyRecord::Json(v) => v
+                        .into_records()
+                        .map(|t| map_records(t, AnyRecord::Json))
+                        .map_err(|(v, e)| (AnyRecord::Json(v), e)),
+                    $(AnyRecord::$variant(r) => r
+                        .into_records()
+                        .map(|t| map_records(t, AnyRecord::$variant))
+                        .map_err(|(r, e)| (AnyRecord::$variant(r), e))),*
+                }
+            }
+        }
+
         impl Source for AnySource {
-            type Payload = Value;
+            type Payload = AnyRecord;
 
             fn name(&self) -> &str {
                 match self {
@@ -75,13 +188,43 @@ macro_rules! source_kinds {
                 }
             }
 
-            async fn run(&mut self, ctx: SourceContext<Value>) -> Result<SessionEnd, SourceError> {
+            async fn run(
+                &mut self,
+                ctx: SourceContext<AnyRecord>,
+            ) -> Result<SessionEnd, SourceError> {
                 match self {
-                    $(AnySource::$variant(s) => s.run(ctx).await),*
+                    $(AnySource::$variant(s) => s.run(ctx.map(AnyRecord::$variant)).await),*
                 }
             }
         }
     };
+}
+
+/// The payload (and record) type of a kind's source.
+type Payload<K> = <<K as SourceKind>::Source as Source>::Payload;
+
+fn map_records<A, B>(records: Transformed<A>, f: fn(A) -> B) -> Transformed<B> {
+    match records {
+        Transformed::Drop => Transformed::Drop,
+        Transformed::One(r) => Transformed::One(f(r)),
+        Transformed::Many(rs) => Transformed::Many(rs.into_iter().map(f).collect()),
+    }
+}
+
+/// A jq transform of any record: jq sees the record's JSON and makes JSON rows.
+#[derive(Debug, Clone)]
+pub(crate) struct AnyJq(pub(crate) std::sync::Arc<JqTransform>);
+
+impl Transform<AnyRecord, AnyRecord> for AnyJq {
+    fn apply(
+        &self,
+        payload: &AnyRecord,
+        meta: &EnvelopeMeta<'_>,
+    ) -> Result<Transformed<AnyRecord>, TransformError> {
+        self.0
+            .apply(&payload.json(), meta)
+            .map(|t| map_records(t, AnyRecord::Json))
+    }
 }
 
 source_kinds! {

@@ -219,6 +219,11 @@ fn config_errors_name_the_file_and_the_key() {
             "[sinks.s]\nkind = \"stdout\"\n[pipelines.p]\nsource = { kind = \"supabase\", url = \"ftp://x\", key = \"k\", tables = [\"t\"] }\n[pipelines.p.resources.changes]\nsink = \"s\"\n",
             "pipelines.p: source: ",
         ),
+        // Typed records written as emitted must fill the configured columns.
+        (
+            "[sinks.s]\nkind = \"sqlite\"\n[pipelines.p]\nsource = { kind = \"coinbase\" }\n[pipelines.p.resources.trades]\nsink = \"s\"\ncolumns = [{ name = \"trade_id\", type = \"integer\" }, { name = \"venue\", type = \"text\", nullable = false }]\n",
+            "resources.trades.columns: neither a trade (column venue is NOT NULL and record Trade has no field of that name)",
+        ),
     ];
     for (body, expected) in cases {
         std::fs::write(&config, body).unwrap();

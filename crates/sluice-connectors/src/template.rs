@@ -5,8 +5,7 @@
 //! configuration.
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
-use sluice::{Source, SourceError, TableSchema};
+use sluice::{IntoRecords, Record, Source, SourceError, TableSchema};
 
 /// A source kind as configuration names it (`source = { kind = "…", … }`).
 ///
@@ -17,8 +16,16 @@ use sluice::{Source, SourceError, TableSchema};
 pub trait SourceKind {
     /// The `source = { … }` table, without its `kind`.
     type Config: DeserializeOwned + Clone + std::fmt::Debug;
-    /// The source it builds.
-    type Source: Source<Payload = Value> + std::fmt::Debug + 'static;
+    /// The source it builds. Its payloads are its records (typed, or JSON rows), written as they
+    /// are when a resource has no transform.
+    type Source: Source<
+            Payload: Record
+                         + IntoRecords<<Self::Source as Source>::Payload>
+                         + serde::Serialize
+                         + Clone
+                         + std::fmt::Debug,
+        > + std::fmt::Debug
+        + 'static;
 
     /// Checks a configuration; `Err` says what is wrong, for the user.
     ///

@@ -11,19 +11,19 @@ use std::{
 use serde_json::Value;
 use sluice::{
     BackoffPolicy, BatchLimits, ErrorClass, MemoryStore, Pipeline, PipelineExit, PipelineOptions,
-    PipelineStats, Resource, Resources, testing::RecordingSink,
+    PipelineStats, Record, Resource, Resources, testing::RecordingSink,
 };
 use sluice_connectors::coinbase::{
-    CoinbaseConfig, CoinbaseSource, CoinbaseStats, HOLES_RESOURCE, OnUnfillable, PIPELINE_ID,
-    RESOURCE,
+    CoinbaseConfig, CoinbaseRecord, CoinbaseSource, CoinbaseStats, HOLES_RESOURCE, OnUnfillable,
+    PIPELINE_ID, RESOURCE,
 };
 use sluice_sim::coinbase::{Chaos, CoinbaseSim, CoinbaseSimConfig, RestWindow};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 struct Running {
-    sink: RecordingSink<Value>,
-    holes: RecordingSink<Value>,
+    sink: RecordingSink<CoinbaseRecord>,
+    holes: RecordingSink<CoinbaseRecord>,
     dead: RecordingSink<sluice::DeadLetter>,
     stats: Arc<CoinbaseStats>,
     pipeline: Arc<PipelineStats>,
@@ -52,6 +52,11 @@ fn default_config(sim: &CoinbaseSim) -> CoinbaseConfig {
     }
 }
 
+/// What a sink got, as JSON rows.
+fn json(sink: &RecordingSink<CoinbaseRecord>) -> Vec<Value> {
+    sink.rows().iter().map(Record::to_json).collect()
+}
+
 /// Logs to the test's output (shown when it fails): what the source did and why.
 fn logs() {
     let _ = tracing_subscriber::fmt()
@@ -63,7 +68,11 @@ fn logs() {
         .try_init();
 }
 
-fn start(config: CoinbaseConfig, store: Arc<MemoryStore>, sink: RecordingSink<Value>) -> Running {
+fn start(
+    config: CoinbaseConfig,
+    store: Arc<MemoryStore>,
+    sink: RecordingSink<CoinbaseRecord>,
+) -> Running {
     logs();
     let source = CoinbaseSource::new(config).unwrap();
     let stats = source.stats();
@@ -144,7 +153,7 @@ async fn verify(sim: &CoinbaseSim, running: &Running, timeout: Duration) {
     sim.set_rate(0.0);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let stored = ids_by_product(&running.sink.rows());
+        let stored = ids_by_product(&json(&running.sink));
         let complete = sim.products().iter().all(|p| {
             let last = *sim.trade_range(p).unwrap().end();
             stored
@@ -157,7 +166,7 @@ async fn verify(sim: &CoinbaseSim, running: &Running, timeout: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let stored = ids_by_product(&running.sink.rows());
+    let stored = ids_by_product(&json(&running.sink));
     for product in sim.products() {
         let range = sim.trade_range(product).unwrap();
         let ids = stored.get(product).cloned().unwrap_or_default();
@@ -172,9 +181,7 @@ async fn verify(sim: &CoinbaseSim, running: &Running, timeout: Duration) {
             &missing[..missing.len().min(10)]
         );
         let first = sim.trade(product, *range.start()).unwrap();
-        let row = running
-            .sink
-            .rows()
+        let row = json(&running.sink)
             .into_iter()
             .find(|r| r["trade_id"] == first.trade_id && r["product_id"] == *product)
             .unwrap();
@@ -256,7 +263,7 @@ async fn duplicates_and_reordered_matches_are_stored_once_in_order() {
     )
     .await;
     assert!(count(&running.stats.duplicates) > 0);
-    for ids in ids_by_product(&running.sink.rows()).values() {
+    for ids in ids_by_product(&json(&running.sink)).values() {
         assert!(
             ids.windows(2).all(|w| w[0] < w[1]),
             "trades stored out of order"
@@ -508,7 +515,7 @@ async fn short_lagging_rest_pages_fill_large_gaps_whole() {
             0,
             "{window:?}: no hole reported"
         );
-        assert!(second.holes.rows().is_empty());
+        assert!(json(&second.holes).is_empty());
         stop(second).await.unwrap();
     }
 }
@@ -599,9 +606,9 @@ async fn a_hole_holds_the_cursor_and_the_pipeline_is_not_ready() {
         before,
         "cursors held before the hole"
     );
-    assert!(running.sink.rows().is_empty(), "nothing past the hole");
+    assert!(json(&running.sink).is_empty(), "nothing past the hole");
     assert!(count(&running.stats.unfilled) >= 2 * 200);
-    assert!(running.holes.rows().is_empty());
+    assert!(json(&running.holes).is_empty());
     stop(running).await.unwrap();
 }
 
@@ -626,7 +633,7 @@ async fn skipped_hole(chaos: Chaos) {
         restart_past_retention(OnUnfillable::Skip, 600, 200, chaos.clone()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let stored = ids_by_product(&running.sink.rows());
+        let stored = ids_by_product(&json(&running.sink));
         let complete = sim.products().iter().all(|p| {
             stored
                 .get(p)
@@ -639,8 +646,8 @@ async fn skipped_hole(chaos: Chaos) {
         assert!(tokio::time::Instant::now() < deadline, "never caught up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let holes = running.holes.rows();
-    let stored = ids_by_product(&running.sink.rows());
+    let holes = json(&running.holes);
+    let stored = ids_by_product(&json(&running.sink));
     for product in sim.products() {
         let saved = before
             .get(product.as_str())
@@ -705,6 +712,6 @@ async fn a_lagging_rest_replica_never_makes_a_hole() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     verify(&sim, &running, Duration::from_secs(30)).await;
     assert_eq!(count(&running.stats.unfilled), 0, "no false hole");
-    assert!(running.holes.rows().is_empty());
+    assert!(json(&running.holes).is_empty());
     stop(running).await.unwrap();
 }

@@ -91,12 +91,65 @@ pub(crate) enum Item<P> {
     Advance(Checkpoint),
 }
 
+impl<P> Item<P> {
+    fn map<Q>(self, f: fn(P) -> Q) -> Item<Q> {
+        match self {
+            Item::Envelope(e) => Item::Envelope(Envelope {
+                resource: e.resource,
+                payload: f(e.payload),
+                checkpoint: e.checkpoint,
+            }),
+            Item::Rejected(r) => Item::Rejected(r),
+            Item::Advance(c) => Item::Advance(c),
+        }
+    }
+}
+
+/// The pipeline stopped reading.
+struct Closed;
+
+/// A send under way: done at once, or waiting for room (backpressure).
+enum Sending<'a> {
+    Done(Result<(), Closed>),
+    Waiting(std::pin::Pin<Box<dyn Future<Output = Result<(), Closed>> + Send + 'a>>),
+}
+
+/// Where a context's items go: the pipeline's channel, perhaps through a payload conversion
+/// ([`SourceContext::map`]). A trait object so that a context of one payload type can feed a
+/// pipeline of another without the source knowing.
+trait Outlet<P>: Send + Sync {
+    fn send(&self, item: Item<P>) -> Sending<'_>;
+}
+
+impl<P: Send + 'static> Outlet<P> for mpsc::Sender<Item<P>> {
+    fn send(&self, item: Item<P>) -> Sending<'_> {
+        match self.try_send(item) {
+            Ok(()) => Sending::Done(Ok(())),
+            Err(mpsc::error::TrySendError::Closed(_)) => Sending::Done(Err(Closed)),
+            Err(mpsc::error::TrySendError::Full(item)) => Sending::Waiting(Box::pin(async move {
+                mpsc::Sender::send(self, item).await.map_err(|_| Closed)
+            })),
+        }
+    }
+}
+
+/// An outlet that converts payloads on the way.
+struct Mapped<Q, P> {
+    inner: Arc<dyn Outlet<P>>,
+    f: fn(Q) -> P,
+}
+
+impl<Q: Send + 'static, P: Send + 'static> Outlet<Q> for Mapped<Q, P> {
+    fn send(&self, item: Item<Q>) -> Sending<'_> {
+        self.inner.send(item.map(self.f))
+    }
+}
+
 /// What a session gets from the runtime: the saved cursors, the bounded emit channel, the
 /// cancellation token and the liveness signal.
-#[derive(Debug)]
 pub struct SourceContext<P> {
     checkpoints: Checkpoints,
-    tx: mpsc::Sender<Item<P>>,
+    tx: Arc<dyn Outlet<P>>,
     cancel: CancellationToken,
     liveness: Arc<Liveness>,
     durable: tokio::sync::watch::Receiver<Checkpoints>,
@@ -119,7 +172,16 @@ pub(crate) struct Liveness {
     pub(crate) blocked: AtomicBool,
 }
 
-impl<P: Send> SourceContext<P> {
+impl<P> std::fmt::Debug for SourceContext<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceContext")
+            .field("checkpoints", &self.checkpoints)
+            .field("cancelled", &self.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Send + 'static> SourceContext<P> {
     pub(crate) fn new(
         checkpoints: Checkpoints,
         tx: mpsc::Sender<Item<P>>,
@@ -131,7 +193,7 @@ impl<P: Send> SourceContext<P> {
         stats.set_held(0);
         Self {
             checkpoints,
-            tx,
+            tx: Arc::new(tx),
             cancel,
             liveness,
             durable,
@@ -194,15 +256,27 @@ impl<P: Send> SourceContext<P> {
         self.send(Item::Advance(checkpoint)).await
     }
 
+    /// This context for a source of payload `Q`, each converted by `f` on the way: how one
+    /// pipeline of a record enum runs sources of its variants (`ctx.map(Any::Trade)`).
+    pub fn map<Q: Send + 'static>(self, f: fn(Q) -> P) -> SourceContext<Q> {
+        SourceContext {
+            checkpoints: self.checkpoints,
+            tx: Arc::new(Mapped { inner: self.tx, f }),
+            cancel: self.cancel,
+            liveness: self.liveness,
+            durable: self.durable,
+            stats: self.stats,
+        }
+    }
+
     async fn send(&self, item: Item<P>) -> Result<(), SourceError> {
         self.alive();
-        let item = match self.tx.try_send(item) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
-            Err(mpsc::error::TrySendError::Full(item)) => item,
+        let waiting = match self.tx.send(item) {
+            Sending::Done(sent) => return sent.map_err(|_| stopped()),
+            Sending::Waiting(waiting) => waiting,
         };
         self.liveness.blocked.store(true, Ordering::Relaxed);
-        let sent = self.tx.send(item).await;
+        let sent = waiting.await;
         self.liveness.blocked.store(false, Ordering::Relaxed);
         self.alive();
         sent.map_err(|_| stopped())

@@ -4,25 +4,21 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use anyhow::anyhow;
-use serde_json::Value;
-use sluice::{
-    DeadLetterSink, JqTransform, NullSink, Pipeline, PipelineOptions, Resource, Resources,
-};
+use sluice::{DeadLetterSink, NullSink, Pipeline, PipelineOptions, Resource, Resources};
 use sluice_sinks::{
     clickhouse::ClickHouseSink, jsonl::JsonlSink, kafka::KafkaSink, sqlite::SqliteSink,
 };
 use sluice_stores::sqlite::{SqliteDb, SqliteStore};
 
 use super::resolve::{Config, PipelineSpec, ResourceSpec, SinkSpec};
-use crate::registry::{AnySink, AnySource};
+use crate::registry::{AnyJq, AnyRecord, AnySink, AnySource};
 
 /// A pipeline as the CLI builds it.
 pub(crate) type CliPipeline =
-    Pipeline<AnySource, Value, AnySink, SqliteStore, DeadLetterSink<AnySink>>;
+    Pipeline<AnySource, AnyRecord, AnySink, SqliteStore, DeadLetterSink<AnySink>>;
 
 impl Config {
     /// Builds pipeline `id` (its sinks open their files now).
@@ -37,7 +33,7 @@ impl Config {
         let mut sinks = Vec::new();
         for resource in &spec.resources {
             let definition = match &resource.transform {
-                Some(jq) => Resource::with_transform(resource.name.clone(), SharedJq(jq.clone())),
+                Some(jq) => Resource::with_transform(resource.name.clone(), AnyJq(jq.clone())),
                 None => Resource::direct(resource.name.clone()),
             };
             resources = resources.with(
@@ -84,7 +80,7 @@ impl Config {
         spec: &PipelineSpec,
         source: AnySource,
         store: SqliteStore,
-        resources: Resources<Value, Value>,
+        resources: Resources<AnyRecord, AnyRecord>,
         sinks: Vec<(String, AnySink)>,
         dead: DeadLetterSink<AnySink>,
     ) -> CliPipeline {
@@ -141,19 +137,6 @@ impl Config {
             SinkSpec::Stdout => AnySink::Jsonl(JsonlSink::stdout()),
             SinkSpec::Null => AnySink::Null(NullSink),
         })
-    }
-}
-
-/// A jq transform shared by every restart of a pipeline (compiled once).
-struct SharedJq(Arc<JqTransform>);
-
-impl sluice::Transform<Value, Value> for SharedJq {
-    fn apply(
-        &self,
-        payload: &Value,
-        meta: &sluice::EnvelopeMeta<'_>,
-    ) -> Result<sluice::Transformed<Value>, sluice::TransformError> {
-        self.0.apply(payload, meta)
     }
 }
 

@@ -432,6 +432,12 @@ fn resolve_pipeline(
         {
             bail!("{context}.version: {version:?} is not one of the columns");
         }
+        // Written as the source emits them, its records must fill the table's columns.
+        if let (None, Some(schema)) = (&transform, &schema) {
+            raw.source
+                .check_columns(&schema.columns)
+                .map_err(|e| anyhow!("{context}.columns: {e}"))?;
+        }
         let topic = resource
             .topic
             .or_else(|| resource.table.clone())

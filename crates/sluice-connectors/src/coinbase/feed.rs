@@ -1,9 +1,9 @@
 //! The wire types of the Coinbase Exchange feed and REST trades (protocols.md §1) and their
 //! decoding; what a trade becomes is in [`super::record`].
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
-use super::record::{TradeRecord, record, side};
+use super::record::{Trade, record, side};
 use serde::Deserialize;
 
 /// Any feed frame, parsed in one pass: every field optional, classified after parsing. (An
@@ -46,8 +46,9 @@ pub(crate) struct RestTrade {
 }
 
 impl Frame<'_> {
-    /// The trade of a `match` / `last_match` frame, or why the frame is malformed.
-    pub(crate) fn trade(&self) -> Result<(String, TradeRecord), String> {
+    /// The trade of a `match` / `last_match` frame, or why the frame is malformed;
+    /// `product_of` gives the shared name of a product.
+    pub(crate) fn trade(&self, product_of: impl Fn(&str) -> Arc<str>) -> Result<Trade, String> {
         let missing = |field: &str| format!("match frame without a valid {field}");
         let product = self
             .product_id
@@ -67,8 +68,8 @@ impl Frame<'_> {
             .taker_order_id
             .as_deref()
             .ok_or_else(|| missing("taker_order_id"))?;
-        let record = record(
-            product,
+        record(
+            product_of(product),
             trade_id,
             self.price.as_deref().ok_or_else(|| missing("price"))?,
             self.size.as_deref().ok_or_else(|| missing("size"))?,
@@ -77,8 +78,7 @@ impl Frame<'_> {
             Some(self.sequence.ok_or_else(|| missing("sequence"))?),
             Some((maker, taker)),
             "ws",
-        )?;
-        Ok((product.to_owned(), record))
+        )
     }
 }
 
@@ -92,7 +92,7 @@ pub fn decode_frame(text: &str) -> Result<(), String> {
     let frame: Frame<'_> =
         serde_json::from_str(text).map_err(|e| format!("frame is not JSON: {e}"))?;
     match frame.kind.as_deref() {
-        Some("match" | "last_match") => frame.trade().map(drop),
+        Some("match" | "last_match") => frame.trade(|p: &str| Arc::from(p)).map(drop),
         Some("heartbeat") if frame.product_id.is_none() || frame.last_trade_id.is_none() => {
             Err("heartbeat without product_id or last_trade_id".into())
         }
@@ -102,19 +102,20 @@ pub fn decode_frame(text: &str) -> Result<(), String> {
 
 /// Decodes a REST page and every trade of it into a record of `product`. (A fuzz target.)
 pub fn decode_rest_page(body: &[u8], product: &str) -> Result<(), String> {
+    let product: Arc<str> = product.into();
     for trade in parse_rest_page(body)? {
-        trade.record(product)?;
+        trade.record(&product)?;
     }
     Ok(())
 }
 
 impl RestTrade {
     /// The record of a REST trade of `product`.
-    pub(crate) fn record(&self, product: &str) -> Result<TradeRecord, String> {
+    pub(crate) fn record(&self, product: &Arc<str>) -> Result<Trade, String> {
         let maker_side =
             side(&self.side).ok_or_else(|| format!("side {:?} is not buy or sell", self.side))?;
         record(
-            product,
+            product.clone(),
             self.trade_id,
             &self.price,
             &self.size,
@@ -152,21 +153,33 @@ mod tests {
     fn a_documented_match_frame_becomes_an_exact_record() {
         let text = r#"{"type":"match","trade_id":1099995624,"maker_order_id":"c1f2a9d0-5b7e-4e63-9a51-0f6f3c2d8e11","taker_order_id":"3e0b7d5a-1c44-4f0a-8e2b-7a9d6c5b4f30","side":"buy","size":"0.01250000","price":"84140.82","product_id":"BTC-USD","sequence":136967652391,"time":"2026-09-29T13:45:58.204113Z"}"#;
         let frame: Frame<'_> = serde_json::from_str(text).unwrap();
-        let (product, trade) = frame.trade().unwrap();
-        assert_eq!(product, "BTC-USD");
-        assert_eq!(trade.record["price"], "84140.82");
-        assert_eq!(trade.record["size"], "0.0125");
-        assert_eq!(trade.record["side"], "buy");
-        assert_eq!(trade.record["time"], "2026-09-29T13:45:58.204113Z");
-        assert_eq!(trade.record["sequence"], 136967652391u64);
+        let trade = frame.trade(|p: &str| Arc::from(p)).unwrap();
+        assert_eq!(&*trade.product_id, "BTC-USD");
+        assert_eq!(trade.trade_id, 1099995624);
+        assert_eq!(trade.price, "84140.82");
+        assert_eq!(trade.size, "0.0125");
+        assert_eq!(trade.side, "buy");
+        assert_eq!(trade.time, "2026-09-29T13:45:58.204113Z");
+        assert_eq!(trade.sequence, Some(136967652391));
+        assert_eq!(trade.source, "ws");
     }
 
     #[test]
     fn a_match_without_its_fields_is_malformed() {
         let frame: Frame<'_> =
             serde_json::from_str(r#"{"type":"match","product_id":"BTC-USD"}"#).unwrap();
-        assert!(frame.trade().unwrap_err().contains("trade_id"));
+        assert!(
+            frame
+                .trade(|p: &str| Arc::from(p))
+                .unwrap_err()
+                .contains("trade_id")
+        );
         let frame: Frame<'_> = serde_json::from_str(r#"{"type":"match","trade_id":1,"product_id":"BTC-USD","side":"up","maker_order_id":"a","taker_order_id":"b","price":"1","size":"1","time":"2026-09-29T13:45:58.204113Z","sequence":1}"#).unwrap();
-        assert!(frame.trade().unwrap_err().contains("side"));
+        assert!(
+            frame
+                .trade(|p: &str| Arc::from(p))
+                .unwrap_err()
+                .contains("side")
+        );
     }
 }

@@ -33,5 +33,7 @@ mod source;
 pub use config::{CoinbaseConfig, OnUnfillable};
 pub use connector::{Coinbase, HOLES_RESOURCE, PIPELINE_ID, RESOURCE, template};
 pub use feed::{decode_frame, decode_rest_page};
-pub use record::{holes_table, normalize_decimal, trades_table};
+pub use record::{
+    CoinbasePlan, CoinbaseRecord, Hole, Trade, holes_table, normalize_decimal, trades_table,
+};
 pub use source::{CoinbaseSource, CoinbaseStats};

@@ -22,7 +22,7 @@ use super::{
     config::{CoinbaseConfig, OnUnfillable},
     connector::{HOLES_RESOURCE, RESOURCE},
     feed::Frame,
-    record::TradeRecord,
+    record::{CoinbaseRecord, Hole, Trade},
     rest::RestClient,
 };
 
@@ -96,7 +96,7 @@ struct Product {
     last: Option<u64>,
     /// Trades known beyond a gap (read on the socket or fetched from REST), waiting for it to
     /// close. At most [`MAX_AHEAD`]: beyond that, socket trades are left to REST.
-    ahead: BTreeMap<u64, TradeRecord>,
+    ahead: BTreeMap<u64, Trade>,
     /// The highest id known to exist (a heartbeat's `last_trade_id`), perhaps not in `ahead`.
     known_top: Option<u64>,
     gap_since: Option<Instant>,
@@ -178,7 +178,7 @@ struct Fetched {
 
 struct Session<'a> {
     source: &'a CoinbaseSource,
-    ctx: &'a SourceContext<serde_json::Value>,
+    ctx: &'a SourceContext<CoinbaseRecord>,
     products: HashMap<String, Product>,
 }
 
@@ -186,7 +186,7 @@ impl Session<'_> {
     async fn emit(
         &self,
         partition: Arc<str>,
-        trade: TradeRecord,
+        trade: Trade,
         from_rest: bool,
     ) -> Result<(), SourceError> {
         let counter = if from_rest {
@@ -197,14 +197,16 @@ impl Session<'_> {
         CoinbaseStats::add(counter, 1);
         let envelope = Envelope {
             resource: self.source.resource.clone(),
-            payload: trade.record,
             checkpoint: Some(Checkpoint::new(partition, trade.trade_id)),
+            payload: CoinbaseRecord::Trade(trade),
         };
         self.ctx.emit(envelope).await
     }
 
     /// A trade from the socket: emit it if it is next, keep it if it is ahead, skip a repeat.
-    async fn on_trade(&mut self, product: &str, trade: TradeRecord) -> Result<(), SourceError> {
+    async fn on_trade(&mut self, trade: Trade) -> Result<(), SourceError> {
+        let product = trade.product_id.clone();
+        let product = &*product;
         let Some(state) = self.products.get_mut(product) else {
             CoinbaseStats::add(&self.source.stats.unknown, 1);
             return Ok(());
@@ -246,7 +248,7 @@ impl Session<'_> {
                     state.last = Some(id);
                     state.attempts = 0;
                     let partition = state.partition.clone();
-                    let from_rest = trade.record["source"] == "rest";
+                    let from_rest = trade.source == "rest";
                     self.emit(partition, trade, from_rest).await?;
                 }
                 _ => {
@@ -394,7 +396,7 @@ impl Session<'_> {
             if state.ahead.contains_key(&id) {
                 continue;
             }
-            match rest.record(product) {
+            match rest.record(&state.partition) {
                 Ok(trade) => {
                     state.ahead.insert(id, trade);
                 }
@@ -524,7 +526,12 @@ impl Session<'_> {
                     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
                 let envelope = Envelope {
                     resource: HOLES_RESOURCE.into(),
-                    payload: json!({"product_id": product, "from_id": from, "to_id": to, "seen_at": seen_at}),
+                    payload: CoinbaseRecord::Hole(Hole {
+                        product_id: partition.clone(),
+                        from_id: from,
+                        to_id: to,
+                        seen_at,
+                    }),
                     checkpoint: Some(Checkpoint::new(partition, to)),
                 };
                 self.ctx.emit(envelope).await?;
@@ -632,6 +639,13 @@ impl Session<'_> {
         }
     }
 
+    /// The shared name of `product` (its partition), or a new one for a product not followed.
+    fn partition_of(&self, product: &str) -> Arc<str> {
+        self.products
+            .get(product)
+            .map_or_else(|| product.into(), |p| p.partition.clone())
+    }
+
     /// Handles one text frame.
     async fn on_text(&mut self, text: &str, subscribed: &mut bool) -> Result<(), SourceError> {
         CoinbaseStats::add(&self.source.stats.frames, 1);
@@ -644,8 +658,8 @@ impl Session<'_> {
             }
         };
         match frame.kind.as_deref() {
-            Some("match" | "last_match") => match frame.trade() {
-                Ok((product, trade)) => self.on_trade(&product, trade).await,
+            Some("match" | "last_match") => match frame.trade(|p| self.partition_of(p)) {
+                Ok(trade) => self.on_trade(trade).await,
                 Err(reason) => self.reject(text.to_owned(), reason, None).await,
             },
             Some("heartbeat") => {
@@ -689,7 +703,7 @@ impl Session<'_> {
 }
 
 impl Source for CoinbaseSource {
-    type Payload = serde_json::Value;
+    type Payload = CoinbaseRecord;
 
     fn name(&self) -> &str {
         "coinbase"
@@ -699,10 +713,7 @@ impl Source for CoinbaseSource {
         Some(self.config.idle_timeout())
     }
 
-    async fn run(
-        &mut self,
-        ctx: SourceContext<serde_json::Value>,
-    ) -> Result<SessionEnd, SourceError> {
+    async fn run(&mut self, ctx: SourceContext<CoinbaseRecord>) -> Result<SessionEnd, SourceError> {
         CoinbaseStats::add(&self.stats.sessions, 1);
         let url = self.config.ws_url.clone();
         let mut socket = crate::websocket::connect(
