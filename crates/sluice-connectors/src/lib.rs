@@ -1,6 +1,8 @@
-//! Sources for sluice. Each connector is a folder in the seed's shape: `source.rs` (the
-//! session: connect, read, resume), `types.rs` (wire and payload types), `connector.rs`
-//! (defaults and composition), and `sinks.rs` where a connector ships default destinations.
+//! Sources for sluice. Each connector is a folder of the same shape: `config.rs` (serde and
+//! `validate()`), `source.rs` (the session: connect, read, resume), `record.rs` (its typed
+//! records and their tables), `connector.rs` (the kind and the built-in pipeline, see
+//! [`template`]), and protocol files where needed. `docs/guide/writing-a-connector.md` has the
+//! steps to add one.
 //!
 //! - [`file`](mod@file): tails a JSON-lines file; the cursor is the byte offset after the last line.
 //! - [`coinbase`]: Coinbase Exchange trades (`matches` + `heartbeat`), gap-free: gaps are
@@ -9,7 +11,10 @@
 //!   commit LSN is the cursor and is acknowledged only once durable.
 //! - [`supabase`]: Supabase Realtime `postgres_changes`, gap-free through PostgREST keyset
 //!   backfill on every (re)subscribe.
+//! - [`change`]: the change record both database sources emit.
 
+#[cfg(any(feature = "postgres_cdc", feature = "supabase"))]
+pub mod change;
 #[cfg(feature = "coinbase")]
 pub mod coinbase;
 #[cfg(feature = "file")]

@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 use sluice::{
     BackoffPolicy, BatchLimits, ErrorClass, MemoryStore, Pipeline, PipelineExit, PipelineOptions,
-    PipelineStats, Record, Resource, Resources, testing::RecordingSink,
+    PipelineStats, Resource, Resources, testing::RecordingSink,
 };
 use sluice_connectors::coinbase::{
     CoinbaseConfig, CoinbaseRecord, CoinbaseSource, CoinbaseStats, HOLES_RESOURCE, OnUnfillable,
@@ -50,11 +50,6 @@ fn default_config(sim: &CoinbaseSim) -> CoinbaseConfig {
         products: sim.products().to_vec(),
         ..CoinbaseConfig::default()
     }
-}
-
-/// What a sink got, as JSON rows.
-fn json(sink: &RecordingSink<CoinbaseRecord>) -> Vec<Value> {
-    sink.rows().iter().map(Record::to_json).collect()
 }
 
 /// Logs to the test's output (shown when it fails): what the source did and why.
@@ -153,7 +148,7 @@ async fn verify(sim: &CoinbaseSim, running: &Running, timeout: Duration) {
     sim.set_rate(0.0);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let stored = ids_by_product(&json(&running.sink));
+        let stored = ids_by_product(&running.sink.json());
         let complete = sim.products().iter().all(|p| {
             let last = *sim.trade_range(p).unwrap().end();
             stored
@@ -166,7 +161,7 @@ async fn verify(sim: &CoinbaseSim, running: &Running, timeout: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let stored = ids_by_product(&json(&running.sink));
+    let stored = ids_by_product(&running.sink.json());
     for product in sim.products() {
         let range = sim.trade_range(product).unwrap();
         let ids = stored.get(product).cloned().unwrap_or_default();
@@ -181,7 +176,9 @@ async fn verify(sim: &CoinbaseSim, running: &Running, timeout: Duration) {
             &missing[..missing.len().min(10)]
         );
         let first = sim.trade(product, *range.start()).unwrap();
-        let row = json(&running.sink)
+        let row = running
+            .sink
+            .json()
             .into_iter()
             .find(|r| r["trade_id"] == first.trade_id && r["product_id"] == *product)
             .unwrap();
@@ -263,7 +260,7 @@ async fn duplicates_and_reordered_matches_are_stored_once_in_order() {
     )
     .await;
     assert!(count(&running.stats.duplicates) > 0);
-    for ids in ids_by_product(&json(&running.sink)).values() {
+    for ids in ids_by_product(&running.sink.json()).values() {
         assert!(
             ids.windows(2).all(|w| w[0] < w[1]),
             "trades stored out of order"
@@ -515,7 +512,7 @@ async fn short_lagging_rest_pages_fill_large_gaps_whole() {
             0,
             "{window:?}: no hole reported"
         );
-        assert!(json(&second.holes).is_empty());
+        assert!(second.holes.json().is_empty());
         stop(second).await.unwrap();
     }
 }
@@ -606,9 +603,9 @@ async fn a_hole_holds_the_cursor_and_the_pipeline_is_not_ready() {
         before,
         "cursors held before the hole"
     );
-    assert!(json(&running.sink).is_empty(), "nothing past the hole");
+    assert!(running.sink.json().is_empty(), "nothing past the hole");
     assert!(count(&running.stats.unfilled) >= 2 * 200);
-    assert!(json(&running.holes).is_empty());
+    assert!(running.holes.json().is_empty());
     stop(running).await.unwrap();
 }
 
@@ -633,7 +630,7 @@ async fn skipped_hole(chaos: Chaos) {
         restart_past_retention(OnUnfillable::Skip, 600, 200, chaos.clone()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let stored = ids_by_product(&json(&running.sink));
+        let stored = ids_by_product(&running.sink.json());
         let complete = sim.products().iter().all(|p| {
             stored
                 .get(p)
@@ -646,8 +643,8 @@ async fn skipped_hole(chaos: Chaos) {
         assert!(tokio::time::Instant::now() < deadline, "never caught up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let holes = json(&running.holes);
-    let stored = ids_by_product(&json(&running.sink));
+    let holes = running.holes.json();
+    let stored = ids_by_product(&running.sink.json());
     for product in sim.products() {
         let saved = before
             .get(product.as_str())
@@ -712,6 +709,6 @@ async fn a_lagging_rest_replica_never_makes_a_hole() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     verify(&sim, &running, Duration::from_secs(30)).await;
     assert_eq!(count(&running.stats.unfilled), 0, "no false hole");
-    assert!(json(&running.holes).is_empty());
+    assert!(running.holes.json().is_empty());
     stop(running).await.unwrap();
 }

@@ -5,13 +5,15 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use serde_json::Value;
 use sluice::testing::eventually_with;
 use sluice::{
     BackoffPolicy, BatchLimits, DeadLetter, MemoryStore, Pipeline, PipelineError, PipelineOptions,
     Resource, Resources, testing::RecordingSink,
 };
-use sluice_connectors::supabase::{RESOURCE, SupabaseConfig, SupabaseSource, normalize_time};
+use sluice_connectors::{
+    change::ChangeRecord,
+    supabase::{RESOURCE, SupabaseConfig, SupabaseSource, normalize_time},
+};
 use sluice_sim::supabase::{Faults, SupabaseSim, SupabaseSimConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +80,7 @@ type Run = tokio::task::JoinHandle<Result<sluice::PipelineExit, PipelineError>>;
 
 fn start(
     config: SupabaseConfig,
-    sink: RecordingSink<Value>,
+    sink: RecordingSink<ChangeRecord>,
     dead: RecordingSink<DeadLetter>,
     token: CancellationToken,
 ) -> Run {
@@ -105,8 +107,8 @@ async fn committed(pg: &tokio_postgres::Client, table: &str) -> BTreeSet<(i64, S
 }
 
 /// (id, version) of every non-delete change stored.
-fn stored(sink: &RecordingSink<Value>, table: &str) -> BTreeSet<(i64, String)> {
-    sink.rows()
+fn stored(sink: &RecordingSink<ChangeRecord>, table: &str) -> BTreeSet<(i64, String)> {
+    sink.json()
         .iter()
         .filter(|r| r["table"] == table && r["deleted"] == false)
         .map(|r| {
@@ -190,7 +192,7 @@ async fn backfill_closes_every_gap_realtime_leaves() {
         "Realtime lost changes"
     );
     assert!(
-        sink.rows().iter().any(|r| r["source"] == "realtime"),
+        sink.json().iter().any(|r| r["source"] == "realtime"),
         "live events were used"
     );
     token.cancel();
@@ -231,17 +233,17 @@ async fn live_changes_carry_keys_and_deletes_in_both_protocol_versions() {
         ))
         .await
         .unwrap();
-        let deleted = || sink.rows().iter().any(|r| r["op"] == "DELETE");
+        let deleted = || sink.json().iter().any(|r| r["op"] == "delete");
         eventually_with(Duration::from_secs(20), deleted, || {
             format!("{vsn}: no delete arrived")
         })
         .await;
-        let rows = sink.rows();
-        let delete = rows.iter().find(|r| r["op"] == "DELETE").unwrap();
+        let rows = sink.json();
+        let delete = rows.iter().find(|r| r["op"] == "delete").unwrap();
         assert_eq!(delete["key"], serde_json::json!({"id": 2}), "{vsn}");
         assert_eq!(delete["deleted"], true);
         assert!(normalize_time(delete["commit_time"].as_str().unwrap()).is_some());
-        let update = rows.iter().find(|r| r["op"] == "UPDATE").unwrap();
+        let update = rows.iter().find(|r| r["op"] == "update").unwrap();
         assert_eq!(update["row"]["status"], "paid");
         assert_eq!(update["row"]["total"], 10.5);
         token.cancel();
@@ -339,7 +341,7 @@ async fn silent_heartbeats_end_the_session_and_nothing_is_lost() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     sim.set_faults(Faults::default());
-    let arrived = || sink.rows().iter().any(|r| r["key"]["id"] == 7);
+    let arrived = || sink.json().iter().any(|r| r["key"]["id"] == 7);
     eventually_with(Duration::from_secs(20), arrived, || {
         "the row never arrived".into()
     })
@@ -472,7 +474,7 @@ async fn changes_realtime_drops_on_a_live_socket_are_reconciled_exactly() {
     let run = start(config, sink.clone(), dead.clone(), token.clone());
     eventually_with(
         Duration::from_secs(20),
-        || sink.rows().iter().any(|r| r["source"] == "backfill"),
+        || sink.json().iter().any(|r| r["source"] == "backfill"),
         || "no backfill".into(),
     )
     .await;
@@ -543,7 +545,7 @@ async fn changes_realtime_drops_on_a_live_socket_are_reconciled_exactly() {
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let rows = sink.rows();
+    let rows = sink.json();
     for source in ["realtime", "backfill"] {
         let mut checked = 0;
         for row in rows

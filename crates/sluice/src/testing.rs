@@ -219,6 +219,13 @@ impl<R: Clone + Send + Sync + 'static> Default for RecordingSink<R> {
     }
 }
 
+impl<R: crate::Record + Clone> RecordingSink<R> {
+    /// The acknowledged rows as JSON, in write order.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.rows().iter().map(crate::Record::to_json).collect()
+    }
+}
+
 impl<R: Clone + Send + Sync + 'static> RecordingSink<R> {
     /// An empty sink.
     pub fn new() -> Self {

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
-use serde_json::{Value, json};
 use sluice::{
     Checkpoint, Envelope, Position, Rejected, SessionEnd, Source, SourceContext, SourceError,
 };
@@ -14,8 +13,9 @@ use super::{
     PARTITION,
     config::{Conn, PostgresCdcConfig, pg_error},
     pgoutput::{Message, RelationCache, decode},
-    record::records,
+    record::{NameCache, Names, records},
 };
+use crate::change::ChangeRecord;
 
 fn replication_error(error: pgwire_replication::PgWireError) -> SourceError {
     use pgwire_replication::PgWireError as E;
@@ -119,13 +119,13 @@ fn pg_time(micros: i64) -> String {
 }
 
 impl Source for PostgresCdcSource {
-    type Payload = Value;
+    type Payload = ChangeRecord;
 
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn run(&mut self, ctx: SourceContext<Value>) -> Result<SessionEnd, SourceError> {
+    async fn run(&mut self, ctx: SourceContext<ChangeRecord>) -> Result<SessionEnd, SourceError> {
         let conn = Conn::parse(&self.config.url)?;
         if self.config.create {
             self.ensure(&conn).await?;
@@ -155,6 +155,7 @@ impl Source for PostgresCdcSource {
         tracing::info!(slot = %self.config.slot, start = %start.to_pg_string(), "replication started");
         let mut durable = ctx.durable();
         let mut relations = RelationCache::new();
+        let mut names = NameCache::new();
         // The transaction being read: commit LSN, commit time, ordinal of the next change.
         let mut txn: Option<(u64, String, u64)> = None;
         // The newest position handed to `ctx.advance`.
@@ -223,6 +224,16 @@ impl Source for PostgresCdcSource {
                             if relation.replica_identity == b'n' {
                                 tracing::warn!(table = %relation.table, "table has REPLICA IDENTITY NOTHING: deletes carry no key");
                             }
+                            names.insert(
+                                oid,
+                                Names {
+                                    schema: relation.schema.as_str().into(),
+                                    table: relation.table.as_str().into(),
+                                    resource: self
+                                        .resource(&relation.schema, &relation.table)
+                                        .into(),
+                                },
+                            );
                             relations.insert(oid, relation);
                         }
                         Message::Change(change) => {
@@ -231,16 +242,10 @@ impl Source for PostgresCdcSource {
                                     "postgres_cdc: change outside a transaction",
                                 ));
                             };
-                            for record in records(&relations, change, *lsn, time)? {
-                                let (schema, table) = (
-                                    record["schema"].as_str().unwrap_or_default().to_owned(),
-                                    record["table"].as_str().unwrap_or_default().to_owned(),
-                                );
-                                let mut record = record;
-                                record["seq"] = json!(*seq);
-                                *seq += 1;
-                                ctx.emit(Envelope::new(self.resource(&schema, &table), record))
-                                    .await?;
+                            for (resource, record) in
+                                records(&relations, &names, change, *lsn, time, seq)?
+                            {
+                                ctx.emit(Envelope::new(resource, record)).await?;
                             }
                         }
                         Message::Begin { .. } | Message::Commit { .. } | Message::Other(_) => {}

@@ -1,8 +1,12 @@
 //! What a change becomes: the change record, its cursor position and version, and the tables —
 //! one change row per event, and the current state per row.
 
-use serde_json::{Value, json};
+use std::sync::Arc;
+
+use serde_json::Value;
 use sluice::{Column, ColumnType, Position, TableSchema};
+
+use crate::change::ChangeRecord;
 
 /// The change table: one row per change, keyed by (table, key, version, deleted) so a change
 /// seen live and again by backfill (or twice live) is stored once. `version` is the cursor
@@ -77,21 +81,28 @@ pub fn position(version: &str, key: &Value) -> Position {
     Position::Tuple(vec![Position::Text(version.to_owned()), key])
 }
 
-/// A change record for the change table.
+/// A change record for the change table (and the current-state table, which takes a subset
+/// of its fields by name).
 #[allow(clippy::too_many_arguments)]
 pub fn change_record(
-    schema: &str,
+    schema: &Arc<str>,
     table: &str,
     key: Value,
     version: &str,
-    op: &str,
+    op: &'static str,
     commit_time: Option<&str>,
     row: Option<Value>,
-    source: &str,
-) -> Value {
-    json!({
-        "schema": schema, "table": table, "key": key, "version": version,
-        "deleted": op == "DELETE", "op": op, "commit_time": commit_time,
-        "row": row, "source": source,
-    })
+    source: &'static str,
+) -> ChangeRecord {
+    let mut record = ChangeRecord::new(
+        schema.clone(),
+        table.into(),
+        op,
+        key,
+        version.to_owned(),
+        source,
+    );
+    record.commit_time = commit_time.map(str::to_owned);
+    record.row = row;
+    record
 }

@@ -12,6 +12,8 @@ use sluice::{
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
+use crate::change::ChangeRecord;
+
 use super::{
     config::SupabaseConfig,
     connector::{RESOURCE, STATE_RESOURCE},
@@ -112,11 +114,11 @@ impl SupabaseSource {
     /// on the last envelope so it moves only once both are written.
     async fn emit(
         &self,
-        ctx: &SourceContext<Value>,
-        record: Value,
+        ctx: &SourceContext<ChangeRecord>,
+        record: ChangeRecord,
         checkpoint: Option<Checkpoint>,
     ) -> Result<(), SourceError> {
-        let with = |envelope: Envelope<Value>| match checkpoint.clone() {
+        let with = |envelope: Envelope<ChangeRecord>| match checkpoint.clone() {
             Some(c) => envelope.with_checkpoint(c),
             None => envelope,
         };
@@ -177,7 +179,7 @@ impl SupabaseSource {
 }
 
 impl Source for SupabaseSource {
-    type Payload = Value;
+    type Payload = ChangeRecord;
 
     fn name(&self) -> &str {
         &self.name
@@ -189,8 +191,9 @@ impl Source for SupabaseSource {
     }
 
     #[allow(clippy::too_many_lines)]
-    async fn run(&mut self, ctx: SourceContext<Value>) -> Result<SessionEnd, SourceError> {
+    async fn run(&mut self, ctx: SourceContext<ChangeRecord>) -> Result<SessionEnd, SourceError> {
         let c = self.config.clone();
+        let schema: std::sync::Arc<str> = c.schema.as_str().into();
         let v2 = c.vsn == "2.0.0";
         let mut request = c
             .socket_url()
@@ -308,7 +311,7 @@ impl Source for SupabaseSource {
                         // vouches for nothing below its start, so it moves no cursor.
                         let checkpoint = vouch.then(|| Checkpoint::new(table.as_str(), position(&version, &key[&c.primary_key])));
                         last = Some((version.clone(), key[&c.primary_key].clone()));
-                        let record = change_record(&c.schema, &table, key, &version, "SNAPSHOT", None, Some(row), "backfill");
+                        let record = change_record(&schema, &table, key, &version, "snapshot", None, Some(row), "backfill");
                         self.emit(&ctx, record, checkpoint).await?;
                     }
                     metrics::counter!("sluice_supabase_backfill_pages_total").increment(1);
@@ -426,7 +429,8 @@ impl Source for SupabaseSource {
                                             continue;
                                         }
                                     };
-                                    let record = change_record(&c.schema, &table, key, &version, kind, commit.as_deref(), Some(row), "realtime");
+                                    let op = if kind == "INSERT" { "insert" } else { "update" };
+                                    let record = change_record(&schema, &table, key, &version, op, commit.as_deref(), Some(row), "realtime");
                                     // Live events never move the cursor: Realtime drops changes
                                     // without a sign, so only a backfill pass that read the
                                     // table through a point in time may vouch for it.
@@ -439,7 +443,7 @@ impl Source for SupabaseSource {
                                         None => old.clone(),
                                     };
                                     let version = commit.clone().unwrap_or_default();
-                                    (change_record(&c.schema, &table, key, &version, "DELETE", commit.as_deref(), None, "realtime"), None)
+                                    (change_record(&schema, &table, key, &version, "delete", commit.as_deref(), None, "realtime"), None)
                                 }
                                 _ => continue,
                             };
