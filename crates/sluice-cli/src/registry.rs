@@ -232,6 +232,7 @@ source_kinds! {
     Coinbase => sluice_connectors::coinbase::Coinbase,
     PostgresCdc => sluice_connectors::postgres_cdc::PostgresCdc,
     Supabase => sluice_connectors::supabase::Supabase,
+    HttpPoll => sluice_connectors::http_poll::HttpPoll,
 }
 
 /// Every sink kind of the CLI.

@@ -11,6 +11,7 @@
 //!   commit LSN is the cursor and is acknowledged only once durable.
 //! - [`supabase`]: Supabase Realtime `postgres_changes`, gap-free through PostgREST keyset
 //!   backfill on every (re)subscribe.
+//! - [`http_poll`]: polls HTTP list endpoints incrementally (cursor field, lookback, pagination).
 //! - [`change`]: the change record both database sources emit.
 
 #[cfg(any(feature = "postgres_cdc", feature = "supabase"))]
@@ -20,8 +21,10 @@ pub mod coinbase;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod fuzz;
-#[cfg(any(feature = "coinbase", feature = "supabase"))]
+#[cfg(any(feature = "coinbase", feature = "supabase", feature = "http_poll"))]
 pub mod http;
+#[cfg(feature = "http_poll")]
+pub mod http_poll;
 #[cfg(feature = "postgres_cdc")]
 pub mod postgres_cdc;
 #[cfg(feature = "supabase")]

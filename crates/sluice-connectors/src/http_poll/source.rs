@@ -1,0 +1,617 @@
+//! The polling session: sync every stream (page through what changed since its durable cursor),
+//! sleep the interval, again. See the [module docs](super) for the algorithm.
+
+use std::{collections::HashSet, num::NonZeroU32, sync::Arc, time::Duration};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use sluice::{
+    Backoff, BackoffPolicy, Checkpoint, Envelope, Rejected, SessionEnd, Source, SourceContext,
+    SourceError,
+};
+
+use super::{
+    config::{Auth, HttpPollConfig, Order, Pagination, StreamConfig},
+    record::{CursorValue, at, key_of},
+};
+
+/// A secret read from the environment: never shown.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+fn secret(var: &str) -> Result<Secret, SourceError> {
+    std::env::var(var).map(Secret).map_err(|_| {
+        SourceError::fatal(format!(
+            "http_poll: the environment variable {var} (a credential) is not set"
+        ))
+    })
+}
+
+/// Credentials resolved from the environment.
+#[derive(Debug, Clone)]
+enum Credentials {
+    None,
+    Bearer(Secret),
+    Basic(String, Secret),
+    Header(HeaderName, Secret),
+    Query(String, Secret),
+}
+
+/// How many times one page is tried before the session ends (and the pipeline reconnects).
+const ATTEMPTS: u32 = 8;
+
+/// The longest wait a server may ask for (`Retry-After`, a rate-limit reset) before we retry.
+const MAX_WAIT: Duration = Duration::from_secs(900);
+
+/// Polls HTTP list endpoints. See the [module docs](super).
+#[derive(Debug)]
+pub struct HttpPollSource {
+    config: HttpPollConfig,
+    http: reqwest::Client,
+    credentials: Credentials,
+    limiter: Arc<governor::DefaultDirectRateLimiter>,
+    name: String,
+}
+
+impl HttpPollSource {
+    /// A source for `config`.
+    ///
+    /// # Errors
+    /// A fatal error when the configuration is invalid or a credential is missing.
+    pub fn new(config: HttpPollConfig) -> Result<Self, SourceError> {
+        config
+            .validate()
+            .map_err(|e| SourceError::fatal(format!("http_poll: {e}")))?;
+        let credentials = match &config.auth {
+            Auth::None => Credentials::None,
+            Auth::Bearer { token_env } => Credentials::Bearer(secret(token_env)?),
+            Auth::Basic { user, password_env } => {
+                Credentials::Basic(user.clone(), secret(password_env)?)
+            }
+            Auth::ApiKey {
+                header: Some(header),
+                value_env,
+                ..
+            } => Credentials::Header(
+                HeaderName::try_from(header.as_str()).map_err(|_| {
+                    SourceError::fatal(format!(
+                        "http_poll: auth.header {header:?} is not a header name"
+                    ))
+                })?,
+                secret(value_env)?,
+            ),
+            Auth::ApiKey {
+                query, value_env, ..
+            } => Credentials::Query(query.clone().unwrap_or_default(), secret(value_env)?),
+        };
+        let http = crate::http::client(Duration::from_millis(config.timeout_ms.max(1)))?;
+        let per_second = NonZeroU32::new(config.requests_per_second)
+            .ok_or_else(|| SourceError::fatal("http_poll: requests_per_second is 0"))?;
+        let limiter = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+            per_second,
+        )));
+        let name = format!("http_poll:{}", config.base_url);
+        Ok(Self {
+            config,
+            http,
+            credentials,
+            limiter,
+            name,
+        })
+    }
+
+    fn headers(&self) -> Result<HeaderMap, SourceError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.config.headers {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::try_from(name.as_str()),
+                HeaderValue::try_from(value.as_str()),
+            ) else {
+                return Err(SourceError::fatal(format!(
+                    "http_poll: header {name:?} is not a valid header"
+                )));
+            };
+            headers.insert(name, value);
+        }
+        Ok(headers)
+    }
+
+    /// One GET: paced by the host budget; 429, 5xx and failures retried with backoff (the
+    /// server's `Retry-After` or rate-limit reset when it names one); other statuses classified
+    /// by the shared policy.
+    async fn get(
+        &self,
+        ctx: &SourceContext<Value>,
+        url: &str,
+        query: &[(String, String)],
+    ) -> Result<(Vec<u8>, HeaderMap), SourceError> {
+        let mut backoff = Backoff::new(BackoffPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            multiplier: 2.0,
+            stable_after: Duration::ZERO,
+        });
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            self.limiter.until_ready().await;
+            let mut request = self.http.get(url).headers(self.headers()?).query(query);
+            request = match &self.credentials {
+                Credentials::None => request,
+                Credentials::Bearer(token) => request.bearer_auth(&token.0),
+                Credentials::Basic(user, password) => request.basic_auth(user, Some(&password.0)),
+                Credentials::Header(name, value) => request.header(name.clone(), value.0.as_str()),
+                Credentials::Query(param, value) => request.query(&[(param, &value.0)]),
+            };
+            metrics::counter!("sluice_http_poll_requests_total").increment(1);
+            ctx.alive();
+            let wait = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    let body = response.bytes().await;
+                    match body {
+                        Ok(body) if status.is_success() => {
+                            if let Some(reset) = exhausted(&headers) {
+                                // The budget is spent: the next request waits for its reset.
+                                tracing::info!(
+                                    wait_ms = reset.as_millis() as u64,
+                                    "http_poll: rate limit reached; waiting for its reset"
+                                );
+                                sleep_cancellable(ctx, reset).await;
+                            }
+                            return Ok((body.to_vec(), headers));
+                        }
+                        Ok(body) => {
+                            let error = crate::http::status_error(
+                                &format!("http_poll: GET {}", shown(url)),
+                                status.as_u16(),
+                                &body,
+                            );
+                            if error.class() != sluice::ErrorClass::Transient {
+                                return Err(error);
+                            }
+                            tracing::warn!(status = status.as_u16(), url = %shown(url), "http_poll: throttled or failing; retrying");
+                            last = Some(error);
+                            crate::http::retry_after(&headers, MAX_WAIT)
+                                .or_else(|| exhausted(&headers))
+                        }
+                        Err(e) => {
+                            last = Some(
+                                SourceError::transient("http_poll: body not read")
+                                    .with_source(e.without_url()),
+                            );
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = e.without_url();
+                    tracing::warn!(error = %e, "http_poll: request failed; retrying");
+                    last = Some(
+                        SourceError::transient(format!("http_poll: GET {} failed", shown(url)))
+                            .with_source(e),
+                    );
+                    None
+                }
+            };
+            sleep_cancellable(ctx, wait.unwrap_or_else(|| backoff.next_delay())).await;
+        }
+        Err(last.unwrap_or_else(|| SourceError::transient("http_poll: request failed")))
+    }
+
+    /// Syncs one stream: pages from its durable cursor (less the lookback) to the end.
+    #[allow(clippy::too_many_lines)]
+    async fn sync(
+        &self,
+        ctx: &SourceContext<Value>,
+        stream: &StreamConfig,
+    ) -> Result<(), SourceError> {
+        let resource: Arc<str> = stream.name.as_str().into();
+        let cursor = stream.cursor.as_ref();
+        // The cursor as the runtime last made it durable (not the session's starting one: a
+        // session runs many syncs), never the pages just fetched.
+        let saved = cursor.and_then(|c| {
+            ctx.durable()
+                .borrow()
+                .get(stream.name.as_str())
+                .and_then(|p| CursorValue::from_position(c.kind, p))
+        });
+        let start = match (&saved, cursor.and_then(|c| c.initial.as_deref())) {
+            (Some(saved), _) => Some(saved.clone()),
+            (None, Some(initial)) => {
+                let kind = cursor.expect("initial is a cursor key").kind;
+                Some(CursorValue::parse(kind, initial).map_err(|e| {
+                    SourceError::fatal(format!("http_poll: {}.cursor.initial: {e}", stream.name))
+                })?)
+            }
+            (None, None) => None,
+        };
+        let from = match (cursor, &start) {
+            (Some(c), Some(start)) => Some(start.minus(c.kind, c.lookback)),
+            _ => None,
+        };
+        let mut url = format!(
+            "{}{}",
+            self.config.base_url.trim_end_matches('/'),
+            stream.path
+        );
+        let mut query: Vec<(String, String)> = stream
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let (Some(c), Some(from)) = (cursor, &from) {
+            query.push((c.param.clone(), from.param()));
+        }
+        let page_size = match &stream.pagination {
+            Pagination::Offset { page_size, .. } | Pagination::Page { page_size, .. } => {
+                Some(page_size)
+            }
+            Pagination::Link { page_size }
+            | Pagination::NextUrl { page_size, .. }
+            | Pagination::Token { page_size, .. } => page_size.as_ref(),
+            Pagination::None => None,
+        };
+        if let Some(size) = page_size {
+            query.push((size.param.clone(), size.size.to_string()));
+        }
+        let mut offset = 0u64;
+        let mut page_number = match &stream.pagination {
+            Pagination::Page { first, .. } => *first,
+            _ => 0,
+        };
+        let page_param = |query: &mut Vec<(String, String)>, param: &str, value: String| {
+            query.retain(|(k, _)| k != param);
+            query.push((param.to_owned(), value));
+        };
+        match &stream.pagination {
+            Pagination::Offset { param, .. } => page_param(&mut query, param, "0".into()),
+            Pagination::Page { param, .. } => {
+                page_param(&mut query, param, page_number.to_string());
+            }
+            _ => {}
+        }
+        // The highest cursor value emitted (never below the saved one): every checkpoint.
+        let mut high = saved.clone();
+        // Keys emitted in this sync at the value `high`: a record seen again at the boundary
+        // (pages shifted by an insert) is not emitted twice.
+        let mut at_high: HashSet<String> = HashSet::new();
+        let ascending = cursor.is_some_and(|c| c.order == Order::Ascending);
+        let mut pages = 0u64;
+        loop {
+            let (body, headers) = self.get(ctx, &url, &query).await?;
+            pages += 1;
+            let page: Value = match serde_json::from_slice(&body) {
+                Ok(page) => page,
+                Err(e) => {
+                    self.reject(ctx, &resource, &body, format!("page is not JSON: {e}"))
+                        .await?;
+                    return Ok(());
+                }
+            };
+            let Some(Value::Array(records)) = at(&page, &stream.records) else {
+                let reason = format!("page has no array at {:?}", stream.records);
+                self.reject(ctx, &resource, &body, reason).await?;
+                return Ok(());
+            };
+            let count = records.len() as u64;
+            let mut last_record = None;
+            let mut older = false;
+            for record in records {
+                last_record = Some(record);
+                if !record.is_object() {
+                    self.reject(
+                        ctx,
+                        &resource,
+                        record.to_string().as_bytes(),
+                        "record is not a JSON object".into(),
+                    )
+                    .await?;
+                    continue;
+                }
+                let key = match key_of(record, &stream.primary_key) {
+                    Ok(key) => key,
+                    Err(reason) => {
+                        self.reject(ctx, &resource, record.to_string().as_bytes(), reason)
+                            .await?;
+                        continue;
+                    }
+                };
+                let mut checkpoint = None;
+                if let Some(c) = cursor {
+                    let value = match at(record, &c.field).map(|v| CursorValue::of(c.kind, v)) {
+                        Some(Ok(value)) => value,
+                        Some(Err(reason)) => {
+                            self.reject(ctx, &resource, record.to_string().as_bytes(), reason)
+                                .await?;
+                            continue;
+                        }
+                        None => {
+                            let reason = format!("record has no cursor field {:?}", c.field);
+                            self.reject(ctx, &resource, record.to_string().as_bytes(), reason)
+                                .await?;
+                            continue;
+                        }
+                    };
+                    if from.as_ref().is_some_and(|from| &value < from) {
+                        // Before the window: an API that does not filter, or the end of a
+                        // newest-first listing.
+                        older = true;
+                        continue;
+                    }
+                    match high.as_ref().map(|h| value.cmp(h)) {
+                        Some(std::cmp::Ordering::Equal) => {
+                            if !at_high.insert(key) {
+                                continue;
+                            }
+                        }
+                        Some(std::cmp::Ordering::Less) => {}
+                        None | Some(std::cmp::Ordering::Greater) => {
+                            high = Some(value);
+                            at_high.clear();
+                            at_high.insert(key);
+                        }
+                    }
+                    if ascending {
+                        checkpoint = high
+                            .as_ref()
+                            .map(|h| Checkpoint::new(resource.clone(), h.position()));
+                    }
+                }
+                let mut record = record.clone();
+                if let Value::Object(fields) = &mut record {
+                    for (name, value) in &stream.fields {
+                        fields.insert(name.clone(), value.clone());
+                    }
+                }
+                let envelope = Envelope {
+                    resource: resource.clone(),
+                    payload: record,
+                    checkpoint,
+                };
+                ctx.emit(envelope).await?;
+            }
+            if count == 0 || (older && !ascending) {
+                break;
+            }
+            let next = match &stream.pagination {
+                Pagination::None => None,
+                Pagination::Link { .. } => next_link(&headers).and_then(|s| resolve(&url, &s)),
+                Pagination::NextUrl { path, .. } => at(&page, path)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .and_then(|s| resolve(&url, s)),
+                Pagination::Token {
+                    param,
+                    path,
+                    token_field,
+                    has_more,
+                    ..
+                } => {
+                    let more = has_more.is_empty()
+                        || at(&page, has_more).and_then(Value::as_bool) == Some(true);
+                    let token = if path.is_empty() {
+                        last_record.and_then(|r| at(r, token_field))
+                    } else {
+                        at(&page, path)
+                    };
+                    match token.filter(|_| more) {
+                        Some(Value::String(t)) if !t.is_empty() => {
+                            page_param(&mut query, param, t.clone());
+                            Some(url.clone())
+                        }
+                        Some(Value::Number(n)) => {
+                            page_param(&mut query, param, n.to_string());
+                            Some(url.clone())
+                        }
+                        _ => None,
+                    }
+                }
+                Pagination::Offset { param, page_size } => (count >= page_size.size).then(|| {
+                    offset += count;
+                    page_param(&mut query, param, offset.to_string());
+                    url.clone()
+                }),
+                Pagination::Page {
+                    param, page_size, ..
+                } => (count >= page_size.size).then(|| {
+                    page_number += 1;
+                    page_param(&mut query, param, page_number.to_string());
+                    url.clone()
+                }),
+            };
+            match next {
+                Some(next) if next != url => {
+                    // A next URL carries its own query.
+                    url = next;
+                    query.clear();
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        metrics::counter!("sluice_http_poll_pages_total", "stream" => stream.name.clone())
+            .increment(pages);
+        if !ascending && let (Some(high), true) = (&high, high != saved) {
+            // Newest first: only a finished sync vouches for everything up to its newest value.
+            ctx.advance(Checkpoint::new(resource.clone(), high.position()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn reject(
+        &self,
+        ctx: &SourceContext<Value>,
+        resource: &Arc<str>,
+        raw: &[u8],
+        reason: String,
+    ) -> Result<(), SourceError> {
+        let raw: String = String::from_utf8_lossy(raw)
+            .chars()
+            .take(64 * 1024)
+            .collect();
+        ctx.reject(Rejected {
+            resource: resource.clone(),
+            raw,
+            reason,
+            checkpoint: None,
+        })
+        .await
+    }
+}
+
+/// A next-page reference resolved against the URL of the page that named it (RFC 3986: a
+/// relative path, an absolute path or a full URL).
+fn resolve(current: &str, next: &str) -> Option<String> {
+    reqwest::Url::parse(current)
+        .and_then(|base| base.join(next))
+        .map(String::from)
+        .ok()
+}
+
+/// The URL of `rel="next"` in a `Link` header (RFC 8288).
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().split_once(';')?;
+            let is_next = params.split(';').any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            is_next.then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+        })
+}
+
+/// How long until the rate limit resets when `X-RateLimit-Remaining` says none is left
+/// (`X-RateLimit-Reset`: epoch seconds, or seconds from now when small).
+fn exhausted(headers: &HeaderMap) -> Option<Duration> {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if number("x-ratelimit-remaining")? > 0 {
+        return None;
+    }
+    let reset = number("x-ratelimit-reset")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let wait = if reset > 1_000_000_000 {
+        reset.saturating_sub(now)
+    } else {
+        reset
+    };
+    Some(Duration::from_secs(wait).min(MAX_WAIT))
+}
+
+/// The URL without its query (which may carry a key).
+fn shown(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+/// Sleeps, calling `alive` every second (a long wait is not a dead feed), until cancelled.
+async fn sleep_cancellable(ctx: &SourceContext<Value>, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline {
+        ctx.alive();
+        let step = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            () = tokio::time::sleep(step) => {}
+            () = ctx.cancelled() => return,
+        }
+    }
+}
+
+impl Source for HttpPollSource {
+    type Payload = Value;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&mut self, ctx: SourceContext<Value>) -> Result<SessionEnd, SourceError> {
+        loop {
+            for stream in &self.config.streams {
+                if ctx.is_cancelled() {
+                    return Ok(SessionEnd::Closed);
+                }
+                self.sync(&ctx, stream).await?;
+            }
+            let jitter = match self.config.jitter_ms {
+                0 => 0,
+                j => {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_nanos() as u64
+                        % j
+                }
+            };
+            sleep_cancellable(&ctx, self.config.interval() + Duration::from_millis(jitter)).await;
+            if ctx.is_cancelled() {
+                return Ok(SessionEnd::Closed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_link_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::LINK,
+            HeaderValue::from_static(
+                r#"<https://api.example/x?page=1>; rel="prev", <https://api.example/x?page=3>; rel="next", <https://api.example/x?page=9>; rel="last""#,
+            ),
+        );
+        assert_eq!(
+            next_link(&headers).as_deref(),
+            Some("https://api.example/x?page=3")
+        );
+        assert_eq!(next_link(&HeaderMap::new()), None);
+        assert_eq!(
+            resolve("http://h:1/api/issues?page=1", "/issues?page=2").as_deref(),
+            Some("http://h:1/issues?page=2")
+        );
+        assert_eq!(
+            resolve("http://h:1/api/issues", "https://other/x").as_deref(),
+            Some("https://other/x")
+        );
+    }
+
+    #[test]
+    fn an_exhausted_budget_waits_for_its_reset() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        headers.insert("x-ratelimit-reset", HeaderValue::from_static("3"));
+        assert_eq!(exhausted(&headers), Some(Duration::from_secs(3)));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("10"));
+        assert_eq!(exhausted(&headers), None);
+    }
+}

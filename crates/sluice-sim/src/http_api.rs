@@ -1,0 +1,454 @@
+//! A paginated REST API with the awkward parts real ones have, for the `http_poll` source:
+//!
+//! - `GET /items?since=&limit=&starting_after=` — a Stripe-style list: `{"data": [...],
+//!   "has_more": bool}`, keyset pages after an opaque token (`starting_after` = the `cursor` of
+//!   the last item), oldest `updated_at` first;
+//! - `GET /issues?since=&per_page=&page=` — a GitHub-style list: a JSON array, page numbers,
+//!   a `Link: <…>; rel="next"` header;
+//!
+//! both filtered by `updated_at >= since` (RFC 3339; the API compares at whole seconds, as
+//! GitHub does, so a client must read its boundary again). Items are created and updated in
+//! groups that share one `updated_at` (equal cursor values span pages). Faults: 429 with
+//! `Retry-After`, 500s, slow pages, and changes *while a client pages* (an insert, and an update
+//! of an item already served, which moves it to the end). Amounts are exact decimals near 10^12.
+//!
+//! The simulator keeps every item's versions, so a test can check that the destination holds
+//! the newest version of every item and no item twice.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json,
+    extract::{Query, State as Shared},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Faults of the API.
+#[derive(Clone, Debug, Default)]
+pub struct ApiFaults {
+    /// Answer a request with 429 and `Retry-After: 1`.
+    pub rate_429: f64,
+    /// Answer a request with 500.
+    pub rate_500: f64,
+    /// Every page is this slow.
+    pub delay: Duration,
+    /// After a page is served: insert a group of items (new `updated_at`).
+    pub insert_while_paging: f64,
+    /// After a page is served: update an item it held (it moves to the end).
+    pub update_while_paging: f64,
+}
+
+/// Configuration of an [`HttpApiSim`].
+#[derive(Clone, Debug)]
+pub struct HttpApiConfig {
+    /// The port (0: any free port).
+    pub port: u16,
+    /// The largest page the API serves, whatever `limit` asks.
+    pub page_cap: usize,
+    /// Items created at start.
+    pub initial: u64,
+    /// Items per group sharing one `updated_at`.
+    pub group: u64,
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// The faults.
+    pub faults: ApiFaults,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        Self {
+            port: 0,
+            page_cap: 100,
+            initial: 0,
+            group: 5,
+            seed: 7,
+            faults: ApiFaults::default(),
+        }
+    }
+}
+
+/// Counters of what the API did.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    /// Requests (any status).
+    pub requests: AtomicU64,
+    /// 429s served.
+    pub throttled: AtomicU64,
+    /// 500s served.
+    pub errors: AtomicU64,
+    /// Items inserted while a client paged.
+    pub inserted_while_paging: AtomicU64,
+    /// Items updated while a client paged.
+    pub updated_while_paging: AtomicU64,
+}
+
+#[derive(Clone, Debug)]
+struct Item {
+    id: u64,
+    /// Microseconds since the epoch, whole seconds (a group shares it).
+    updated_us: i64,
+    version: u64,
+}
+
+impl Item {
+    /// The opaque keyset token of an item.
+    fn token(&self) -> String {
+        format!("{}_{}", self.updated_us, self.id)
+    }
+
+    fn json(&self) -> Value {
+        let time = chrono::DateTime::from_timestamp_micros(self.updated_us)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        // An exact amount near 10^12 with 8 decimals and trailing zeros.
+        let amount: Value = serde_json::from_str(&format!(
+            "{}.{:08}",
+            999_999_999_000 + self.id,
+            self.version * 10
+        ))
+        .unwrap_or(Value::Null);
+        json!({
+            "id": self.id,
+            "updated_at": time,
+            "version": self.version,
+            "amount": amount,
+            "cursor": self.token(),
+        })
+    }
+}
+
+struct State {
+    config: HttpApiConfig,
+    faults: Mutex<ApiFaults>,
+    items: Mutex<HashMap<u64, Item>>,
+    /// The clock of `updated_at`, whole seconds, moving one second per group.
+    clock: Mutex<i64>,
+    next_id: AtomicU64,
+    rng: Mutex<fastrand::Rng>,
+    counters: ApiCounters,
+}
+
+impl State {
+    fn roll(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() < p
+    }
+
+    fn tick(&self) -> i64 {
+        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        *clock += 1_000_000;
+        *clock
+    }
+
+    fn insert_group(&self, n: u64) {
+        let at = self.tick();
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..n {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            items.insert(
+                id,
+                Item {
+                    id,
+                    updated_us: at,
+                    version: 1,
+                },
+            );
+        }
+    }
+
+    fn update(&self, ids: &[u64]) {
+        let at = self.tick();
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            if let Some(item) = items.get_mut(id) {
+                item.updated_us = at;
+                item.version += 1;
+            }
+        }
+    }
+
+    /// Items at or after `since` (whole seconds), in (updated_at, id) order.
+    fn listing(&self, since: Option<i64>) -> Vec<Item> {
+        let items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<Item> = items
+            .values()
+            .filter(|i| since.is_none_or(|s| i.updated_us >= s))
+            .cloned()
+            .collect();
+        list.sort_by_key(|i| (i.updated_us, i.id));
+        list
+    }
+
+    /// Faults before a page: `Some(response)` when the request fails.
+    async fn before_page(&self) -> Option<Response> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let faults = self
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !faults.delay.is_zero() {
+            tokio::time::sleep(faults.delay).await;
+        }
+        if self.roll(faults.rate_429) {
+            self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", HeaderValue::from_static("1"));
+            return Some(
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    headers,
+                    Json(json!({"message": "rate limited"})),
+                )
+                    .into_response(),
+            );
+        }
+        if self.roll(faults.rate_500) {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            return Some(
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"message": "internal error"})),
+                )
+                    .into_response(),
+            );
+        }
+        None
+    }
+
+    /// Changes while a client pages: after serving `page`.
+    fn after_page(&self, page: &[Item]) {
+        let faults = self
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if self.roll(faults.insert_while_paging) {
+            self.insert_group(self.config.group);
+            self.counters
+                .inserted_while_paging
+                .fetch_add(self.config.group, Ordering::Relaxed);
+        }
+        if !page.is_empty() && self.roll(faults.update_while_paging) {
+            let pick = self
+                .rng
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .usize(..page.len());
+            self.update(&[page[pick].id]);
+            self.counters
+                .updated_while_paging
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn since(query: &HashMap<String, String>) -> Result<Option<i64>, Box<Response>> {
+    match query.get("since") {
+        None => Ok(None),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            // Whole seconds, as GitHub compares.
+            .map(|t| Some(t.timestamp() * 1_000_000))
+            .map_err(|_| {
+                Box::new(
+                    (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        Json(json!({"message": "since is not an ISO 8601 time"})),
+                    )
+                        .into_response(),
+                )
+            }),
+    }
+}
+
+fn number(query: &HashMap<String, String>, key: &str, default: usize) -> usize {
+    query
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn items(
+    Query(query): Query<HashMap<String, String>>,
+    Shared(state): Shared<Arc<State>>,
+) -> Response {
+    if let Some(failed) = state.before_page().await {
+        return failed;
+    }
+    let since = match since(&query) {
+        Ok(since) => since,
+        Err(response) => return *response,
+    };
+    let limit = number(&query, "limit", 10).clamp(1, state.config.page_cap);
+    let list = state.listing(since);
+    let start = match query.get("starting_after") {
+        Some(token) => list.partition_point(|i| i.token().as_str() <= token.as_str()),
+        None => 0,
+    };
+    let page: Vec<Item> = list.iter().skip(start).take(limit).cloned().collect();
+    let has_more = start + page.len() < list.len();
+    let body = json!({
+        "object": "list",
+        "data": page.iter().map(Item::json).collect::<Vec<_>>(),
+        "has_more": has_more,
+    });
+    state.after_page(&page);
+    Json(body).into_response()
+}
+
+async fn issues(
+    Query(query): Query<HashMap<String, String>>,
+    Shared(state): Shared<Arc<State>>,
+) -> Response {
+    if let Some(failed) = state.before_page().await {
+        return failed;
+    }
+    let since = match since(&query) {
+        Ok(since) => since,
+        Err(response) => return *response,
+    };
+    let per_page = number(&query, "per_page", 30).clamp(1, state.config.page_cap);
+    let page_number = number(&query, "page", 1).max(1);
+    let list = state.listing(since);
+    let page: Vec<Item> = list
+        .iter()
+        .skip((page_number - 1) * per_page)
+        .take(per_page)
+        .cloned()
+        .collect();
+    let mut headers = HeaderMap::new();
+    if page_number * per_page < list.len() {
+        let mut next: BTreeMap<&str, String> =
+            query.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        next.insert("page", (page_number + 1).to_string());
+        let text = next
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        if let Ok(link) = HeaderValue::try_from(format!("</issues?{text}>; rel=\"next\"")) {
+            headers.insert("link", link);
+        }
+    }
+    state.after_page(&page);
+    (
+        headers,
+        Json(Value::Array(page.iter().map(Item::json).collect())),
+    )
+        .into_response()
+}
+
+/// The simulated API, serving until dropped.
+pub struct HttpApiSim {
+    addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for HttpApiSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpApiSim")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Drop for HttpApiSim {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl HttpApiSim {
+    /// Binds `127.0.0.1:port` and serves.
+    ///
+    /// # Errors
+    /// When the port cannot be bound.
+    pub async fn start(config: HttpApiConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            faults: Mutex::new(config.faults.clone()),
+            items: Mutex::new(HashMap::new()),
+            // 2026-12-01T00:00:00Z
+            clock: Mutex::new(1_796_083_200_000_000),
+            next_id: AtomicU64::new(1),
+            rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
+            counters: ApiCounters::default(),
+            config,
+        });
+        let groups = state.config.initial.div_ceil(state.config.group.max(1));
+        for _ in 0..groups {
+            state.insert_group(state.config.group.max(1));
+        }
+        let app = axum::Router::new()
+            .route("/items", axum::routing::get(items))
+            .route("/issues", axum::routing::get(issues))
+            .with_state(state.clone());
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown,
+        })
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Inserts `n` items (in groups sharing an `updated_at`).
+    pub fn insert(&self, n: u64) {
+        let group = self.state.config.group.max(1);
+        let mut left = n;
+        while left > 0 {
+            let now = left.min(group);
+            self.state.insert_group(now);
+            left -= now;
+        }
+    }
+
+    /// Updates the items `ids` (a new version, a new `updated_at`).
+    pub fn update(&self, ids: &[u64]) {
+        self.state.update(ids);
+    }
+
+    /// Replaces the faults.
+    pub fn set_faults(&self, faults: ApiFaults) {
+        *self.state.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
+    }
+
+    /// Every item's newest version, by id.
+    pub fn versions(&self) -> BTreeMap<u64, u64> {
+        self.state
+            .items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|i| (i.id, i.version))
+            .collect()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &ApiCounters {
+        &self.state.counters
+    }
+}
