@@ -32,6 +32,25 @@ pub(crate) enum Command {
     /// The whole thing offline: a simulated Coinbase with faults, the Coinbase pipeline into a
     /// fresh SQLite file, live progress, and a verification against the simulator's trade log.
     Demo(DemoArgs),
+    /// Prove the destination holds what the provider holds: every trade up to the saved
+    /// cursors, each missing id asked of the provider (exit 1 when trades that exist are
+    /// missing).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// What to audit: `coinbase` (the built-in pipeline's SQLite file).
+    pub(crate) target: String,
+    /// The SQLite file holding the records and cursors.
+    #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
+    pub(crate) db: PathBuf,
+    /// The REST base URL (Coinbase's by default).
+    #[arg(long, env = "COINBASE_REST_URL")]
+    pub(crate) rest_url: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,7 @@ use clap::Parser;
 
 use crate::{
     cli::{CheckpointsCommand, Cli, Command, SimCommand},
-    commands::{checkpoints, codegen, demo, run, validate},
+    commands::{audit, checkpoints, codegen, demo, run, validate},
 };
 
 fn main() -> ExitCode {
@@ -61,5 +61,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sim(SimCommand::Coinbase(args)) => demo::sim(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Codegen(args) => codegen::codegen(args).await,
+        Command::Audit(args) => audit::audit(args).await,
     }
 }

@@ -327,3 +327,100 @@ async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
     );
     clickhouse_query(&url, &format!("DROP DATABASE {database}")).await;
 }
+
+fn audit(sim: &CoinbaseSim, db: &Path) -> (Option<i32>, serde_json::Value) {
+    let output = sluice()
+        .args([
+            "audit",
+            "coinbase",
+            "--db",
+            db.to_str().unwrap(),
+            "--rest-url",
+            &sim.rest_url(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit printed no JSON ({e}): {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), json)
+}
+
+/// `sluice audit coinbase` reports a complete destination as complete (exit 0) and names
+/// exactly the trades removed from it on purpose (exit 1), checked against REST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_exactly_the_trades_removed_from_the_destination() {
+    let sim = CoinbaseSim::start(CoinbaseSimConfig {
+        rate: 0.0,
+        heartbeat: Duration::from_millis(250),
+        ..CoinbaseSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("trades.db");
+    let child = spawn(&sim, &db);
+    eventually("the starting cursors", Duration::from_secs(30), || {
+        query(&db, "SELECT count(*) FROM sluice_checkpoints") >= 2
+    })
+    .await;
+    sim.set_rate(300.0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sim.set_rate(0.0);
+    let generated = sim.generated() as i64;
+    eventually("every trade", Duration::from_secs(60), || {
+        query(&db, "SELECT count(*) FROM coinbase_trades") >= generated
+    })
+    .await;
+    sigterm(&child);
+    let mut child = child;
+    child.wait().unwrap();
+
+    let (code, clean) = audit(&sim, &db);
+    assert_eq!(code, Some(0), "{clean}");
+    assert!(
+        clean.as_array().unwrap().iter().all(|p| p["hole_ids"] == 0),
+        "{clean}"
+    );
+
+    let first = query(
+        &db,
+        "SELECT min(trade_id) FROM coinbase_trades WHERE product_id = 'BTC-USD'",
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let removed = conn
+        .execute(
+            "DELETE FROM coinbase_trades WHERE product_id = 'BTC-USD' AND trade_id IN (?1, ?2, ?3)",
+            [first + 10, first + 11, first + 40],
+        )
+        .unwrap();
+    assert_eq!(removed, 3);
+    drop(conn);
+    let (code, holes) = audit(&sim, &db);
+    assert_eq!(code, Some(1), "{holes}");
+    let btc = holes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["product"] == "BTC-USD")
+        .unwrap();
+    assert_eq!(btc["hole_ids"], 3, "{btc}");
+    assert_eq!(
+        btc["holes"],
+        serde_json::json!([[first + 10, first + 11], [first + 40, first + 40]]),
+        "{btc}"
+    );
+    assert_eq!(btc["provider_gaps"], 0);
+    let eth = holes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["product"] == "ETH-USD")
+        .unwrap();
+    assert_eq!(eth["hole_ids"], 0, "{eth}");
+}

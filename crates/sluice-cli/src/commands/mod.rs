@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub(crate) mod audit;
 pub(crate) mod checkpoints;
 pub(crate) mod codegen;
 pub(crate) mod demo;

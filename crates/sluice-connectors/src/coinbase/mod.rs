@@ -23,6 +23,7 @@
 //! `last_match` and repeated frames are duplicates by `(product_id, trade_id)`. Prices and sizes stay exact decimal
 //! strings (trailing zeros trimmed, so REST and websocket forms agree); times keep microseconds.
 
+mod audit;
 mod config;
 mod connector;
 mod feed;
@@ -30,6 +31,7 @@ mod record;
 mod rest;
 mod source;
 
+pub use audit::{ProductAudit, audit_product, missing_ranges};
 pub use config::{CoinbaseConfig, OnUnfillable};
 pub use connector::{Coinbase, HOLES_RESOURCE, PIPELINE_ID, RESOURCE, template};
 pub use feed::{decode_frame, decode_rest_page};
