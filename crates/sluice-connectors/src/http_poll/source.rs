@@ -283,6 +283,10 @@ impl HttpPollSource {
         // (pages shifted by an insert) is not emitted twice.
         let mut at_high: HashSet<String> = HashSet::new();
         let ascending = cursor.is_some_and(|c| c.order == Order::Ascending);
+        // Per-record checkpoints while the records come oldest first; an API that breaks its
+        // order makes the rest of the sync save its cursor only at the end.
+        let mut in_order = ascending;
+        let mut previous: Option<CursorValue> = None;
         let mut pages = 0u64;
         loop {
             let (body, headers) = self.get(ctx, &url, &query).await?;
@@ -345,6 +349,11 @@ impl HttpPollSource {
                         older = true;
                         continue;
                     }
+                    if in_order && previous.as_ref().is_some_and(|p| &value < p) {
+                        tracing::warn!(stream = %stream.name, "http_poll: records are not oldest first; the cursor moves at the end of this sync (set order = \"descending\", or a lookback, if the API does not sort)");
+                        in_order = false;
+                    }
+                    previous = Some(value.clone());
                     match high.as_ref().map(|h| value.cmp(h)) {
                         Some(std::cmp::Ordering::Equal) => {
                             if !at_high.insert(key) {
@@ -358,7 +367,7 @@ impl HttpPollSource {
                             at_high.insert(key);
                         }
                     }
-                    if ascending {
+                    if in_order {
                         checkpoint = high
                             .as_ref()
                             .map(|h| Checkpoint::new(resource.clone(), h.position()));
@@ -438,7 +447,7 @@ impl HttpPollSource {
         }
         metrics::counter!("sluice_http_poll_pages_total", "stream" => stream.name.clone())
             .increment(pages);
-        if !ascending && let (Some(high), true) = (&high, high != saved) {
+        if !in_order && let (Some(high), true) = (&high, high != saved) {
             // Newest first: only a finished sync vouches for everything up to its newest value.
             ctx.advance(Checkpoint::new(resource.clone(), high.position()))
                 .await?;
