@@ -46,6 +46,9 @@ pub(crate) struct Encoder {
     key: Vec<String>,
     version: Option<String>,
     datetime64: bool,
+    /// RowBinary (the table's columns have exactly the types this encoder writes), else
+    /// JSONEachRow.
+    binary: bool,
 }
 
 impl Encoder {
@@ -73,6 +76,30 @@ impl Encoder {
             key: schema.key.clone(),
             version: version.map(str::to_owned),
             datetime64: server.has_datetime64(),
+            binary: false,
+        }
+    }
+
+    /// Each column's name and the ClickHouse type this encoder creates and writes.
+    pub(crate) fn column_types(&self) -> Vec<(String, String)> {
+        self.columns
+            .iter()
+            .map(|c| (c.name.clone(), self.column_type(c)))
+            .collect()
+    }
+
+    /// Writes RowBinary from now on (the caller checked the table's types are
+    /// [`column_types`](Self::column_types)).
+    pub(crate) fn use_binary(&mut self) {
+        self.binary = true;
+    }
+
+    /// The `FORMAT` of the bodies [`rows`](Self::rows) makes.
+    pub(crate) fn format(&self) -> &'static str {
+        if self.binary {
+            "RowBinary"
+        } else {
+            "JSONEachRow"
         }
     }
 
@@ -134,7 +161,9 @@ impl Encoder {
             .map_err(|why| SinkError::fatal(format!("table {table}: {why}")))?;
         let mut out = Vec::with_capacity(batch.len() * 64 * self.columns.len().max(1));
         for record in batch {
-            out.push(b'{');
+            if !self.binary {
+                out.push(b'{');
+            }
             let mut row = Row {
                 encoder: self,
                 out: &mut out,
@@ -143,7 +172,9 @@ impl Encoder {
             record
                 .write(&plan, &self.schema_columns, &mut row)
                 .map_err(|why| SinkError::data(format!("table {table}: {why}")))?;
-            out.extend_from_slice(b"}\n");
+            if !self.binary {
+                out.extend_from_slice(b"}\n");
+            }
         }
         Ok(out)
     }
@@ -195,6 +226,93 @@ impl Encoder {
         Ok(())
     }
 
+    /// One cell in RowBinary: little-endian numbers, LEB128-prefixed strings, a null byte
+    /// before each Nullable value, decimals as Int128 scaled by 10^18, times as DateTime64(6)
+    /// microseconds or DateTime seconds.
+    fn binary_value(
+        &self,
+        out: &mut Vec<u8>,
+        column: &ColumnSpec,
+        cell: Cell<'_>,
+    ) -> Result<(), String> {
+        let mismatch = || format!("expects {:?}, got {}", column.kind, cell.to_json());
+        if column.nullable {
+            if cell == Cell::Null {
+                out.push(1);
+                return Ok(());
+            }
+            out.push(0);
+        } else if cell == Cell::Null {
+            return Err("is null but the column is not nullable".into());
+        }
+        match (column.kind, cell) {
+            (ColumnType::Integer, Cell::Int(i)) if column.unsigned => {
+                let u = u64::try_from(i)
+                    .map_err(|_| format!("is a version and must be ≥ 0, got {i}"))?;
+                out.extend_from_slice(&u.to_le_bytes());
+            }
+            (ColumnType::Integer, Cell::UInt(u)) if column.unsigned => {
+                out.extend_from_slice(&u.to_le_bytes());
+            }
+            (ColumnType::Integer, Cell::Int(i)) => out.extend_from_slice(&i.to_le_bytes()),
+            (ColumnType::Integer, Cell::UInt(u)) => {
+                let i = i64::try_from(u).map_err(|_| mismatch())?;
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            (ColumnType::Float, Cell::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
+            (ColumnType::Float, Cell::Int(i)) => out.extend_from_slice(&(i as f64).to_le_bytes()),
+            (ColumnType::Float, Cell::UInt(u)) => out.extend_from_slice(&(u as f64).to_le_bytes()),
+            (ColumnType::Decimal, Cell::Text(s) | Cell::Number(s)) if is_plain_decimal(s) => {
+                out.extend_from_slice(&scaled_decimal(s)?.to_le_bytes());
+            }
+            (ColumnType::Decimal, Cell::Int(i)) => {
+                out.extend_from_slice(&scaled_decimal(&i.to_string())?.to_le_bytes());
+            }
+            (ColumnType::Decimal, Cell::UInt(u)) => {
+                out.extend_from_slice(&scaled_decimal(&u.to_string())?.to_le_bytes());
+            }
+            (ColumnType::Text, Cell::Text(s)) => write_binary_string(out, s.as_bytes()),
+            (ColumnType::Boolean, Cell::Bool(b)) => out.push(u8::from(b)),
+            (ColumnType::Timestamp, Cell::Text(s)) => {
+                let time = DateTime::parse_from_rfc3339(s)
+                    .map_err(|e| format!("is not an RFC 3339 time ({e}): {s:?}"))?
+                    .with_timezone(&Utc);
+                self.write_binary_time(out, time)?;
+            }
+            (ColumnType::Timestamp, Cell::Int(micros)) => {
+                let time = DateTime::from_timestamp_micros(micros).ok_or_else(mismatch)?;
+                self.write_binary_time(out, time)?;
+            }
+            (ColumnType::Json, Cell::Text(s)) => {
+                let text = serde_json::to_string(s).map_err(|e| e.to_string())?;
+                write_binary_string(out, text.as_bytes());
+            }
+            (ColumnType::Json, other) => {
+                let mut text = Vec::new();
+                other.write_json(&mut text);
+                write_binary_string(out, &text);
+            }
+            _ => return Err(mismatch()),
+        }
+        Ok(())
+    }
+
+    fn write_binary_time(&self, out: &mut Vec<u8>, time: DateTime<Utc>) -> Result<(), String> {
+        if time.timestamp() < 0 {
+            return Err(format!(
+                "is before 1970 ({time}), which ClickHouse cannot store"
+            ));
+        }
+        if self.datetime64 {
+            out.extend_from_slice(&time.timestamp_micros().to_le_bytes());
+        } else {
+            let seconds = u32::try_from(time.timestamp())
+                .map_err(|_| format!("is after 2106 ({time}), which DateTime cannot store"))?;
+            out.extend_from_slice(&seconds.to_le_bytes());
+        }
+        Ok(())
+    }
+
     fn write_time(&self, out: &mut Vec<u8>, time: DateTime<Utc>) -> Result<(), String> {
         if time.timestamp() < 0 {
             return Err(format!(
@@ -238,19 +356,69 @@ struct Row<'a> {
 impl CellWriter for Row<'_> {
     fn cell(&mut self, cell: Cell<'_>) -> Result<(), String> {
         let column = &self.encoder.columns[self.next];
-        if self.next > 0 {
-            self.out.push(b',');
-        }
+        let first = self.next == 0;
         self.next += 1;
-        self.out.extend_from_slice(&column.json_key);
-        self.encoder
-            .value(self.out, column, cell)
-            .map_err(|why| format!("column {} {why}", column.name))
+        let written = if self.encoder.binary {
+            self.encoder.binary_value(self.out, column, cell)
+        } else {
+            if !first {
+                self.out.push(b',');
+            }
+            self.out.extend_from_slice(&column.json_key);
+            self.encoder.value(self.out, column, cell)
+        };
+        written.map_err(|why| format!("column {} {why}", column.name))
     }
 }
 
 fn write_json(out: &mut Vec<u8>, text: &str) -> Result<(), String> {
     serde_json::to_writer(out, text).map_err(|e| e.to_string())
+}
+
+/// A RowBinary `String`: its length as LEB128, then the bytes.
+fn write_binary_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut n = bytes.len() as u64;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(bytes);
+}
+
+/// A plain decimal as the Int128 of `Decimal(38, 18)`: the value times 10^18, exactly.
+fn scaled_decimal(s: &str) -> Result<i128, String> {
+    let (negative, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if fraction.len() > DECIMAL_SCALE as usize {
+        return Err(format!(
+            "has {} digits after the point; the column keeps {DECIMAL_SCALE}",
+            fraction.len()
+        ));
+    }
+    let too_large = || format!("{s} is too large for Decimal(38, {DECIMAL_SCALE})");
+    let mut value: i128 = 0;
+    for byte in whole.bytes().chain(fraction.bytes()) {
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(i128::from(byte - b'0')))
+            .ok_or_else(too_large)?;
+    }
+    let pad = DECIMAL_SCALE as usize - fraction.len();
+    value = value
+        .checked_mul(10i128.pow(pad as u32))
+        .ok_or_else(too_large)?;
+    if value >= 10i128.pow(38) {
+        return Err(too_large());
+    }
+    Ok(if negative { -value } else { value })
 }
 
 /// A plain decimal, unquoted: 18.x servers read JSONEachRow decimals only as numbers.
@@ -297,6 +465,44 @@ mod tests {
         major: 24,
         minor: 8,
     };
+
+    #[test]
+    fn rows_encode_as_row_binary_exactly() {
+        let mut encoder = Encoder::new(&schema(), Some("seq"), NEW);
+        encoder.use_binary();
+        assert_eq!(encoder.format(), "RowBinary");
+        let row = json!({"id": -2, "price": serde_json::from_str::<serde_json::Value>("999999999999.12345670").unwrap(),
+            "time": "2026-12-01T00:00:00.000001Z", "seq": 7, "meta": {"a": 1}, "ok": null});
+        let out = encoder.rows(&[row]).unwrap();
+        let mut want = Vec::new();
+        want.extend((-2i64).to_le_bytes()); // id: key, not nullable
+        want.push(0);
+        want.extend(999_999_999_999_123_456_700_000_000_000i128.to_le_bytes());
+        want.push(0);
+        want.extend(1_796_083_200_000_001i64.to_le_bytes());
+        want.extend(7u64.to_le_bytes()); // the version: UInt64, not nullable
+        want.push(0);
+        want.push(7);
+        want.extend(br#"{"a":1}"#);
+        want.push(1); // ok: null
+        assert_eq!(out, want);
+        assert_eq!(scaled_decimal("-0.5").unwrap(), -500_000_000_000_000_000);
+        assert!(
+            scaled_decimal("1.0000000000000000001").is_err(),
+            "19 decimals"
+        );
+        assert!(
+            scaled_decimal("100000000000000000000").is_err(),
+            "10^20 does not fit"
+        );
+        assert_eq!(
+            scaled_decimal("99999999999999999999.999999999999999999").unwrap(),
+            10i128.pow(38) - 1
+        );
+        let mut long = Vec::new();
+        write_binary_string(&mut long, &[b'x'; 300]);
+        assert_eq!(&long[..2], &[0xac, 0x02], "300 as LEB128");
+    }
 
     #[test]
     fn the_table_is_a_replacing_merge_tree_ordered_by_the_key() {

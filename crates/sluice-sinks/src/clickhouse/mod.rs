@@ -79,8 +79,9 @@ impl ClickHouseSink {
         schema.validate().map_err(SinkError::fatal)?;
         let client = Client::new(endpoint, options.request_timeout)?;
         let names: Vec<_> = schema.columns.iter().map(|c| quote(&c.name)).collect();
+        // The FORMAT is appended once `prepare` knows the table's types.
         let insert = format!(
-            "INSERT INTO {} ({}) FORMAT JSONEachRow",
+            "INSERT INTO {} ({}) FORMAT ",
             quote(&schema.table),
             names.join(", ")
         );
@@ -140,6 +141,12 @@ impl ClickHouseSink {
         &self.schema
     }
 
+    /// The insert format chosen by `prepare`: `RowBinary` when the table has exactly the types
+    /// the sink writes, else `JSONEachRow` (a table made by someone else). `None` before.
+    pub fn format(&self) -> Option<&'static str> {
+        self.encoder.as_ref().map(Encoder::format)
+    }
+
     async fn server_version(&self) -> Result<ServerVersion, SinkError> {
         let text = self.client.execute("SELECT version()", None).await?;
         ServerVersion::parse(&text).ok_or_else(|| {
@@ -151,27 +158,31 @@ impl ClickHouseSink {
         })
     }
 
-    async fn check_columns(&self) -> Result<(), SinkError> {
+    /// Checks the table has every column; returns each existing column's name and type.
+    async fn check_columns(&self) -> Result<Vec<(String, String)>, SinkError> {
         let query = format!(
-            "SELECT name FROM system.columns WHERE database = {} AND table = {} FORMAT TabSeparated",
+            "SELECT name, type FROM system.columns WHERE database = {} AND table = {} FORMAT TabSeparated",
             encode::string_literal(self.client.endpoint().database()),
             encode::string_literal(&self.schema.table),
         );
         let text = self.client.execute(&query, None).await?;
-        // TabSeparated escapes tabs, newlines and backslashes in names; unescape the common ones.
-        let existing: Vec<String> = text
+        // TabSeparated escapes tabs, newlines, quotes and backslashes; unescape the common ones.
+        let unescape = |t: &str| {
+            t.replace("\\t", "\t")
+                .replace("\\n", "\n")
+                .replace("\\'", "'")
+                .replace("\\\\", "\\")
+        };
+        let existing: Vec<(String, String)> = text
             .lines()
-            .map(|l| {
-                l.replace("\\t", "\t")
-                    .replace("\\n", "\n")
-                    .replace("\\\\", "\\")
-            })
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(name, kind)| (unescape(name), unescape(kind)))
             .collect();
         let missing: Vec<_> = self
             .schema
             .columns
             .iter()
-            .filter(|c| !existing.contains(&c.name))
+            .filter(|c| !existing.iter().any(|(name, _)| name == &c.name))
             .map(|c| c.name.as_str())
             .collect();
         if !missing.is_empty() {
@@ -182,7 +193,7 @@ impl ClickHouseSink {
                 missing.join(", ")
             )));
         }
-        Ok(())
+        Ok(existing)
     }
 
     async fn insert<R: Record>(&mut self, batch: &[R]) -> Result<(), SinkError> {
@@ -197,7 +208,8 @@ impl ClickHouseSink {
         let mut backoff = Backoff::new(self.options.backoff);
         loop {
             let started = Instant::now();
-            match self.client.execute(&self.insert, Some(body.clone())).await {
+            let insert = format!("{}{}", self.insert, encoder.format());
+            match self.client.execute(&insert, Some(body.clone())).await {
                 Ok(_) => {
                     metrics::histogram!("sluice_clickhouse_insert_seconds", &labels)
                         .record(started.elapsed().as_secs_f64());
@@ -237,7 +249,7 @@ impl ClickHouseSink {
 impl<R: Record> Sink<R> for ClickHouseSink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         let version = self.server_version().await?;
-        let encoder = Encoder::new(&self.schema, self.version_column.as_deref(), version);
+        let mut encoder = Encoder::new(&self.schema, self.version_column.as_deref(), version);
         if !version.has_datetime64() && encoder.has_timestamps() {
             tracing::warn!(
                 server = %version,
@@ -246,7 +258,21 @@ impl<R: Record> Sink<R> for ClickHouseSink {
             );
         }
         self.client.execute(&encoder.create_table(), None).await?;
-        self.check_columns().await?;
+        let existing = self.check_columns().await?;
+        // RowBinary when the table has exactly the types this encoder writes (it made the
+        // table, or an identical one); JSONEachRow, which the server converts, for a table
+        // made otherwise.
+        let differing: Vec<String> = encoder
+            .column_types()
+            .into_iter()
+            .filter(|(name, kind)| !existing.iter().any(|(n, k)| n == name && k == kind))
+            .map(|(name, kind)| format!("{name} (expected {kind})"))
+            .collect();
+        if differing.is_empty() {
+            encoder.use_binary();
+        } else {
+            tracing::info!(table = %self.schema.table, columns = %differing.join(", "), "clickhouse table has other column types: writing JSONEachRow");
+        }
         tracing::info!(
             endpoint = %self.client.endpoint(),
             table = %self.schema.table,

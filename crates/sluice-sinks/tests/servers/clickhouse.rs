@@ -110,6 +110,50 @@ async fn batches_land_exactly_with_exact_decimals() {
     )
     .await;
     assert_eq!(text.trim(), "1\tbuy");
+    assert_eq!(sink.format(), Some("RowBinary"), "a table the sink made");
+    // numeric(20,8) near 10^12 with trailing zeros, and the time to the microsecond where the
+    // server keeps it.
+    let exact: Value =
+        serde_json::from_str("999999999999.12345670").expect("a JSON number, exact digits");
+    let row = json!({"id": 9001, "price": exact, "time": "2026-11-27T08:00:01.250001Z", "side": "sell", "seq": 1});
+    Sink::<Value>::write(&mut sink, &[row], None).await.unwrap();
+    let text = query(
+        &url,
+        &format!("SELECT toString(price), toString(time) FROM {table} WHERE id = 9001"),
+    )
+    .await;
+    let (price, time) = text.trim().split_once('\t').unwrap();
+    assert_eq!(price, "999999999999.123456700000000000");
+    assert!(time.starts_with("2026-11-27 08:00:01"), "{time}");
+}
+
+/// A table made by someone else, with other column types, gets JSONEachRow (the server
+/// converts) and the values still land exactly.
+#[tokio::test]
+async fn a_table_with_other_types_is_written_as_json_rows() {
+    let Some(url) = service("SLUICE_TEST_CLICKHOUSE_URL") else {
+        return;
+    };
+    let table = unique("ch_theirs");
+    query(
+        &url,
+        &format!(
+            "CREATE TABLE {table} (id Int64, price Decimal(38, 18), time DateTime('UTC'), side String, seq Int64) ENGINE = MergeTree() ORDER BY id"
+        ),
+    )
+    .await;
+    let mut sink = sink(&url, trades(&table));
+    Sink::<Value>::prepare(&mut sink).await.unwrap();
+    assert_eq!(sink.format(), Some("JSONEachRow"));
+    Sink::<Value>::write(&mut sink, &[trade(1, "84140.83000000", 1)], None)
+        .await
+        .unwrap();
+    let text = query(
+        &url,
+        &format!("SELECT price = toDecimal128('84140.83', 18), side FROM {table}"),
+    )
+    .await;
+    assert_eq!(text.trim(), "1\tbuy");
 }
 
 #[tokio::test]
