@@ -8,6 +8,8 @@
 //!   parses each with serde_json into a borrowing struct, then discards it.
 //! - **ceiling, SQLite**: the same trades inserted into the same table schema, 10,000 rows per
 //!   transaction with the cursor upserted in it (WAL, `synchronous = FULL`).
+//! - **ceiling, whole path**: a bare program doing both at once — the reader above hands each
+//!   parsed row to a writer thread committing 10,000-row transactions with the cursor.
 //! - **sluice**: the release `sluice run coinbase` process against the replay server, into a fresh
 //!   SQLite file; the clock runs from the first frame sent to the saved cursor reaching the last
 //!   trade id (polled every millisecond). Its peak RSS (VmHWM) is read before SIGTERM.
@@ -180,6 +182,120 @@ fn bare_reader(frames: Arc<Vec<String>>) -> Duration {
         drop(server);
         elapsed
     })
+}
+
+/// The trade columns the whole-path ceiling moves from the reader to the writer thread.
+type Row = (
+    String,
+    u64,
+    String,
+    String,
+    String,
+    String,
+    u64,
+    String,
+    String,
+);
+
+/// The whole-path ceiling: a bare program (no sluice) reading the replay over the websocket,
+/// parsing each frame with serde into a borrowed struct, handing the row to a writer thread
+/// that commits 10,000-row transactions with the cursor (same schema, WAL, `synchronous =
+/// FULL`). The clock runs from the first frame sent to the last commit.
+fn whole_path_ceiling(frames: Arc<Vec<String>>, dir: &Path) -> Duration {
+    let path = dir.join("whole.db");
+    let total = frames.len();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(8);
+    let writer = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+             CREATE TABLE coinbase_trades (product_id TEXT NOT NULL, trade_id INTEGER NOT NULL, price TEXT NOT NULL, size TEXT NOT NULL,
+               side TEXT NOT NULL, time TEXT NOT NULL, sequence INTEGER, maker_order_id TEXT, taker_order_id TEXT, source TEXT NOT NULL,
+               PRIMARY KEY (product_id, trade_id));
+             CREATE TABLE cursor (pipeline TEXT, partition TEXT, position TEXT, PRIMARY KEY (pipeline, partition));",
+        )
+        .unwrap();
+        let mut written = 0;
+        while let Ok(chunk) = rx.recv() {
+            let tx = conn.unchecked_transaction().unwrap();
+            {
+                let mut insert = tx.prepare_cached("INSERT INTO coinbase_trades VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'ws') ON CONFLICT DO NOTHING").unwrap();
+                for r in &chunk {
+                    insert
+                        .execute(rusqlite::params![
+                            r.0, r.1 as i64, r.2, r.3, r.4, r.5, r.6 as i64, r.7, r.8
+                        ])
+                        .unwrap();
+                }
+                let last = chunk.last().unwrap().1.to_string();
+                tx.execute("INSERT INTO cursor VALUES ('p', 'BTC-USD', ?1) ON CONFLICT DO UPDATE SET position = excluded.position", [last]).unwrap();
+            }
+            tx.commit().unwrap();
+            written += chunk.len();
+        }
+        (written, Instant::now())
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = runtime.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(SendLog::default()));
+        let server = std::thread::spawn({
+            let log = log.clone();
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(serve(listener, frames, None, log));
+            }
+        });
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.send(Message::Text(
+            r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["matches","heartbeat"]}"#
+                .into(),
+        ))
+        .await
+        .unwrap();
+        let mut seen = 0;
+        let mut chunk = Vec::with_capacity(10_000);
+        while seen < total {
+            if let Some(Ok(Message::Text(text))) = ws.next().await
+                && let Ok(m) = serde_json::from_str::<Match<'_>>(&text)
+            {
+                chunk.push((
+                    m.product_id.to_owned(),
+                    m.trade_id,
+                    m.price.to_owned(),
+                    m.size.to_owned(),
+                    m.side.to_owned(),
+                    m.time.to_owned(),
+                    m.sequence,
+                    m.maker_order_id.to_owned(),
+                    m.taker_order_id.to_owned(),
+                ));
+                seen += 1;
+                if chunk.len() == 10_000 {
+                    tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(10_000)))
+                        .unwrap();
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            tx.send(chunk).unwrap();
+        }
+        drop(tx);
+        let first = log.lock().unwrap().first.unwrap();
+        drop(ws);
+        drop(server);
+        first
+    });
+    let (written, done) = writer.join().unwrap();
+    assert_eq!(written, total);
+    done - first
 }
 
 fn sqlite_ceiling(frames: &[String], dir: &Path) -> Duration {
@@ -376,6 +492,7 @@ pub(crate) fn main(arg: Option<String>) {
     );
     let reader = bare_reader(frames.clone());
     let sqlite = sqlite_ceiling(&frames, dir.path());
+    let whole = whole_path_ceiling(frames.clone(), dir.path());
     let full = run_sluice(frames.clone(), None, dir.path(), "full", &[]);
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let ceiling = rate(reader).min(rate(sqlite));
@@ -388,10 +505,15 @@ pub(crate) fn main(arg: Option<String>) {
         rate(sqlite)
     );
     println!(
-        "sluice run coinbase -> SQLite : {:>10.0} trades/s  ({:.0}% of the socket ceiling, {:.0}% of the lower ceiling)",
+        "bare whole path (ws+parse -> writer thread -> SQLite): {:>10.0} trades/s",
+        rate(whole)
+    );
+    println!(
+        "sluice run coinbase -> SQLite : {:>10.0} trades/s  ({:.0}% of the socket ceiling, {:.0}% of the lower ceiling, {:.0}% of the whole-path ceiling)",
         rate(full.elapsed),
         100.0 * rate(full.elapsed) / rate(reader),
-        100.0 * rate(full.elapsed) / ceiling
+        100.0 * rate(full.elapsed) / ceiling,
+        100.0 * rate(full.elapsed) / rate(whole)
     );
     println!(
         "sluice peak RSS (full speed)  : {:>10.1} MiB",
