@@ -226,10 +226,11 @@ async fn keyset_pages_under_changes_and_faults_lose_nothing() {
     running.handle.await.unwrap().unwrap();
 }
 
-/// Page numbers shift when an item served is updated (it moves to the end): with a lookback
-/// the next sync reads the window again and nothing is lost.
+/// Page numbers shift when an item served is updated (it moves to the end and every page after
+/// it starts one item later): an oldest-first listing paged by position starts again from the
+/// highest value read after each page, so nothing is pushed out of reach — without a lookback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shifted_page_numbers_are_caught_by_the_lookback() {
+async fn shifted_page_numbers_lose_nothing() {
     let sim = HttpApiSim::start(HttpApiConfig {
         initial: 300,
         faults: ApiFaults {
@@ -241,7 +242,7 @@ async fn shifted_page_numbers_are_caught_by_the_lookback() {
     .await
     .unwrap();
     let running = start(
-        pages(&sim, 3_600_000),
+        pages(&sim, 0),
         Arc::new(MemoryStore::new()),
         RecordingSink::new(),
         RecordingSink::new(),
@@ -294,4 +295,40 @@ async fn kills_at_random_points_resume_from_the_durable_cursor() {
     converged(&sim, &sink, Duration::from_secs(30)).await;
     last.shutdown.cancel();
     last.handle.await.unwrap().unwrap();
+}
+
+/// Pages shorter than asked (the API caps `per_page` at 100, the stream asks 200) do not end
+/// the listing: only an empty page does. Newest first, the cursor moves only once the whole
+/// listing was read, so a listing cut short would lose everything older than its first page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_pages_do_not_end_the_listing() {
+    let sim = HttpApiSim::start(HttpApiConfig {
+        initial: 450,
+        page_cap: 100,
+        ..HttpApiConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut config = pages(&sim, 0);
+    config.streams[0]
+        .query
+        .insert("direction".into(), "desc".into());
+    config.streams[0].cursor.as_mut().unwrap().order = Order::Descending;
+    config.streams[0].pagination = Pagination::Page {
+        param: "page".into(),
+        first: 1,
+        page_size: PageSize {
+            param: "per_page".into(),
+            size: 200,
+        },
+    };
+    let running = start(
+        config,
+        Arc::new(MemoryStore::new()),
+        RecordingSink::new(),
+        RecordingSink::new(),
+    );
+    converged(&sim, &running.sink, Duration::from_secs(30)).await;
+    running.shutdown.cancel();
+    running.handle.await.unwrap().unwrap();
 }

@@ -125,6 +125,20 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
             ty: field.ty.clone(),
         });
     }
+    for (i, field) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|f| f.column == field.column) {
+            return Err(syn::Error::new(
+                field.ident.span(),
+                format!("two fields fill column `{}`", field.column),
+            ));
+        }
+        if field.column.chars().any(char::is_control) {
+            return Err(syn::Error::new(
+                field.ident.span(),
+                "a column name with control characters",
+            ));
+        }
+    }
     if fields.is_empty() {
         return Err(syn::Error::new(
             named.span(),

@@ -3,8 +3,8 @@
 //! - `GET /items?since=&limit=&starting_after=` — a Stripe-style list: `{"data": [...],
 //!   "has_more": bool}`, keyset pages after an opaque token (`starting_after` = the `cursor` of
 //!   the last item), oldest `updated_at` first;
-//! - `GET /issues?since=&per_page=&page=` — a GitHub-style list: a JSON array, page numbers,
-//!   a `Link: <…>; rel="next"` header;
+//! - `GET /issues?since=&per_page=&page=&direction=` — a GitHub-style list: a JSON array, page
+//!   numbers, a `Link: <…>; rel="next"` header, oldest first or (`direction=desc`) newest first;
 //!
 //! both filtered by `updated_at >= since` (RFC 3339; the API compares at whole seconds, as
 //! GitHub does, so a client must read its boundary again). Items are created and updated in
@@ -320,7 +320,10 @@ async fn issues(
     };
     let per_page = number(&query, "per_page", 30).clamp(1, state.config.page_cap);
     let page_number = number(&query, "page", 1).max(1);
-    let list = state.listing(since);
+    let mut list = state.listing(since);
+    if query.get("direction").is_some_and(|d| d == "desc") {
+        list.reverse();
+    }
     let page: Vec<Item> = list
         .iter()
         .skip((page_number - 1) * per_page)

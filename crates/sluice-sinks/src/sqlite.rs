@@ -144,7 +144,12 @@ struct Binder<'s, 'c> {
 impl CellWriter for Binder<'_, '_> {
     fn cell(&mut self, cell: Cell<'_>) -> Result<(), String> {
         let i = self.next;
-        let column = &self.schema.columns[i];
+        let Some(column) = self.schema.columns.get(i) else {
+            return Err(format!(
+                "more cells than the {} columns",
+                self.schema.columns.len()
+            ));
+        };
         self.next += 1;
         let value = bind(column.kind, self.nullable[i], cell)
             .map_err(|why| format!("column {} {why}", column.name))?;
@@ -245,6 +250,14 @@ impl SqliteSink {
             record
                 .write(&plan, &self.schema.columns, &mut binder)
                 .map_err(|why| SinkError::data(format!("table {table}: {why}")))?;
+            if binder.next != self.schema.columns.len() {
+                // Parameters not bound now would keep the previous record's values.
+                return Err(SinkError::data(format!(
+                    "table {table}: the record wrote {} cells for {} columns",
+                    binder.next,
+                    self.schema.columns.len()
+                )));
+            }
             stmt.raw_execute().map_err(|e| {
                 let class = classify(&e);
                 SinkError::new(class, format!("sqlite: insert into {table}")).with_source(e)

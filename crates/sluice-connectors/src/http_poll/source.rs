@@ -205,6 +205,48 @@ impl HttpPollSource {
         Err(last.unwrap_or_else(|| SourceError::transient("http_poll: request failed")))
     }
 
+    /// The first request of a sync of `stream` from cursor value `from`: the URL and the query
+    /// (fixed parameters, the cursor, the page size, the first offset or page).
+    fn first_request(
+        &self,
+        stream: &StreamConfig,
+        from: Option<&CursorValue>,
+    ) -> (String, Vec<(String, String)>) {
+        let url = format!(
+            "{}{}",
+            self.config.base_url.trim_end_matches('/'),
+            stream.path
+        );
+        let mut query: Vec<(String, String)> = stream
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let (Some(c), Some(from)) = (&stream.cursor, from) {
+            query.push((c.param.clone(), from.param()));
+        }
+        let page_size = match &stream.pagination {
+            Pagination::Offset { page_size, .. } | Pagination::Page { page_size, .. } => {
+                Some(page_size)
+            }
+            Pagination::Link { page_size }
+            | Pagination::NextUrl { page_size, .. }
+            | Pagination::Token { page_size, .. } => page_size.as_ref(),
+            Pagination::None => None,
+        };
+        if let Some(size) = page_size {
+            query.push((size.param.clone(), size.size.to_string()));
+        }
+        match &stream.pagination {
+            Pagination::Offset { param, .. } => query.push((param.clone(), "0".into())),
+            Pagination::Page { param, first, .. } => {
+                query.push((param.clone(), first.to_string()));
+            }
+            _ => {}
+        }
+        (url, query)
+    }
+
     /// Syncs one stream: pages from its durable cursor (less the lookback) to the end.
     #[allow(clippy::too_many_lines)]
     async fn sync(
@@ -236,59 +278,39 @@ impl HttpPollSource {
             (Some(c), Some(start)) => Some(start.minus(c.kind, c.lookback)),
             _ => None,
         };
-        let mut url = format!(
-            "{}{}",
-            self.config.base_url.trim_end_matches('/'),
-            stream.path
-        );
-        let mut query: Vec<(String, String)> = stream
-            .query
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if let (Some(c), Some(from)) = (cursor, &from) {
-            query.push((c.param.clone(), from.param()));
-        }
-        let page_size = match &stream.pagination {
-            Pagination::Offset { page_size, .. } | Pagination::Page { page_size, .. } => {
-                Some(page_size)
-            }
-            Pagination::Link { page_size }
-            | Pagination::NextUrl { page_size, .. }
-            | Pagination::Token { page_size, .. } => page_size.as_ref(),
-            Pagination::None => None,
-        };
-        if let Some(size) = page_size {
-            query.push((size.param.clone(), size.size.to_string()));
-        }
-        let mut offset = 0u64;
-        let mut page_number = match &stream.pagination {
-            Pagination::Page { first, .. } => *first,
-            _ => 0,
-        };
-        let page_param = |query: &mut Vec<(String, String)>, param: &str, value: String| {
+        let (mut url, mut query) = self.first_request(stream, from.as_ref());
+        // The cursor parameter as last sent: oldest-first listings paged by offset or page
+        // number start again from the highest value read, so that a record updated meanwhile
+        // (moving to the end and shifting the pages left) cannot push another out of reach.
+        let mut since_sent = from.as_ref().map(CursorValue::param);
+        let set = |query: &mut Vec<(String, String)>, param: &str, value: String| {
             query.retain(|(k, _)| k != param);
             query.push((param.to_owned(), value));
         };
-        match &stream.pagination {
-            Pagination::Offset { param, .. } => page_param(&mut query, param, "0".into()),
-            Pagination::Page { param, .. } => {
-                page_param(&mut query, param, page_number.to_string());
-            }
-            _ => {}
-        }
         // The highest cursor value emitted (never below the saved one): every checkpoint.
         let mut high = saved.clone();
         // Keys emitted in this sync at the value `high`: a record seen again at the boundary
-        // (pages shifted by an insert) is not emitted twice.
+        // (pages shifted by an insert, or a listing started again from `high`) is not emitted
+        // twice.
         let mut at_high: HashSet<String> = HashSet::new();
         let ascending = cursor.is_some_and(|c| c.order == Order::Ascending);
         // Per-record checkpoints while the records come oldest first; an API that breaks its
         // order makes the rest of the sync save its cursor only at the end.
         let mut in_order = ascending;
         let mut previous: Option<CursorValue> = None;
+        // Requests made in this sync: a listing that points back at a page already read (a
+        // token that does not move, an ignored offset) ends the sync instead of looping.
+        let mut requested: HashSet<String> = HashSet::new();
         let mut pages = 0u64;
+        // Whether the listing was read to its end (the only way a newest-first sync, or one
+        // whose order broke, may move the cursor).
+        let mut finished = false;
         loop {
+            let signature = format!("{url}?{query:?}");
+            if !requested.insert(signature) {
+                tracing::warn!(stream = %stream.name, url = %shown(&url), "http_poll: the listing points back at a page already read; ending this sync");
+                break;
+            }
             let (body, headers) = self.get(ctx, &url, &query).await?;
             pages += 1;
             let page: Value = match serde_json::from_slice(&body) {
@@ -305,9 +327,17 @@ impl HttpPollSource {
                 return Ok(());
             };
             let count = records.len() as u64;
+            // Within a page, a record's checkpoint never passes a value still to come on it.
+            let values: Vec<Option<CursorValue>> = records
+                .iter()
+                .map(|r| {
+                    cursor
+                        .and_then(|c| at(r, &c.field).and_then(|v| CursorValue::of(c.kind, v).ok()))
+                })
+                .collect();
             let mut last_record = None;
             let mut older = false;
-            for record in records {
+            for (index, record) in records.iter().enumerate() {
                 last_record = Some(record);
                 if !record.is_object() {
                     self.reject(
@@ -367,7 +397,8 @@ impl HttpPollSource {
                             at_high.insert(key);
                         }
                     }
-                    if in_order {
+                    let still_to_come = values[index + 1..].iter().flatten().min();
+                    if in_order && still_to_come.is_none_or(|next| Some(next) >= high.as_ref()) {
                         checkpoint = high
                             .as_ref()
                             .map(|h| Checkpoint::new(resource.clone(), h.position()));
@@ -386,16 +417,40 @@ impl HttpPollSource {
                 };
                 ctx.emit(envelope).await?;
             }
-            if count == 0 || (older && !ascending) {
+            if older && !ascending {
+                finished = true;
                 break;
             }
+            // A short page proves nothing: only an empty page, or a listing without a next
+            // pointer, ends it.
             let next = match &stream.pagination {
                 Pagination::None => None,
-                Pagination::Link { .. } => next_link(&headers).and_then(|s| resolve(&url, &s)),
+                _ if count == 0
+                    && matches!(
+                        stream.pagination,
+                        Pagination::Offset { .. } | Pagination::Page { .. }
+                    ) =>
+                {
+                    None
+                }
+                Pagination::Offset { .. } | Pagination::Page { .. } | Pagination::Link { .. }
+                    if ascending && high.as_ref().map(CursorValue::param) != since_sent =>
+                {
+                    // Oldest first by position: start again from the highest value read.
+                    let (first_url, first_query) = self.first_request(stream, high.as_ref());
+                    since_sent = high.as_ref().map(CursorValue::param);
+                    query = first_query;
+                    Some(first_url)
+                }
+                // A next URL carries its own query.
+                Pagination::Link { .. } => next_link(&headers)
+                    .and_then(|s| resolve(&url, &s))
+                    .inspect(|_| query.clear()),
                 Pagination::NextUrl { path, .. } => at(&page, path)
                     .and_then(Value::as_str)
                     .filter(|s| !s.is_empty())
-                    .and_then(|s| resolve(&url, s)),
+                    .and_then(|s| resolve(&url, s))
+                    .inspect(|_| query.clear()),
                 Pagination::Token {
                     param,
                     path,
@@ -412,42 +467,49 @@ impl HttpPollSource {
                     };
                     match token.filter(|_| more) {
                         Some(Value::String(t)) if !t.is_empty() => {
-                            page_param(&mut query, param, t.clone());
+                            set(&mut query, param, t.clone());
                             Some(url.clone())
                         }
                         Some(Value::Number(n)) => {
-                            page_param(&mut query, param, n.to_string());
+                            set(&mut query, param, n.to_string());
                             Some(url.clone())
                         }
                         _ => None,
                     }
                 }
-                Pagination::Offset { param, page_size } => (count >= page_size.size).then(|| {
-                    offset += count;
-                    page_param(&mut query, param, offset.to_string());
-                    url.clone()
-                }),
-                Pagination::Page {
-                    param, page_size, ..
-                } => (count >= page_size.size).then(|| {
-                    page_number += 1;
-                    page_param(&mut query, param, page_number.to_string());
-                    url.clone()
-                }),
+                Pagination::Offset { param, .. } => {
+                    let offset = query
+                        .iter()
+                        .find(|(k, _)| k == param)
+                        .and_then(|(_, v)| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    set(&mut query, param, (offset + count).to_string());
+                    Some(url.clone())
+                }
+                Pagination::Page { param, .. } => {
+                    let number = query
+                        .iter()
+                        .find(|(k, _)| k == param)
+                        .and_then(|(_, v)| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    set(&mut query, param, (number + 1).to_string());
+                    Some(url.clone())
+                }
             };
             match next {
-                Some(next) if next != url => {
-                    // A next URL carries its own query.
-                    url = next;
-                    query.clear();
+                Some(next) => url = next,
+                None => {
+                    finished = true;
+                    break;
                 }
-                Some(_) => {}
-                None => break,
             }
         }
         metrics::counter!("sluice_http_poll_pages_total", "stream" => stream.name.clone())
             .increment(pages);
-        if !in_order && let (Some(high), true) = (&high, high != saved) {
+        if finished
+            && !in_order
+            && let (Some(high), true) = (&high, high != saved)
+        {
             // Newest first: only a finished sync vouches for everything up to its newest value.
             ctx.advance(Checkpoint::new(resource.clone(), high.position()))
                 .await?;

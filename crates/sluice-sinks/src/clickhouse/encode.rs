@@ -172,6 +172,13 @@ impl Encoder {
             record
                 .write(&plan, &self.schema_columns, &mut row)
                 .map_err(|why| SinkError::data(format!("table {table}: {why}")))?;
+            if row.next != self.columns.len() {
+                return Err(SinkError::data(format!(
+                    "table {table}: the record wrote {} cells for {} columns",
+                    row.next,
+                    self.columns.len()
+                )));
+            }
             if !self.binary {
                 out.extend_from_slice(b"}\n");
             }
@@ -198,6 +205,9 @@ impl Encoder {
             (ColumnType::Float, Cell::Float(f)) => number(out, &f)?,
             (ColumnType::Float, Cell::Int(i)) => number(out, &i)?,
             (ColumnType::Float, Cell::UInt(u)) => number(out, &u)?,
+            (ColumnType::Float, Cell::Number(n)) => {
+                number(out, &n.parse::<f64>().map_err(|_| mismatch())?)?;
+            }
             // Exact digits, as read (serde_json's arbitrary precision, or text).
             (ColumnType::Decimal, Cell::Text(s) | Cell::Number(s)) if is_plain_decimal(s) => {
                 write_decimal(out, s)?;
@@ -262,6 +272,10 @@ impl Encoder {
             (ColumnType::Float, Cell::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
             (ColumnType::Float, Cell::Int(i)) => out.extend_from_slice(&(i as f64).to_le_bytes()),
             (ColumnType::Float, Cell::UInt(u)) => out.extend_from_slice(&(u as f64).to_le_bytes()),
+            (ColumnType::Float, Cell::Number(n)) => {
+                let f: f64 = n.parse().map_err(|_| mismatch())?;
+                out.extend_from_slice(&f.to_le_bytes());
+            }
             (ColumnType::Decimal, Cell::Text(s) | Cell::Number(s)) if is_plain_decimal(s) => {
                 out.extend_from_slice(&scaled_decimal(s)?.to_le_bytes());
             }
@@ -355,7 +369,12 @@ struct Row<'a> {
 
 impl CellWriter for Row<'_> {
     fn cell(&mut self, cell: Cell<'_>) -> Result<(), String> {
-        let column = &self.encoder.columns[self.next];
+        let Some(column) = self.encoder.columns.get(self.next) else {
+            return Err(format!(
+                "more cells than the {} columns",
+                self.encoder.columns.len()
+            ));
+        };
         let first = self.next == 0;
         self.next += 1;
         let written = if self.encoder.binary {
@@ -502,6 +521,23 @@ mod tests {
         let mut long = Vec::new();
         write_binary_string(&mut long, &[b'x'; 300]);
         assert_eq!(&long[..2], &[0xac, 0x02], "300 as LEB128");
+    }
+
+    #[test]
+    fn fractional_json_numbers_fill_float_columns() {
+        let schema = TableSchema {
+            table: "f".into(),
+            columns: vec![Column::new("f", ColumnType::Float, false)],
+            key: Vec::new(),
+        };
+        let row: serde_json::Value = serde_json::from_str(r#"{"f": 0.5}"#).unwrap();
+        let mut encoder = Encoder::new(&schema, None, NEW);
+        assert_eq!(
+            encoder.rows(std::slice::from_ref(&row)).unwrap(),
+            b"{\"f\":0.5}\n"
+        );
+        encoder.use_binary();
+        assert_eq!(encoder.rows(&[row]).unwrap(), 0.5f64.to_le_bytes());
     }
 
     #[test]
