@@ -141,33 +141,44 @@ struct Match<'a> {
     side: &'a str,
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Starts the replay server on its own thread and connects a client subscribed to BTC-USD.
+async fn connect_replay(
+    frames: Arc<Vec<String>>,
+) -> (Socket, Arc<Mutex<SendLog>>, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(SendLog::default()));
+    let server = std::thread::spawn({
+        let log = log.clone();
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(serve(listener, frames, None, log));
+        }
+    });
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::Text(
+        r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["matches","heartbeat"]}"#
+            .into(),
+    ))
+    .await
+    .unwrap();
+    (ws, log, server)
+}
+
 fn bare_reader(frames: Arc<Vec<String>>) -> Duration {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/", listener.local_addr().unwrap());
         let total = frames.len();
-        let log = Arc::new(Mutex::new(SendLog::default()));
-        let server = std::thread::spawn({
-            let log = log.clone();
-            move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(serve(listener, frames, None, log));
-            }
-        });
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        ws.send(Message::Text(
-            r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["matches","heartbeat"]}"#
-                .into(),
-        ))
-        .await
-        .unwrap();
+        let (mut ws, log, server) = connect_replay(frames).await;
         let mut seen = 0;
         while seen < total {
             if let Some(Ok(Message::Text(text))) = ws.next().await
@@ -240,26 +251,7 @@ fn whole_path_ceiling(frames: Arc<Vec<String>>, dir: &Path) -> Duration {
         .build()
         .unwrap();
     let first = runtime.block_on(async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/", listener.local_addr().unwrap());
-        let log = Arc::new(Mutex::new(SendLog::default()));
-        let server = std::thread::spawn({
-            let log = log.clone();
-            move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(serve(listener, frames, None, log));
-            }
-        });
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        ws.send(Message::Text(
-            r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["matches","heartbeat"]}"#
-                .into(),
-        ))
-        .await
-        .unwrap();
+        let (mut ws, log, server) = connect_replay(frames).await;
         let mut seen = 0;
         let mut chunk = Vec::with_capacity(10_000);
         while seen < total {

@@ -190,8 +190,20 @@ impl State {
         list
     }
 
-    /// Faults before a page: `Some(response)` when the request fails.
-    async fn before_page(&self) -> Option<Response> {
+    /// Before a page: the faults, then the `since` filter; `Err(response)` when the request
+    /// fails.
+    async fn before_page(
+        &self,
+        query: &HashMap<String, String>,
+    ) -> Result<Option<i64>, Box<Response>> {
+        if let Some(failed) = self.fault().await {
+            return Err(Box::new(failed));
+        }
+        since(query)
+    }
+
+    /// A fault for this request: `Some(response)` when it fails.
+    async fn fault(&self) -> Option<Response> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let faults = self
             .faults
@@ -283,10 +295,7 @@ async fn items(
     Query(query): Query<HashMap<String, String>>,
     Shared(state): Shared<Arc<State>>,
 ) -> Response {
-    if let Some(failed) = state.before_page().await {
-        return failed;
-    }
-    let since = match since(&query) {
+    let since = match state.before_page(&query).await {
         Ok(since) => since,
         Err(response) => return *response,
     };
@@ -311,10 +320,7 @@ async fn issues(
     Query(query): Query<HashMap<String, String>>,
     Shared(state): Shared<Arc<State>>,
 ) -> Response {
-    if let Some(failed) = state.before_page().await {
-        return failed;
-    }
-    let since = match since(&query) {
+    let since = match state.before_page(&query).await {
         Ok(since) => since,
         Err(response) => return *response,
     };

@@ -217,6 +217,21 @@ fn one() -> u64 {
     1
 }
 
+impl Pagination {
+    /// The page size, when the API is told one.
+    pub fn page_size(&self) -> Option<&PageSize> {
+        match self {
+            Pagination::Offset { page_size, .. } | Pagination::Page { page_size, .. } => {
+                Some(page_size)
+            }
+            Pagination::Link { page_size }
+            | Pagination::NextUrl { page_size, .. }
+            | Pagination::Token { page_size, .. } => page_size.as_ref(),
+            Pagination::None => None,
+        }
+    }
+}
+
 /// A page size and the query parameter it goes in.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -266,16 +281,11 @@ impl HttpPollConfig {
                         .map_err(|e| format!("{at}.cursor.initial {initial:?}: {e}"))?;
                 }
             }
-            let size = match &stream.pagination {
-                Pagination::Offset { page_size, .. } | Pagination::Page { page_size, .. } => {
-                    Some(page_size)
-                }
-                Pagination::Link { page_size }
-                | Pagination::NextUrl { page_size, .. }
-                | Pagination::Token { page_size, .. } => page_size.as_ref(),
-                Pagination::None => None,
-            };
-            if size.is_some_and(|s| s.size == 0 || s.param.is_empty()) {
+            if stream
+                .pagination
+                .page_size()
+                .is_some_and(|s| s.size == 0 || s.param.is_empty())
+            {
                 return Err(format!(
                     "{at}.pagination.page_size: a parameter and a size > 0"
                 ));

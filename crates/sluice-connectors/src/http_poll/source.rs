@@ -225,16 +225,7 @@ impl HttpPollSource {
         if let (Some(c), Some(from)) = (&stream.cursor, from) {
             query.push((c.param.clone(), from.param()));
         }
-        let page_size = match &stream.pagination {
-            Pagination::Offset { page_size, .. } | Pagination::Page { page_size, .. } => {
-                Some(page_size)
-            }
-            Pagination::Link { page_size }
-            | Pagination::NextUrl { page_size, .. }
-            | Pagination::Token { page_size, .. } => page_size.as_ref(),
-            Pagination::None => None,
-        };
-        if let Some(size) = page_size {
+        if let Some(size) = stream.pagination.page_size() {
             query.push((size.param.clone(), size.size.to_string()));
         }
         match &stream.pagination {
