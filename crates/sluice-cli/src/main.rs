@@ -14,7 +14,7 @@ use clap::Parser;
 
 use crate::{
     cli::{CheckpointsCommand, Cli, Command, SimCommand},
-    commands::{audit, checkpoints, codegen, demo, run, validate},
+    commands::{audit, checkpoints, codegen, demo, run, sim, validate},
 };
 
 fn main() -> ExitCode {
@@ -58,7 +58,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::validate(&args),
         Command::Checkpoints(CheckpointsCommand::Show(args)) => checkpoints::show(&args),
         Command::Checkpoints(CheckpointsCommand::Reset(args)) => checkpoints::reset(&args),
-        Command::Sim(SimCommand::Coinbase(args)) => demo::sim(args).await,
+        Command::Sim(SimCommand::Coinbase(args)) => sim::sim(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Codegen(args) => codegen::codegen(args).await,
         Command::Audit(args) => audit::audit(args).await,

@@ -13,54 +13,16 @@ use std::{
 use anyhow::{Context, bail};
 use sluice::PipelineExit;
 use sluice_connectors::coinbase::{self, CoinbaseConfig, CoinbaseStats, normalize_decimal};
-use sluice_sim::coinbase::{Chaos, CoinbaseSim, CoinbaseSimConfig};
+use sluice_sim::coinbase::{CoinbaseSim, CoinbaseSimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{ChaosLevel, DemoArgs, SimArgs},
+    cli::DemoArgs,
     config::{Config, Databases},
     registry::AnySource,
 };
 
-fn chaos(level: ChaosLevel) -> Chaos {
-    match level {
-        ChaosLevel::Off => Chaos::default(),
-        ChaosLevel::On => Chaos::all(),
-    }
-}
-
-/// `sluice sim coinbase`: serves until SIGINT/SIGTERM.
-pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
-    let products = CoinbaseConfig::parse_products(&args.products);
-    let config = CoinbaseSimConfig {
-        port: args.port,
-        rate: args.rate,
-        seed: args.seed,
-        products,
-        chaos: chaos(args.chaos),
-        ..CoinbaseSimConfig::default()
-    };
-    let sim = CoinbaseSim::start(config)
-        .await
-        .context("cannot start the simulator")?;
-    println!(
-        "coinbase simulator (chaos {:?}, {} trades/s)",
-        args.chaos, args.rate
-    );
-    println!("  websocket: {}", sim.ws_url());
-    println!("  rest:      {}", sim.rest_url());
-    println!(
-        "try: sluice run coinbase --ws-url {} --rest-url {}",
-        sim.ws_url(),
-        sim.rest_url()
-    );
-    let shutdown = CancellationToken::new();
-    super::run::spawn_signal_handler(shutdown.clone());
-    shutdown.cancelled().await;
-    sim.stop();
-    println!("generated {} trades", sim.generated());
-    Ok(ExitCode::SUCCESS)
-}
+use super::sim::chaos;
 
 struct Verdict {
     generated: u64,

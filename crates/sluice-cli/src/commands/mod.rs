@@ -5,4 +5,5 @@ pub(crate) mod checkpoints;
 pub(crate) mod codegen;
 pub(crate) mod demo;
 pub(crate) mod run;
+pub(crate) mod sim;
 pub(crate) mod validate;
