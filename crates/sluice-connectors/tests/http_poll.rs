@@ -11,11 +11,12 @@ use sluice::{
     Resources,
     testing::{RecordingSink, eventually_with},
 };
+use sluice_connectors::http_poll::Auth;
 use sluice_connectors::http_poll::{
     CursorConfig, CursorKind, HttpPollConfig, HttpPollSource, Order, PageSize, Pagination,
     StreamConfig,
 };
-use sluice_sim::http_api::{ApiFaults, HttpApiConfig, HttpApiSim};
+use sluice_sim::http_api::{ApiFaults, HttpApiConfig, HttpApiSim, OAuthSim};
 use tokio_util::sync::CancellationToken;
 
 const PIPELINE: &str = "poll";
@@ -331,4 +332,92 @@ async fn short_pages_do_not_end_the_listing() {
     converged(&sim, &running.sink, Duration::from_secs(30)).await;
     running.shutdown.cancel();
     running.handle.await.unwrap().unwrap();
+}
+
+fn oauth_sim(secret: &str) -> HttpApiConfig {
+    HttpApiConfig {
+        initial: 300,
+        oauth: Some(OAuthSim {
+            client_id: "sluice".into(),
+            client_secret: secret.into(),
+            lifetime: Duration::from_secs(2),
+        }),
+        ..HttpApiConfig::default()
+    }
+}
+
+/// The stream with OAuth, its secret in a file (a mounted secret).
+fn with_oauth(
+    mut config: HttpPollConfig,
+    sim: &HttpApiSim,
+    secret: &str,
+) -> (HttpPollConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client_secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    config.auth = Auth::Oauth2 {
+        token_url: format!("{}/oauth/token", sim.url()),
+        client_id: "sluice".into(),
+        client_secret_env: None,
+        client_secret_file: Some(file),
+        scope: Some("read items".into()),
+    };
+    (config, dir)
+}
+
+/// OAuth 2.0 client credentials: tokens that expire are fetched again before they do, and a
+/// token the API revokes (401) is replaced once and the request retried; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_tokens_are_refreshed_and_a_revoked_one_replaced() {
+    let sim = HttpApiSim::start(oauth_sim("s3cret-value")).await.unwrap();
+    let (config, _secret) = with_oauth(keyset(&sim), &sim, "s3cret-value");
+    let running = start(
+        config,
+        Arc::new(MemoryStore::new()),
+        RecordingSink::new(),
+        RecordingSink::new(),
+    );
+    converged(&sim, &running.sink, Duration::from_secs(30)).await;
+    sim.revoke_tokens();
+    sim.insert(20);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sim.insert(20);
+    converged(&sim, &running.sink, Duration::from_secs(30)).await;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        load(&sim.counters().tokens_issued) >= 2,
+        "tokens were refreshed"
+    );
+    assert!(
+        load(&sim.counters().unauthorized) >= 1,
+        "the revoked token was refused"
+    );
+    assert!(running.dead.rows().is_empty());
+    running.shutdown.cancel();
+    running.handle.await.unwrap().unwrap();
+}
+
+/// A wrong client secret is fatal, with the API's reason and never the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_client_secret_is_fatal_and_not_shown() {
+    let sim = HttpApiSim::start(oauth_sim("s3cret-value")).await.unwrap();
+    let (config, _secret) = with_oauth(keyset(&sim), &sim, "not-the-secret");
+    let running = start(
+        config,
+        Arc::new(MemoryStore::new()),
+        RecordingSink::new(),
+        RecordingSink::new(),
+    );
+    let error = tokio::time::timeout(Duration::from_secs(20), running.handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.class(), sluice::ErrorClass::Fatal);
+    let text = format!("{error:#} {error:?}");
+    assert!(text.contains("invalid_client"), "{text}");
+    assert!(
+        !text.contains("not-the-secret"),
+        "the secret leaked: {text}"
+    );
 }

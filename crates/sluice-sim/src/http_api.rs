@@ -6,7 +6,10 @@
 //! - `GET /issues?since=&per_page=&page=&direction=` — a GitHub-style list: a JSON array, page
 //!   numbers, a `Link: <…>; rel="next"` header, oldest first or (`direction=desc`) newest first;
 //!
-//! both filtered by `updated_at >= since` (RFC 3339; the API compares at whole seconds, as
+//! - `POST /oauth/token` — OAuth 2.0 client credentials, when configured: every list then
+//!   wants `Authorization: Bearer`, and tokens expire;
+//!
+//! both lists filtered by `updated_at >= since` (RFC 3339; the API compares at whole seconds, as
 //! GitHub does, so a client must read its boundary again). Items are created and updated in
 //! groups that share one `updated_at` (equal cursor values span pages). Faults: 429 with
 //! `Retry-After`, 500s, slow pages, and changes *while a client pages* (an insert, and an update
@@ -49,6 +52,18 @@ pub struct ApiFaults {
     pub update_while_paging: f64,
 }
 
+/// OAuth 2.0 client credentials the API demands (`POST /oauth/token`, then `Authorization:
+/// Bearer`), with tokens that expire.
+#[derive(Clone, Debug)]
+pub struct OAuthSim {
+    /// The client id.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: String,
+    /// How long a token lives (`expires_in`, whole seconds, at least 1).
+    pub lifetime: Duration,
+}
+
 /// Configuration of an [`HttpApiSim`].
 #[derive(Clone, Debug)]
 pub struct HttpApiConfig {
@@ -64,6 +79,8 @@ pub struct HttpApiConfig {
     pub seed: u64,
     /// The faults.
     pub faults: ApiFaults,
+    /// Demand OAuth 2.0 client-credentials tokens.
+    pub oauth: Option<OAuthSim>,
 }
 
 impl Default for HttpApiConfig {
@@ -75,6 +92,7 @@ impl Default for HttpApiConfig {
             group: 5,
             seed: 7,
             faults: ApiFaults::default(),
+            oauth: None,
         }
     }
 }
@@ -92,6 +110,10 @@ pub struct ApiCounters {
     pub inserted_while_paging: AtomicU64,
     /// Items updated while a client paged.
     pub updated_while_paging: AtomicU64,
+    /// Tokens issued.
+    pub tokens_issued: AtomicU64,
+    /// Requests refused with 401 (no token, an unknown or an expired one).
+    pub unauthorized: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +160,8 @@ struct State {
     next_id: AtomicU64,
     rng: Mutex<fastrand::Rng>,
     counters: ApiCounters,
+    /// Tokens issued and when they expire.
+    tokens: Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 impl State {
@@ -190,12 +214,36 @@ impl State {
         list
     }
 
-    /// Before a page: the faults, then the `since` filter; `Err(response)` when the request
-    /// fails.
+    /// Before a page: the token, the faults, then the `since` filter; `Err(response)` when
+    /// the request fails.
     async fn before_page(
         &self,
+        headers: &HeaderMap,
         query: &HashMap<String, String>,
     ) -> Result<Option<i64>, Box<Response>> {
+        if self.config.oauth.is_some() {
+            let token = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let valid = token.is_some_and(|t| {
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(t)
+                    .is_some_and(|expires| tokio::time::Instant::now() < *expires)
+            });
+            if !valid {
+                self.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+                return Err(Box::new(
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({"message": "token missing, unknown or expired"})),
+                    )
+                        .into_response(),
+                ));
+            }
+        }
         if let Some(failed) = self.fault().await {
             return Err(Box::new(failed));
         }
@@ -294,8 +342,9 @@ fn number(query: &HashMap<String, String>, key: &str, default: usize) -> usize {
 async fn items(
     Query(query): Query<HashMap<String, String>>,
     Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
 ) -> Response {
-    let since = match state.before_page(&query).await {
+    let since = match state.before_page(&headers, &query).await {
         Ok(since) => since,
         Err(response) => return *response,
     };
@@ -319,8 +368,9 @@ async fn items(
 async fn issues(
     Query(query): Query<HashMap<String, String>>,
     Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
 ) -> Response {
-    let since = match state.before_page(&query).await {
+    let since = match state.before_page(&headers, &query).await {
         Ok(since) => since,
         Err(response) => return *response,
     };
@@ -355,6 +405,50 @@ async fn issues(
         headers,
         Json(Value::Array(page.iter().map(Item::json).collect())),
     )
+        .into_response()
+}
+
+/// `POST /oauth/token` (client credentials, HTTP basic): a token that expires.
+async fn token(Shared(state): Shared<Arc<State>>, headers: HeaderMap, body: String) -> Response {
+    use base64::Engine as _;
+    let Some(oauth) = &state.config.oauth else {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "not_found"}))).into_response();
+    };
+    let expected = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", oauth.client_id, oauth.client_secret));
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Basic {expected}"));
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    if !body
+        .split('&')
+        .any(|p| p == "grant_type=client_credentials")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "unsupported_grant_type"})),
+        )
+            .into_response();
+    }
+    let n = state.counters.tokens_issued.fetch_add(1, Ordering::Relaxed);
+    let value = format!(
+        "tok-{n}-{}",
+        state.rng.lock().unwrap_or_else(|e| e.into_inner()).u64(..)
+    );
+    let lifetime = oauth.lifetime.max(Duration::from_secs(1));
+    state
+        .tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(value.clone(), tokio::time::Instant::now() + lifetime);
+    Json(json!({"access_token": value, "token_type": "bearer", "expires_in": lifetime.as_secs()}))
         .into_response()
 }
 
@@ -395,6 +489,7 @@ impl HttpApiSim {
             next_id: AtomicU64::new(1),
             rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
             counters: ApiCounters::default(),
+            tokens: Mutex::new(HashMap::new()),
             config,
         });
         let groups = state.config.initial.div_ceil(state.config.group.max(1));
@@ -404,6 +499,7 @@ impl HttpApiSim {
         let app = axum::Router::new()
             .route("/items", axum::routing::get(items))
             .route("/issues", axum::routing::get(issues))
+            .route("/oauth/token", axum::routing::post(token))
             .with_state(state.clone());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -438,6 +534,16 @@ impl HttpApiSim {
     /// Updates the items `ids` (a new version, a new `updated_at`).
     pub fn update(&self, ids: &[u64]) {
         self.state.update(ids);
+    }
+
+    /// Revokes every token issued (as an API does on a key rotation): the next request with
+    /// one gets 401.
+    pub fn revoke_tokens(&self) {
+        self.state
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Replaces the faults.

@@ -63,6 +63,23 @@ pub enum Auth {
         /// The environment variable holding the password.
         password_env: String,
     },
+    /// OAuth 2.0 client credentials (RFC 6749 §4.4): a token from `token_url`, sent as a bearer
+    /// token, fetched again before it expires or when the API answers 401.
+    Oauth2 {
+        /// The token endpoint.
+        token_url: String,
+        /// The client id.
+        client_id: String,
+        /// The environment variable holding the client secret (or `client_secret_file`).
+        #[serde(default)]
+        client_secret_env: Option<String>,
+        /// A file holding the client secret (a mounted secret), trailing newline ignored.
+        #[serde(default)]
+        client_secret_file: Option<std::path::PathBuf>,
+        /// The scope to ask for, if the API wants one.
+        #[serde(default)]
+        scope: Option<String>,
+    },
     /// An API key in a header (`header`) or a query parameter (`query`).
     ApiKey {
         /// The header name, e.g. `X-Api-Key`.

@@ -33,6 +33,18 @@ fn secret(var: &str) -> Result<Secret, SourceError> {
     })
 }
 
+fn secret_file(path: &std::path::Path) -> Result<Secret, SourceError> {
+    std::fs::read_to_string(path)
+        .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_owned()))
+        .map_err(|e| {
+            SourceError::fatal(format!(
+                "http_poll: the credential file {} cannot be read: {}",
+                path.display(),
+                e.kind()
+            ))
+        })
+}
+
 /// Credentials resolved from the environment.
 #[derive(Debug, Clone)]
 enum Credentials {
@@ -41,6 +53,97 @@ enum Credentials {
     Basic(String, Secret),
     Header(HeaderName, Secret),
     Query(String, Secret),
+    OAuth2(Arc<OAuth2>),
+}
+
+/// OAuth 2.0 client credentials and the token in use.
+#[derive(Debug)]
+struct OAuth2 {
+    token_url: String,
+    client_id: String,
+    secret: Secret,
+    scope: Option<String>,
+    /// The token and when to fetch a new one.
+    token: tokio::sync::Mutex<Option<(Secret, tokio::time::Instant)>>,
+}
+
+/// Percent-encodes a form value (RFC 3986 unreserved characters kept).
+fn form_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl OAuth2 {
+    /// The token to send: the one in use, or a new one when it expires (or was refused).
+    async fn token(&self, http: &reqwest::Client) -> Result<Secret, SourceError> {
+        let mut token = self.token.lock().await;
+        if let Some((value, refresh_at)) = token.as_ref()
+            && tokio::time::Instant::now() < *refresh_at
+        {
+            return Ok(value.clone());
+        }
+        let mut body = "grant_type=client_credentials".to_owned();
+        if let Some(scope) = &self.scope {
+            body.push_str(&format!("&scope={}", form_value(scope)));
+        }
+        let response = http
+            .post(&self.token_url)
+            .basic_auth(&self.client_id, Some(&self.secret.0))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                SourceError::transient("http_poll: token request failed")
+                    .with_source(e.without_url())
+            })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| {
+            SourceError::transient("http_poll: token response not read")
+                .with_source(e.without_url())
+        })?;
+        if !status.is_success() {
+            return Err(crate::http::status_error(
+                "http_poll: token request",
+                status.as_u16(),
+                &bytes,
+            ));
+        }
+        let answer: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| SourceError::transient("http_poll: the token response is not JSON"))?;
+        let Some(access) = answer.get("access_token").and_then(Value::as_str) else {
+            return Err(SourceError::transient(
+                "http_poll: the token response has no access_token",
+            ));
+        };
+        let lifetime = answer
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .map_or(Duration::from_secs(3600), Duration::from_secs);
+        // Fetched again a little before it expires (a minute, or half its life when short).
+        let margin = (lifetime / 2).min(Duration::from_secs(60));
+        let value = Secret(access.to_owned());
+        *token = Some((
+            value.clone(),
+            tokio::time::Instant::now() + lifetime - margin,
+        ));
+        metrics::counter!("sluice_http_poll_tokens_total").increment(1);
+        Ok(value)
+    }
+
+    /// Forgets the token (the API refused it).
+    async fn refused(&self) {
+        *self.token.lock().await = None;
+    }
 }
 
 /// How many times one page is tried before the session ends (and the pipeline reconnects).
@@ -74,6 +177,25 @@ impl HttpPollSource {
             Auth::Basic { user, password_env } => {
                 Credentials::Basic(user.clone(), secret(password_env)?)
             }
+            Auth::Oauth2 {
+                token_url,
+                client_id,
+                client_secret_env,
+                client_secret_file,
+                scope,
+            } => Credentials::OAuth2(Arc::new(OAuth2 {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                secret: match (client_secret_env, client_secret_file) {
+                    (Some(var), _) => secret(var)?,
+                    (None, Some(path)) => secret_file(path)?,
+                    (None, None) => {
+                        return Err(SourceError::fatal("http_poll: auth: no client secret"));
+                    }
+                },
+                scope: scope.clone(),
+                token: tokio::sync::Mutex::new(None),
+            })),
             Auth::ApiKey {
                 header: Some(header),
                 value_env,
@@ -138,6 +260,7 @@ impl HttpPollSource {
             stable_after: Duration::ZERO,
         });
         let mut last = None;
+        let mut refreshed = false;
         for _ in 0..ATTEMPTS {
             self.limiter.until_ready().await;
             let mut request = self.http.get(url).headers(self.headers()?).query(query);
@@ -147,6 +270,9 @@ impl HttpPollSource {
                 Credentials::Basic(user, password) => request.basic_auth(user, Some(&password.0)),
                 Credentials::Header(name, value) => request.header(name.clone(), value.0.as_str()),
                 Credentials::Query(param, value) => request.query(&[(param, &value.0)]),
+                Credentials::OAuth2(oauth) => {
+                    request.bearer_auth(&oauth.token(&self.http).await?.0)
+                }
             };
             metrics::counter!("sluice_http_poll_requests_total").increment(1);
             ctx.alive();
@@ -173,6 +299,16 @@ impl HttpPollSource {
                                 status.as_u16(),
                                 &body,
                             );
+                            if status == reqwest::StatusCode::UNAUTHORIZED
+                                && let Credentials::OAuth2(oauth) = &self.credentials
+                                && !refreshed
+                            {
+                                // An expired or revoked token: one new token, then the request
+                                // again; a second 401 is the credentials' fault.
+                                refreshed = true;
+                                oauth.refused().await;
+                                continue;
+                            }
                             if error.class() != sluice::ErrorClass::Transient {
                                 return Err(error);
                             }
