@@ -40,8 +40,12 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct AuditArgs {
-    /// What to audit: `coinbase` (the built-in pipeline's SQLite file).
+    /// What to audit: `coinbase` (the built-in pipeline's SQLite file), or a pipeline of
+    /// `--config` (postgres_cdc into a SQLite table).
     pub(crate) target: String,
+    /// The config file of the pipeline.
+    #[arg(long, short)]
+    pub(crate) config: Option<PathBuf>,
     /// The SQLite file holding the records and cursors.
     #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
     pub(crate) db: PathBuf,

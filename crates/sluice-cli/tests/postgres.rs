@@ -575,3 +575,96 @@ async fn sluice_run_supabase_survives_sigkill_and_misses_nothing() {
         );
     }
 }
+
+fn audit(config: &Path) -> (Option<i32>, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "audit",
+            "--config",
+            config.to_str().unwrap(),
+            "pg",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit printed no JSON ({e}): {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), json)
+}
+
+/// `sluice audit --config FILE pg` folds the change log into current state and compares it
+/// with the table in Postgres: a complete destination is complete (exit 0); a key whose changes
+/// were removed is missing, a changed row is stale, an invented key is extra (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_missing_stale_and_extra_keys_of_a_change_log() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let (cdc, mut child) = start_cdc(
+        &pg,
+        &url,
+        "audited",
+        "id bigint PRIMARY KEY, price numeric(20,8), body text",
+    )
+    .await;
+    let table = cdc.table.clone();
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} SELECT g, 999999999000.12345670 + g, repeat('x', 3000) FROM generate_series(1, 40) g;
+         UPDATE {table} SET price = price + 1 WHERE id <= 10;
+         DELETE FROM {table} WHERE id = 40;
+         UPDATE {table} SET id = 41 WHERE id = 39;"
+    ))
+    .await
+    .unwrap();
+    // 40 inserts, 10 updates, a delete and a key change.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count(&cdc.db, "SELECT count(*) FROM pg_changes") < 52 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changes never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (code, clean) = audit(&cdc.config);
+    assert_eq!(code, Some(0), "{clean}");
+    assert_eq!(clean[0]["source_rows"], 39, "{clean}");
+    assert_eq!(clean[0]["destination_rows"], 39, "{clean}");
+
+    let conn = rusqlite::Connection::open(&cdc.db).unwrap();
+    conn.execute_batch(
+        "DELETE FROM pg_changes WHERE json_extract(key, '$.id') = 5;
+         UPDATE pg_changes SET row = json_set(row, '$.body', 'tampered') WHERE json_extract(key, '$.id') = 20;
+         INSERT INTO pg_changes (lsn, seq, op, schema, \"table\", commit_time, key, row, deleted)
+           SELECT lsn + 1, 0, 'insert', schema, \"table\", commit_time, '{\"id\":777}', '{\"id\":777}', 0
+           FROM pg_changes ORDER BY lsn DESC LIMIT 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let (code, holes) = audit(&cdc.config);
+    assert_eq!(code, Some(1), "{holes}");
+    let report = &holes[0];
+    assert_eq!(
+        report["missing"],
+        serde_json::json!([r#"{"id":5}"#]),
+        "{report}"
+    );
+    assert_eq!(
+        report["stale"],
+        serde_json::json!([r#"{"id":20}"#]),
+        "{report}"
+    );
+    assert_eq!(
+        report["extra"],
+        serde_json::json!([r#"{"id":777}"#]),
+        "{report}"
+    );
+    drop_cdc(&pg, &cdc.slot, &cdc.publication, &[&table]).await;
+}

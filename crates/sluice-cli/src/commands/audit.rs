@@ -1,6 +1,8 @@
-//! `sluice audit coinbase`: proves the destination holds every trade up to the saved cursors,
-//! asking REST about every id it lacks. Exit 0 when complete, 1 when trades that exist are
-//! missing (holes), 2 on a usage error.
+//! `sluice audit`: proves a destination holds what the provider holds. `coinbase`: every trade
+//! up to the saved cursors, REST asked about every id missing. `--config FILE PIPELINE` of a
+//! `postgres_cdc` pipeline: the change log folded into current state and compared with the
+//! source tables. Exit 0 when complete, 1 when something is missing, extra or stale, 2 on a
+//! usage error.
 
 use std::process::ExitCode;
 
@@ -11,11 +13,14 @@ use sluice_connectors::coinbase::{
 
 use crate::cli::AuditArgs;
 
-/// Runs the audit of the built-in Coinbase pipeline's SQLite file.
+/// Runs the audit.
 pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.config {
+        return audit_pipeline(path, &args).await;
+    }
     anyhow::ensure!(
         args.target == "coinbase",
-        "sluice audit: only `coinbase` can be audited so far (got {:?})",
+        "sluice audit: give `coinbase`, or --config FILE and a pipeline (got {:?})",
         args.target
     );
     anyhow::ensure!(
@@ -104,4 +109,122 @@ fn print_table(audits: &[ProductAudit]) {
             a.provider_gaps
         );
     }
+}
+
+/// Audits pipeline `args.target` of the config at `path` (postgres_cdc into SQLite tables).
+async fn audit_pipeline(path: &std::path::Path, args: &AuditArgs) -> anyhow::Result<ExitCode> {
+    use sluice_connectors::postgres_cdc::{StoredChange, TableAudit, audit_table, fold};
+
+    use crate::{
+        config::{Config, SinkSpec},
+        registry::RawSource,
+    };
+
+    let config = Config::load(path, &args.db)?;
+    let spec = config.pipelines.get(&args.target).ok_or_else(|| {
+        anyhow::anyhow!("{}: no pipeline named {:?}", path.display(), args.target)
+    })?;
+    let RawSource::PostgresCdc(source) = &spec.source else {
+        anyhow::bail!(
+            "sluice audit: pipeline {} is not a postgres_cdc pipeline; only coinbase and postgres_cdc can be audited so far",
+            args.target
+        );
+    };
+    // Every change the pipeline's SQLite tables hold, by source table, in commit order.
+    let mut changes: std::collections::BTreeMap<(String, String), Vec<StoredChange>> =
+        Default::default();
+    for resource in &spec.resources {
+        let (Some(SinkSpec::Sqlite { path }), Some(schema)) =
+            (config.sinks.get(&resource.sink), &resource.schema)
+        else {
+            continue;
+        };
+        let db = sluice_stores::sqlite::SqliteDb::open(path)?;
+        let conn = db.lock();
+        let sql = format!(
+            "SELECT op, key, row, old_key, unchanged_toast, schema, \"table\" FROM \"{}\" ORDER BY lsn, seq",
+            schema.table.replace('"', "\"\"")
+        );
+        let mut stmt = conn.prepare(&sql).with_context(|| {
+            format!(
+                "{}: table {} is not a change log",
+                path.display(),
+                schema.table
+            )
+        })?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })?;
+        let json = |text: &str| serde_json::from_str::<serde_json::Value>(text);
+        for row in rows {
+            let (op, key, row, old_key, toast, schema, table) = row?;
+            let unchanged_toast = toast
+                .as_deref()
+                .map(json)
+                .transpose()?
+                .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+                .unwrap_or_default();
+            changes
+                .entry((schema, table))
+                .or_default()
+                .push(StoredChange {
+                    op,
+                    key: json(&key)?,
+                    row: row.as_deref().map(json).transpose()?,
+                    old_key: old_key.as_deref().map(json).transpose()?,
+                    unchanged_toast,
+                });
+        }
+    }
+    // The configured tables too: one the destination holds nothing of is all missing.
+    for table in &source.tables {
+        let (schema, table) = table.split_once('.').unwrap_or(("public", table));
+        changes
+            .entry((schema.to_owned(), table.to_owned()))
+            .or_default();
+    }
+    let mut audits: Vec<TableAudit> = Vec::new();
+    for ((schema, table), stored) in changes {
+        if !args.json {
+            eprintln!(
+                "auditing {schema}.{table} ({} changes stored)…",
+                stored.len()
+            );
+        }
+        let state = fold(stored);
+        audits.push(audit_table(source, &schema, &table, &state).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&audits)?);
+    } else {
+        println!(
+            "{:<32} {:>10} {:>12} {:>8} {:>8} {:>8}  verdict",
+            "table", "source", "destination", "missing", "extra", "stale"
+        );
+        for a in &audits {
+            let verdict = if a.complete() { "complete" } else { "DIFFERS" };
+            println!(
+                "{:<32} {:>10} {:>12} {:>8} {:>8} {:>8}  {verdict}",
+                a.table,
+                a.source_rows,
+                a.destination_rows,
+                a.missing.len(),
+                a.extra.len(),
+                a.stale.len()
+            );
+        }
+    }
+    Ok(if audits.iter().all(TableAudit::complete) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -7,12 +7,14 @@
 //! Transport (startup, auth, keepalives even while the sink is slow, status updates):
 //! `pgwire-replication`. Decoding of the change messages: [`pgoutput`].
 
+mod audit;
 mod config;
 mod connector;
 pub mod pgoutput;
 mod record;
 mod source;
 
+pub use audit::{StoredChange, TableAudit, audit_table, fold};
 pub use config::PostgresCdcConfig;
 pub use connector::PostgresCdc;
 pub use record::changes_table;
