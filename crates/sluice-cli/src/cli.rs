@@ -52,6 +52,10 @@ pub(crate) struct AuditArgs {
     /// The REST base URL (Coinbase's by default).
     #[arg(long, env = "COINBASE_REST_URL")]
     pub(crate) rest_url: Option<String>,
+    /// http_poll: read the API again from this cursor value (less the lookback) instead of
+    /// from the start.
+    #[arg(long)]
+    pub(crate) from: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub(crate) json: bool,

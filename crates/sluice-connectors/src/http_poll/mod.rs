@@ -31,11 +31,13 @@
 //! Credentials (bearer, basic, API key in a header or the query) come from the environment and
 //! never reach logs, errors or metrics.
 
+mod audit;
 mod config;
 mod connector;
 mod record;
 mod source;
 
+pub use audit::{StreamAudit, audit_stream};
 pub use config::{
     Auth, CursorConfig, CursorKind, HttpPollConfig, Order, PageSize, Pagination, StreamConfig,
 };

@@ -15,6 +15,51 @@ use super::{
     record::{CursorValue, at, key_of},
 };
 
+/// Where a sync's records go: the pipeline's [`SourceContext`], or an audit's collector. (A
+/// sync is the same walk of the API either way.)
+pub(crate) trait Outlet: Sync {
+    /// The durable cursor of `stream`.
+    fn cursor(&self, stream: &str) -> Option<sluice::Position>;
+    /// A record.
+    async fn emit(&self, envelope: Envelope<Value>) -> Result<(), SourceError>;
+    /// Input that could not be decoded.
+    async fn reject(&self, rejected: Rejected) -> Result<(), SourceError>;
+    /// Progress without a record.
+    async fn advance(&self, checkpoint: Checkpoint) -> Result<(), SourceError>;
+    /// The feed is live (long waits).
+    fn alive(&self);
+    /// Resolves when the work must stop.
+    async fn cancelled(&self);
+}
+
+impl Outlet for SourceContext<Value> {
+    fn cursor(&self, stream: &str) -> Option<sluice::Position> {
+        // The cursor as the runtime last made it durable (not the session's starting one: a
+        // session runs many syncs), never the pages just fetched.
+        self.durable().borrow().get(stream).cloned()
+    }
+
+    async fn emit(&self, envelope: Envelope<Value>) -> Result<(), SourceError> {
+        SourceContext::emit(self, envelope).await
+    }
+
+    async fn reject(&self, rejected: Rejected) -> Result<(), SourceError> {
+        SourceContext::reject(self, rejected).await
+    }
+
+    async fn advance(&self, checkpoint: Checkpoint) -> Result<(), SourceError> {
+        SourceContext::advance(self, checkpoint).await
+    }
+
+    fn alive(&self) {
+        SourceContext::alive(self);
+    }
+
+    async fn cancelled(&self) {
+        SourceContext::cancelled(self).await;
+    }
+}
+
 /// A secret read from the environment: never shown.
 #[derive(Clone)]
 struct Secret(String);
@@ -249,7 +294,7 @@ impl HttpPollSource {
     /// by the shared policy.
     async fn get(
         &self,
-        ctx: &SourceContext<Value>,
+        ctx: &impl Outlet,
         url: &str,
         query: &[(String, String)],
     ) -> Result<(Vec<u8>, HeaderMap), SourceError> {
@@ -376,20 +421,16 @@ impl HttpPollSource {
 
     /// Syncs one stream: pages from its durable cursor (less the lookback) to the end.
     #[allow(clippy::too_many_lines)]
-    async fn sync(
+    pub(crate) async fn sync(
         &self,
-        ctx: &SourceContext<Value>,
+        ctx: &impl Outlet,
         stream: &StreamConfig,
     ) -> Result<(), SourceError> {
         let resource: Arc<str> = stream.name.as_str().into();
         let cursor = stream.cursor.as_ref();
-        // The cursor as the runtime last made it durable (not the session's starting one: a
-        // session runs many syncs), never the pages just fetched.
         let saved = cursor.and_then(|c| {
-            ctx.durable()
-                .borrow()
-                .get(stream.name.as_str())
-                .and_then(|p| CursorValue::from_position(c.kind, p))
+            ctx.cursor(&stream.name)
+                .and_then(|p| CursorValue::from_position(c.kind, &p))
         });
         let start = match (&saved, cursor.and_then(|c| c.initial.as_deref())) {
             (Some(saved), _) => Some(saved.clone()),
@@ -646,7 +687,7 @@ impl HttpPollSource {
 
     async fn reject(
         &self,
-        ctx: &SourceContext<Value>,
+        ctx: &impl Outlet,
         resource: &Arc<str>,
         raw: &[u8],
         reason: String,
@@ -728,7 +769,7 @@ fn shown(url: &str) -> &str {
 }
 
 /// Sleeps, calling `alive` every second (a long wait is not a dead feed), until cancelled.
-async fn sleep_cancellable(ctx: &SourceContext<Value>, wait: Duration) {
+async fn sleep_cancellable(ctx: &impl Outlet, wait: Duration) {
     let deadline = tokio::time::Instant::now() + wait;
     while tokio::time::Instant::now() < deadline {
         ctx.alive();
