@@ -345,7 +345,8 @@ pub fn load_checkpoints(conn: &Connection, pipeline: &str) -> Result<Checkpoints
     Ok(checkpoints)
 }
 
-/// Deletes the saved cursors of `pipeline` (and its lease). Returns how many cursors went.
+/// Deletes the saved cursors of `pipeline` and expires its lease (the token stays, to keep
+/// fencing older writers). Returns how many cursors went.
 ///
 /// # Errors
 /// SQLite errors by class.
@@ -356,8 +357,12 @@ pub fn reset_checkpoints(conn: &Connection, pipeline: &str) -> Result<usize, Sto
             [pipeline],
         )
         .map_err(|e| store_error("reset checkpoints", e))?;
-    conn.execute("DELETE FROM sluice_leases WHERE pipeline = ?1", [pipeline])
-        .map_err(|e| store_error("reset lease", e))?;
+    // The lease row stays (expired): its token keeps fencing writers from before the reset.
+    conn.execute(
+        "UPDATE sluice_leases SET expires_at_ms = 0 WHERE pipeline = ?1",
+        [pipeline],
+    )
+    .map_err(|e| store_error("reset lease", e))?;
     Ok(deleted)
 }
 
@@ -375,38 +380,8 @@ pub fn live_holder(conn: &Connection, pipeline: &str) -> Result<Option<String>, 
         .optional()
         .map_err(|e| store_error("read lease", e))?;
     Ok(row
-        .filter(|(holder, expires)| *expires > now_ms() && holder_alive(holder))
+        .filter(|(holder, expires)| *expires > now_ms() && crate::holder_alive(holder))
         .map(|(h, _)| h))
-}
-
-/// Whether a `host:pid` holder may still be alive. On this host a missing process is dead at
-/// once (a SIGKILLed run must not block its restart until the lease expires); on another host
-/// only the expiry tells.
-fn holder_alive(holder: &str) -> bool {
-    let Some((host, pid)) = holder.rsplit_once(':') else {
-        return true;
-    };
-    let our_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    match pid.parse::<u32>() {
-        Ok(pid) if host == our_host => process_alive(pid),
-        _ => true,
-    }
-}
-
-/// Whether process `pid` of this host runs: it exists and is neither a zombie (killed, not yet
-/// reaped by its parent) nor dead.
-fn process_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // `pid (comm) state …`: the command may hold spaces and parentheses, the state follows the
-    // last `)`.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z' | 'X' | 'x'))
 }
 
 /// The SQLite checkpoint store.
@@ -484,8 +459,10 @@ impl CheckpointStore for SqliteStore {
         let lease = lease.clone();
         self.db
             .call(move |conn| {
+                // Expired, not deleted: the token must keep growing, or a writer fenced before
+                // could match a token handed out again.
                 conn.execute(
-                    "DELETE FROM sluice_leases WHERE pipeline = ?1 AND token = ?2",
+                    "UPDATE sluice_leases SET expires_at_ms = 0 WHERE pipeline = ?1 AND token = ?2",
                     params![lease.pipeline, lease.token as i64],
                 )
                 .map_err(|e| store_error("release lease", e))?;
@@ -623,6 +600,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.class(), ErrorClass::Fatal);
         assert!(store.renew(&lease, TTL).await.is_err());
+        // A clean release lets the next holder in at once, and tokens never start over: the
+        // fenced writer stays fenced whoever comes next.
+        store.release(&other).await.unwrap();
+        let next = store.acquire("p", &me, TTL).await.unwrap();
+        assert!(
+            next.token > other.token,
+            "{} after {}",
+            next.token,
+            other.token
+        );
+        assert!(
+            store
+                .save(&lease, &[Checkpoint::new("a", 1)])
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

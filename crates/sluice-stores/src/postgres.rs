@@ -1,0 +1,309 @@
+//! The Postgres checkpoint store: the shared state of pipelines that run on more than one
+//! machine. Cursors per (pipeline, partition) merged monotonically; leases with a fencing token
+//! that every save and renewal checks in the same transaction (`… WHERE token = $mine`), so a
+//! writer that was cut off and comes back is refused; lease expiry by the server's clock, so
+//! machines need not agree on the time. The tables are created on connect.
+
+use std::time::Duration;
+
+use sluice::{
+    Checkpoint, CheckpointStore, Checkpoints, ErrorClass, Lease, Position, StoreError,
+    lease_held_message, lease_lost_message,
+};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls, error::SqlState};
+
+/// The tables, created under an advisory lock: two stores connecting at once would otherwise
+/// race in `CREATE TABLE IF NOT EXISTS` (a unique violation in the catalog).
+const SCHEMA: &str = "
+BEGIN;
+SELECT pg_advisory_xact_lock(7351101);
+CREATE TABLE IF NOT EXISTS sluice_checkpoints (
+    pipeline text NOT NULL,
+    partition text NOT NULL,
+    position text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, partition)
+);
+CREATE TABLE IF NOT EXISTS sluice_leases (
+    pipeline text PRIMARY KEY,
+    holder text NOT NULL,
+    token bigint NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+COMMIT;";
+
+/// What a Postgres error means for the store: lost connections, serialization failures,
+/// exhausted resources and shutdowns are transient; the rest (permissions, a missing database)
+/// fatal.
+fn classify(error: &tokio_postgres::Error) -> ErrorClass {
+    match error.code() {
+        None => ErrorClass::Transient, // I/O, a closed connection
+        Some(code) => {
+            let class = &code.code()[..2];
+            if matches!(class, "08" | "40" | "53" | "57" | "58")
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+            {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Fatal
+            }
+        }
+    }
+}
+
+fn store_error(context: &str, error: tokio_postgres::Error) -> StoreError {
+    StoreError::new(classify(&error), format!("postgres store: {context}")).with_source(error)
+}
+
+fn parse_position(text: &str) -> Result<Position, StoreError> {
+    serde_json::from_str(text).map_err(|e| {
+        StoreError::fatal(format!("stored position {text:?} is not valid")).with_source(e)
+    })
+}
+
+/// The Postgres checkpoint store. One connection, opened again when it breaks.
+pub struct PostgresStore {
+    url: String,
+    client: Mutex<Option<Client>>,
+    scope: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: only the scope (host and database) is shown.
+        f.debug_struct("PostgresStore")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// A store at `url` (`postgres://user:password@host:port/database`); connects and creates
+    /// its tables.
+    ///
+    /// # Errors
+    /// Transient when the server cannot be reached, fatal when it refuses.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| StoreError::fatal("postgres store: the url is not a postgres:// url"))?;
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let scope = format!(
+            "postgres:{}/{}",
+            hosts.join(","),
+            config.get_dbname().unwrap_or_default()
+        );
+        let store = Self {
+            url: url.to_owned(),
+            client: Mutex::new(None),
+            scope,
+        };
+        drop(store.client().await?);
+        Ok(store)
+    }
+
+    /// The open connection, opened (and the tables made) when there is none or it broke.
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+                .await
+                .map_err(|e| store_error("connect", e))?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(%error, "postgres store connection ended");
+                }
+            });
+            client
+                .batch_execute(SCHEMA)
+                .await
+                .map_err(|e| store_error("create tables", e))?;
+            *guard = Some(client);
+        }
+        Ok(guard)
+    }
+}
+
+/// Checks the lease and merges `checkpoints` monotonically inside the caller's transaction
+/// (a Postgres sink writing to the same database calls this in its write transaction).
+///
+/// # Errors
+/// A fatal error when the lease is no longer current; Postgres errors by class.
+pub async fn save_in_tx(
+    tx: &tokio_postgres::Transaction<'_>,
+    lease: &Lease,
+    checkpoints: &[Checkpoint],
+) -> Result<(), StoreError> {
+    // The lease row is locked until the commit: a takeover waits for this save, then fences
+    // every later one.
+    let token: Option<i64> = tx
+        .query_opt(
+            "SELECT token FROM sluice_leases WHERE pipeline = $1 FOR UPDATE",
+            &[&lease.pipeline],
+        )
+        .await
+        .map_err(|e| store_error("read lease", e))?
+        .map(|r| r.get(0));
+    if token != Some(lease.token as i64) {
+        return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
+    }
+    for checkpoint in checkpoints {
+        let partition: &str = &checkpoint.partition;
+        let stored: Option<String> = tx
+            .query_opt(
+                "SELECT position FROM sluice_checkpoints WHERE pipeline = $1 AND partition = $2 FOR UPDATE",
+                &[&lease.pipeline, &partition],
+            )
+            .await
+            .map_err(|e| store_error("read checkpoint", e))?
+            .map(|r| r.get(0));
+        let newer = match stored.as_deref().map(parse_position).transpose()? {
+            Some(stored) => checkpoint.position > stored,
+            None => true,
+        };
+        if newer {
+            let text = serde_json::to_string(&checkpoint.position)
+                .map_err(|e| StoreError::fatal("serialize position").with_source(e))?;
+            tx.execute(
+                "INSERT INTO sluice_checkpoints (pipeline, partition, position, updated_at) VALUES ($1, $2, $3, now())
+                 ON CONFLICT (pipeline, partition) DO UPDATE SET position = excluded.position, updated_at = now()",
+                &[&lease.pipeline, &partition, &text],
+            )
+            .await
+            .map_err(|e| store_error("write checkpoint", e))?;
+        }
+    }
+    Ok(())
+}
+
+fn ttl_text(ttl: Duration) -> String {
+    format!("{} milliseconds", ttl.as_millis())
+}
+
+impl CheckpointStore for PostgresStore {
+    async fn acquire(
+        &self,
+        pipeline: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected above");
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| store_error("begin", e))?;
+        // One acquirer at a time per pipeline, even before its lease row exists.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&pipeline])
+            .await
+            .map_err(|e| store_error("lock lease", e))?;
+        let current = tx
+            .query_opt(
+                "SELECT holder, token, expires_at > now() FROM sluice_leases WHERE pipeline = $1 FOR UPDATE",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| store_error("read lease", e))?;
+        let last = match current {
+            Some(row) => {
+                let (current, token, live): (String, i64, bool) =
+                    (row.get(0), row.get(1), row.get(2));
+                if live && current != holder && crate::holder_alive(&current) {
+                    return Err(StoreError::fatal(lease_held_message(pipeline, &current)));
+                }
+                token
+            }
+            None => 0,
+        };
+        let token = last + 1;
+        tx.execute(
+            "INSERT INTO sluice_leases (pipeline, holder, token, expires_at) VALUES ($1, $2, $3, now() + $4::text::interval)
+             ON CONFLICT (pipeline) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires_at = excluded.expires_at",
+            &[&pipeline, &holder, &token, &ttl_text(ttl)],
+        )
+        .await
+        .map_err(|e| store_error("write lease", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| store_error("commit lease", e))?;
+        Ok(Lease {
+            pipeline: pipeline.to_owned(),
+            holder: holder.to_owned(),
+            token: token as u64,
+        })
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().expect("connected above");
+        let updated = client
+            .execute(
+                "UPDATE sluice_leases SET expires_at = now() + $1::text::interval WHERE pipeline = $2 AND token = $3",
+                &[&ttl_text(ttl), &lease.pipeline, &(lease.token as i64)],
+            )
+            .await
+            .map_err(|e| store_error("renew lease", e))?;
+        if updated == 0 {
+            return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
+        }
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().expect("connected above");
+        client
+            // Expired, not deleted: the token must keep growing, or a writer fenced before
+            // could match a token handed out again.
+            .execute(
+                "UPDATE sluice_leases SET expires_at = '-infinity' WHERE pipeline = $1 AND token = $2",
+                &[&lease.pipeline, &(lease.token as i64)],
+            )
+            .await
+            .map_err(|e| store_error("release lease", e))?;
+        Ok(())
+    }
+
+    async fn load(&self, pipeline: &str) -> Result<Checkpoints, StoreError> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().expect("connected above");
+        let rows = client
+            .query(
+                "SELECT partition, position FROM sluice_checkpoints WHERE pipeline = $1",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| store_error("load checkpoints", e))?;
+        let mut checkpoints = Checkpoints::new();
+        for row in rows {
+            let (partition, position): (String, String) = (row.get(0), row.get(1));
+            checkpoints.insert(partition.into(), parse_position(&position)?);
+        }
+        Ok(checkpoints)
+    }
+
+    async fn save(&self, lease: &Lease, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected above");
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| store_error("begin", e))?;
+        save_in_tx(&tx, lease, checkpoints).await?;
+        tx.commit()
+            .await
+            .map_err(|e| store_error("commit checkpoints", e))
+    }
+
+    fn transaction_scope(&self) -> Option<&str> {
+        Some(&self.scope)
+    }
+}
