@@ -276,3 +276,67 @@ impl<R: Record> Sink<R> for AnySink {
         }
     }
 }
+
+/// Every checkpoint store kind of the CLI.
+#[derive(Debug, Clone)]
+pub(crate) enum AnyStore {
+    Sqlite(sluice_stores::sqlite::SqliteStore),
+    Postgres(std::sync::Arc<sluice_stores::postgres::PostgresStore>),
+}
+
+impl sluice::CheckpointStore for AnyStore {
+    async fn acquire(
+        &self,
+        pipeline: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<sluice::Lease, sluice::StoreError> {
+        match self {
+            AnyStore::Sqlite(s) => s.acquire(pipeline, holder, ttl).await,
+            AnyStore::Postgres(s) => s.acquire(pipeline, holder, ttl).await,
+        }
+    }
+
+    async fn renew(
+        &self,
+        lease: &sluice::Lease,
+        ttl: std::time::Duration,
+    ) -> Result<(), sluice::StoreError> {
+        match self {
+            AnyStore::Sqlite(s) => s.renew(lease, ttl).await,
+            AnyStore::Postgres(s) => s.renew(lease, ttl).await,
+        }
+    }
+
+    async fn release(&self, lease: &sluice::Lease) -> Result<(), sluice::StoreError> {
+        match self {
+            AnyStore::Sqlite(s) => s.release(lease).await,
+            AnyStore::Postgres(s) => s.release(lease).await,
+        }
+    }
+
+    async fn load(&self, pipeline: &str) -> Result<sluice::Checkpoints, sluice::StoreError> {
+        match self {
+            AnyStore::Sqlite(s) => s.load(pipeline).await,
+            AnyStore::Postgres(s) => s.load(pipeline).await,
+        }
+    }
+
+    async fn save(
+        &self,
+        lease: &sluice::Lease,
+        checkpoints: &[sluice::Checkpoint],
+    ) -> Result<(), sluice::StoreError> {
+        match self {
+            AnyStore::Sqlite(s) => s.save(lease, checkpoints).await,
+            AnyStore::Postgres(s) => s.save(lease, checkpoints).await,
+        }
+    }
+
+    fn transaction_scope(&self) -> Option<&str> {
+        match self {
+            AnyStore::Sqlite(s) => s.transaction_scope(),
+            AnyStore::Postgres(s) => s.transaction_scope(),
+        }
+    }
+}

@@ -223,6 +223,10 @@ fn config_errors_name_the_file_and_the_key() {
             "[sinks.s]\nkind = \"stdout\"\n[pipelines.p]\nsource = { kind = \"http_poll\", base_url = \"http://x\", streams = [{ name = \"a\", path = \"/a\", primary_key = [] }] }\n[pipelines.p.resources.a]\nsink = \"s\"\n",
             "pipelines.p: source: streams[0].primary_key: at least one field",
         ),
+        (
+            "[store]\nkind = \"postgres\"\n[sinks.s]\nkind = \"stdout\"\n[pipelines.p]\nsource = { kind = \"file\", path = \"x\" }\n[pipelines.p.resources.r]\nsink = \"s\"\n",
+            "store: a postgres store needs url or url_env",
+        ),
         // Typed records written as emitted must fill the configured columns.
         (
             "[sinks.s]\nkind = \"sqlite\"\n[pipelines.p]\nsource = { kind = \"coinbase\" }\n[pipelines.p.resources.trades]\nsink = \"s\"\ncolumns = [{ name = \"trade_id\", type = \"integer\" }, { name = \"venue\", type = \"text\", nullable = false }]\n",

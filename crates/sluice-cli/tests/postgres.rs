@@ -668,3 +668,77 @@ async fn the_audit_finds_missing_stale_and_extra_keys_of_a_change_log() {
     );
     drop_cdc(&pg, &cdc.slot, &cdc.publication, &[&table]).await;
 }
+
+/// `[store] kind = "postgres"`: the cursor lives in Postgres (table `sluice_checkpoints`), and a
+/// second run resumes from it: appended lines land, the first ones are not read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_keeps_the_cursor_and_a_second_run_resumes() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines = |range: std::ops::Range<u32>| {
+        range
+            .map(|i| format!("{{\"id\":{i}}}\n"))
+            .collect::<String>()
+    };
+    std::fs::write(&input, lines(0..50)).unwrap();
+    let db = dir.path().join("out.db");
+    let config = dir.path().join("pgstore.toml");
+    let pipeline = format!("pgstore-{}", std::process::id());
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+kind = "postgres"
+url = "{url}"
+path = "{db}"
+
+[sinks.db]
+kind = "sqlite"
+
+[pipelines.{pipeline}]
+source = {{ kind = "file", path = "{input}", resource = "rows" }}
+resources.rows = {{ sink = "db", table = "rows", key = ["id"], columns = [{{ name = "id", type = "integer", nullable = false }}] }}
+"#,
+            db = db.display(),
+            input = input.display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let query = "SELECT position FROM sluice_checkpoints WHERE pipeline = $1";
+    run();
+    let size = std::fs::metadata(&input).unwrap().len();
+    let saved: String = pg.query_one(query, &[&pipeline]).await.unwrap().get(0);
+    assert_eq!(saved, size.to_string());
+    assert_eq!(count(&db, "SELECT count(*) FROM rows"), 50);
+    // Lines appended; rows of the first run deleted from the destination: a second run that
+    // read from the start would write them again.
+    std::fs::write(&input, lines(0..60)).unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM rows WHERE id < 50", [])
+        .unwrap();
+    run();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rows"),
+        10,
+        "only the new lines"
+    );
+    let size = std::fs::metadata(&input).unwrap().len();
+    let saved: String = pg.query_one(query, &[&pipeline]).await.unwrap().get(0);
+    assert_eq!(saved, size.to_string());
+}

@@ -85,6 +85,16 @@ impl PostgresStore {
     /// # Errors
     /// Transient when the server cannot be reached, fatal when it refuses.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let store = Self::new(url)?;
+        drop(store.client().await?);
+        Ok(store)
+    }
+
+    /// A store at `url` that connects (and creates its tables) on first use.
+    ///
+    /// # Errors
+    /// A fatal error when `url` is not a Postgres URL.
+    pub fn new(url: &str) -> Result<Self, StoreError> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| StoreError::fatal("postgres store: the url is not a postgres:// url"))?;
@@ -101,13 +111,11 @@ impl PostgresStore {
             hosts.join(","),
             config.get_dbname().unwrap_or_default()
         );
-        let store = Self {
+        Ok(Self {
             url: url.to_owned(),
             client: Mutex::new(None),
             scope,
-        };
-        drop(store.client().await?);
-        Ok(store)
+        })
     }
 
     /// The open connection, opened (and the tables made) when there is none or it broke.

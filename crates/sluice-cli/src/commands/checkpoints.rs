@@ -43,6 +43,10 @@ fn store_of(args: &CheckpointArgs) -> anyhow::Result<sluice_stores::sqlite::Sqli
         Some(config) => {
             let config = Config::load(config, &args.db)?;
             config.select(std::slice::from_ref(&args.pipeline))?;
+            anyhow::ensure!(
+                config.store_url.is_none(),
+                "checkpoints show/reset work on a SQLite store; for a postgres store, query table sluice_checkpoints in its database"
+            );
             config.store_path.clone()
         }
         None => args.db.clone(),

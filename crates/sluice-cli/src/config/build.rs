@@ -14,11 +14,11 @@ use sluice_sinks::{
 use sluice_stores::sqlite::{SqliteDb, SqliteStore};
 
 use super::resolve::{Config, PipelineSpec, ResourceSpec, SinkSpec};
-use crate::registry::{AnyJq, AnyRecord, AnySink, AnySource};
+use crate::registry::{AnyJq, AnyRecord, AnySink, AnySource, AnyStore};
 
 /// A pipeline as the CLI builds it.
 pub(crate) type CliPipeline =
-    Pipeline<AnySource, AnyRecord, AnySink, SqliteStore, DeadLetterSink<AnySink>>;
+    Pipeline<AnySource, AnyRecord, AnySink, AnyStore, DeadLetterSink<AnySink>>;
 
 impl Config {
     /// Builds pipeline `id` (its sinks open their files now).
@@ -27,7 +27,13 @@ impl Config {
             .pipelines
             .get(id)
             .ok_or_else(|| anyhow!("no pipeline named {id:?}"))?;
-        let store = SqliteStore::new(databases.open(&self.store_path)?);
+        let store = match &self.store_url {
+            // Connects on first use: the pipeline's start reports a server that is down.
+            Some(url) => AnyStore::Postgres(std::sync::Arc::new(
+                sluice_stores::postgres::PostgresStore::new(url)?,
+            )),
+            None => AnyStore::Sqlite(SqliteStore::new(databases.open(&self.store_path)?)),
+        };
         let source = spec.source.build()?;
         let mut resources = Resources::new().on_unknown(spec.on_unknown);
         let mut sinks = Vec::new();
@@ -79,7 +85,7 @@ impl Config {
         id: &str,
         spec: &PipelineSpec,
         source: AnySource,
-        store: SqliteStore,
+        store: AnyStore,
         resources: Resources<AnyRecord, AnyRecord>,
         sinks: Vec<(String, AnySink)>,
         dead: DeadLetterSink<AnySink>,

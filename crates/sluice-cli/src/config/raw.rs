@@ -29,8 +29,15 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawStore {
-    /// The SQLite file (default `./sluice.db`, or `SLUICE_DB`).
+    /// `sqlite` (default) or `postgres`.
+    pub(crate) kind: Option<String>,
+    /// The SQLite file (default `./sluice.db`, or `SLUICE_DB`); with a Postgres store, the file
+    /// of the default SQLite sink and dead letters.
     pub(crate) path: Option<String>,
+    /// The Postgres URL (`postgres://user:password@host:port/database`).
+    pub(crate) url: Option<String>,
+    /// Or the environment variable holding it.
+    pub(crate) url_env: Option<String>,
 }
 
 /// `[sinks.NAME]`.

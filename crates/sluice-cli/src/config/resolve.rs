@@ -96,6 +96,8 @@ pub(crate) struct PipelineSpec {
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) store_path: PathBuf,
+    /// The checkpoint store when it is not the SQLite file: a Postgres URL.
+    pub(crate) store_url: Option<String>,
     pub(crate) sinks: BTreeMap<String, SinkSpec>,
     pub(crate) pipelines: BTreeMap<String, PipelineSpec>,
     pub(crate) metrics_addr: Option<SocketAddr>,
@@ -115,6 +117,30 @@ impl Config {
     }
 
     fn resolve(raw: RawConfig, default_store: &Path) -> anyhow::Result<Self> {
+        let store_url = match raw.store.kind.as_deref() {
+            None | Some("sqlite") => {
+                if raw.store.url.is_some() || raw.store.url_env.is_some() {
+                    bail!("store: url and url_env are for kind = \"postgres\"");
+                }
+                None
+            }
+            Some("postgres") => {
+                let url = match (&raw.store.url, &raw.store.url_env) {
+                    (Some(url), None) => url.clone(),
+                    (None, Some(var)) => std::env::var(var).map_err(|_| {
+                        anyhow!("store.url_env: the environment variable {var} is not set")
+                    })?,
+                    _ => bail!("store: a postgres store needs url or url_env (one of them)"),
+                };
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    bail!("store.url: must start with postgres://");
+                }
+                sluice_stores::postgres::PostgresStore::new(&url)
+                    .map_err(|e| anyhow!("store.url: {e}"))?;
+                Some(url)
+            }
+            Some(other) => bail!("store.kind: {other:?} is not sqlite or postgres"),
+        };
         let store_path = raw
             .store
             .path
@@ -209,6 +235,7 @@ impl Config {
             .transpose()?;
         Ok(Self {
             store_path,
+            store_url,
             sinks,
             pipelines,
             metrics_addr,
@@ -323,6 +350,7 @@ impl Config {
         let pipelines = BTreeMap::from([(template.pipeline.to_owned(), spec)]);
         Ok(Self {
             store_path: db.to_path_buf(),
+            store_url: None,
             sinks,
             pipelines,
             metrics_addr: None,
