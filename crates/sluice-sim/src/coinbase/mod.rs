@@ -403,7 +403,14 @@ impl CoinbaseSim {
     }
 
     /// Changes the trade rate (0 stops generating; heartbeats go on).
+    /// Once it returns, no trade is generated at the old rate (the generator reads the rate
+    /// under the lock it emits under): a test may read `generated()` right after.
     pub fn set_rate(&self, rate: f64) {
+        let _serial = self
+            .state
+            .emit_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         *self.state.rate.lock().unwrap_or_else(|e| e.into_inner()) = rate;
     }
 
@@ -434,12 +441,17 @@ impl CoinbaseSim {
 
 /// Announces `n` new trades, round robin over products.
 fn emit_trades(state: &State, n: u64) {
+    // One emitter at a time, so every connection sees each product's ids in order.
+    let _serial = state.emit_lock.lock().unwrap_or_else(|e| e.into_inner());
+    emit_trades_serially(state, n);
+}
+
+/// [`emit_trades`] under the emit lock the caller holds.
+fn emit_trades_serially(state: &State, n: u64) {
     let products = state.first.len();
     if products == 0 {
         return;
     }
-    // One emitter at a time, so every connection sees each product's ids in order.
-    let _serial = state.emit_lock.lock().unwrap_or_else(|e| e.into_inner());
     let base = state.generated_total();
     for i in 0..n {
         let product = ((base + i) % products as u64) as usize;
@@ -480,10 +492,11 @@ async fn generate(state: Arc<State>) {
             _ = state.shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
+        let _serial = state.emit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let rate = *state.rate.lock().unwrap_or_else(|e| e.into_inner());
         owed += rate * tick.as_secs_f64();
         let due = owed.floor();
         owed -= due;
-        emit_trades(&state, due as u64);
+        emit_trades_serially(&state, due as u64);
     }
 }
