@@ -239,6 +239,7 @@ source_kinds! {
 #[derive(Debug)]
 pub(crate) enum AnySink {
     Sqlite(SqliteSink),
+    Postgres(Box<sluice_sinks::postgres::PostgresSink>),
     ClickHouse(Box<ClickHouseSink>),
     Kafka(KafkaSink),
     Jsonl(JsonlSink),
@@ -249,6 +250,7 @@ impl<R: Record> Sink<R> for AnySink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         match self {
             AnySink::Sqlite(s) => Sink::<R>::prepare(s).await,
+            AnySink::Postgres(s) => Sink::<R>::prepare(&mut **s).await,
             AnySink::ClickHouse(s) => Sink::<R>::prepare(&mut **s).await,
             AnySink::Kafka(s) => Sink::<R>::prepare(s).await,
             AnySink::Jsonl(_) | AnySink::Null(_) => Ok(()),
@@ -262,6 +264,7 @@ impl<R: Record> Sink<R> for AnySink {
     ) -> Result<(), SinkError> {
         match self {
             AnySink::Sqlite(s) => s.write(batch, commit).await,
+            AnySink::Postgres(s) => s.write(batch, commit).await,
             AnySink::ClickHouse(s) => s.write(batch, commit).await,
             AnySink::Kafka(s) => s.write(batch, commit).await,
             AnySink::Jsonl(s) => s.write(batch, commit).await,
@@ -272,6 +275,7 @@ impl<R: Record> Sink<R> for AnySink {
     fn transaction_scope(&self) -> Option<&str> {
         match self {
             AnySink::Sqlite(s) => Sink::<R>::transaction_scope(s),
+            AnySink::Postgres(s) => Sink::<R>::transaction_scope(&**s),
             _ => None,
         }
     }

@@ -742,3 +742,87 @@ resources.rows = {{ sink = "db", table = "rows", key = ["id"], columns = [{{ nam
     let saved: String = pg.query_one(query, &[&pipeline]).await.unwrap().get(0);
     assert_eq!(saved, size.to_string());
 }
+
+/// A Postgres sink beside a Postgres store in the same database: records and cursors commit in
+/// one transaction. A run stores every line once; a second run adds only the appended lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_sink_and_store_commit_records_and_cursors_together() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines = |range: std::ops::Range<u32>| {
+        range
+            .map(|i| {
+                format!(
+                    "{{\"id\":{i},\"amount\":\"99999999999{}.1234567{}\"}}\n",
+                    i % 10,
+                    i % 10
+                )
+            })
+            .collect::<String>()
+    };
+    std::fs::write(&input, lines(0..40)).unwrap();
+    let config = dir.path().join("pgsink.toml");
+    let pipeline = format!("pgsink-{}", std::process::id());
+    let table = format!("pgsink_{}", std::process::id());
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+kind = "postgres"
+url = "{url}"
+path = "{db}"
+
+[sinks.pg]
+kind = "postgres"
+url = "{url}"
+
+[pipelines.{pipeline}]
+source = {{ kind = "file", path = "{input}", resource = "rows" }}
+resources.rows = {{ sink = "pg", table = "{table}", key = ["id"], columns = [{{ name = "id", type = "integer", nullable = false }}, {{ name = "amount", type = "decimal" }}] }}
+"#,
+            db = dir.path().join("local.db").display(),
+            input = input.display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run();
+    std::fs::write(&input, lines(0..55)).unwrap();
+    run();
+    let row = pg
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT id), max(amount)::text FROM {table}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 55);
+    assert_eq!(row.get::<_, i64>(1), 55);
+    assert_eq!(row.get::<_, String>(2), "999999999999.12345679");
+    let saved: String = pg
+        .query_one(
+            "SELECT position FROM sluice_checkpoints WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(saved, std::fs::metadata(&input).unwrap().len().to_string());
+    pg.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}

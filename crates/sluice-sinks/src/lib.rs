@@ -7,6 +7,8 @@
 //! - [`kafka`]: a topic through an idempotent rdkafka producer, a batch written when every
 //!   delivery report succeeded.
 //! - [`jsonl`]: JSON lines appended to a file (fsynced per batch) or written to stdout.
+//! - [`postgres`]: a table fed by `COPY` into a staging table and one merge per batch, sharing
+//!   its transaction with the Postgres checkpoint store for exactly-once.
 
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
@@ -14,5 +16,7 @@ pub mod clickhouse;
 pub mod jsonl;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

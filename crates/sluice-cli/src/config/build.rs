@@ -57,6 +57,9 @@ impl Config {
             SinkSpec::Sqlite { path } => {
                 AnySink::Sqlite(SqliteSink::dead_letters(databases.open(path)?, dead_table))
             }
+            SinkSpec::Postgres { url } => AnySink::Postgres(Box::new(
+                sluice_sinks::postgres::PostgresSink::dead_letters(url, dead_table)?,
+            )),
             SinkSpec::ClickHouse { endpoint, options } => AnySink::ClickHouse(Box::new(
                 ClickHouseSink::dead_letters(endpoint.clone(), dead_table, options.clone())?,
             )),
@@ -120,6 +123,13 @@ impl Config {
                     sink = sink.version(version)?;
                 }
                 AnySink::Sqlite(sink)
+            }
+            SinkSpec::Postgres { url } => {
+                let mut sink = sluice_sinks::postgres::PostgresSink::new(url, schema())?;
+                if let Some(version) = resource.and_then(|r| r.version.as_deref()) {
+                    sink = sink.version(version)?;
+                }
+                AnySink::Postgres(Box::new(sink))
             }
             SinkSpec::ClickHouse { endpoint, options } => {
                 let mut sink = ClickHouseSink::new(endpoint.clone(), schema(), options.clone())?;

@@ -62,6 +62,16 @@ pub(crate) enum RawSink {
         /// Retries of a transient failure inside one write.
         retries: Option<u32>,
     },
+    /// Tables in a Postgres database (COPY into staging, one merge per batch; exactly-once
+    /// when the store is the same database).
+    Postgres {
+        /// `postgres://user:password@host:5432/database`; better kept out of the file with
+        /// `url_env`.
+        url: Option<String>,
+        /// The environment variable holding the URL (default `DATABASE_URL` when `url` is
+        /// absent).
+        url_env: Option<String>,
+    },
     /// Topics of a Kafka-protocol cluster.
     Kafka {
         /// `host:port[,host:port]`.

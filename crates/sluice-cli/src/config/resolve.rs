@@ -29,6 +29,9 @@ pub(crate) enum SinkSpec {
     Sqlite {
         path: PathBuf,
     },
+    Postgres {
+        url: String,
+    },
     ClickHouse {
         endpoint: ClickHouseEndpoint,
         options: ClickHouseOptions,
@@ -46,7 +49,10 @@ pub(crate) enum SinkSpec {
 
 impl SinkSpec {
     fn is_table(&self) -> bool {
-        matches!(self, SinkSpec::Sqlite { .. } | SinkSpec::ClickHouse { .. })
+        matches!(
+            self,
+            SinkSpec::Sqlite { .. } | SinkSpec::ClickHouse { .. } | SinkSpec::Postgres { .. }
+        )
     }
 
     /// A sink given as a URL on the command line: `clickhouse://…` or `kafka://…`.
@@ -154,6 +160,22 @@ impl Config {
                         .map(PathBuf::from)
                         .unwrap_or_else(|| store_path.clone()),
                 },
+                RawSink::Postgres { url, url_env } => {
+                    let url = match (url, url_env) {
+                        (Some(url), None) => url,
+                        (None, env) => {
+                            let var = env.unwrap_or_else(|| "DATABASE_URL".to_owned());
+                            std::env::var(&var).map_err(|_| {
+                                anyhow!("sinks.{name}: environment variable {var} (the Postgres URL) is not set")
+                            })?
+                        }
+                        (Some(_), Some(_)) => bail!("sinks.{name}: set url or url_env, not both"),
+                    };
+                    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                        bail!("sinks.{name}.url: must start with postgres://");
+                    }
+                    SinkSpec::Postgres { url }
+                }
                 RawSink::Clickhouse {
                     url,
                     url_env,
@@ -410,7 +432,9 @@ fn resolve_pipeline(
             )
         })?;
         if resource.version.is_some() && !sink.is_table() {
-            bail!("{context}.version: only table sinks (sqlite, clickhouse) have a version column");
+            bail!(
+                "{context}.version: only table sinks (sqlite, postgres, clickhouse) have a version column"
+            );
         }
         let mut version = resource.version.clone();
         if resource.topic.is_some() && !matches!(sink, SinkSpec::Kafka { .. }) {

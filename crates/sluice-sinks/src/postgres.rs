@@ -1,0 +1,345 @@
+//! Defines the Postgres sink: a table created from a [`TableSchema`], each batch copied
+//! (`COPY … FROM STDIN`, text format) into a temporary staging table and merged with one
+//! statement — an upsert by key that keeps the last record of a key in the batch, and with a
+//! version column never lets an older row overwrite a newer one. Numbers travel as their exact
+//! text. When the checkpoint store is the same database, the cursors commit in the same
+//! transaction, under the lease (exactly-once), as with SQLite.
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use sluice::{
+    Cell, CellWriter, CheckpointCommit, ColumnType, ErrorClass, Record, Sink, SinkError,
+    TableSchema,
+};
+use tokio_postgres::{Client, NoTls};
+
+/// Quotes an identifier: `"name"`, inner quotes doubled.
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+fn sql_type(kind: ColumnType) -> &'static str {
+    match kind {
+        ColumnType::Integer => "bigint",
+        ColumnType::Float => "double precision",
+        ColumnType::Decimal => "numeric",
+        ColumnType::Text => "text",
+        ColumnType::Boolean => "boolean",
+        ColumnType::Timestamp => "timestamptz",
+        ColumnType::Json => "jsonb",
+    }
+}
+
+/// What a Postgres error means for a batch: bad data (class 22, 23) is the record's fault, lost
+/// connections, serialization failures and exhausted resources pass, the rest is fatal.
+fn classify(error: &tokio_postgres::Error) -> ErrorClass {
+    match error.code().map(|c| &c.code()[..2]) {
+        None => ErrorClass::Transient,
+        Some("22" | "23") => ErrorClass::Data,
+        Some("08" | "40" | "53" | "57" | "58") => ErrorClass::Transient,
+        Some(_) => ErrorClass::Fatal,
+    }
+}
+
+fn sink_error(context: &str, error: tokio_postgres::Error) -> SinkError {
+    let detail = error
+        .as_db_error()
+        .map(|e| format!(": {}", e.message()))
+        .unwrap_or_default();
+    SinkError::new(classify(&error), format!("postgres: {context}{detail}")).with_source(error)
+}
+
+/// Writes records of any [`Record`] type into one Postgres table.
+pub struct PostgresSink {
+    url: String,
+    scope: String,
+    schema: TableSchema,
+    version: Option<String>,
+    client: Option<Client>,
+}
+
+impl std::fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("PostgresSink")
+            .field("scope", &self.scope)
+            .field("table", &self.schema.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes one record's cells as a line of `COPY … (FORMAT text)`.
+struct CopyLine<'a> {
+    out: &'a mut Vec<u8>,
+    columns: usize,
+    next: usize,
+}
+
+impl CellWriter for CopyLine<'_> {
+    fn cell(&mut self, cell: Cell<'_>) -> Result<(), String> {
+        if self.next >= self.columns {
+            return Err(format!("more cells than the {} columns", self.columns));
+        }
+        self.next += 1;
+        match cell {
+            Cell::Null => self.out.extend_from_slice(b"\\N"),
+            Cell::Bool(b) => self.out.push(if b { b't' } else { b'f' }),
+            Cell::Int(i) => self.out.extend_from_slice(i.to_string().as_bytes()),
+            Cell::UInt(u) => self.out.extend_from_slice(u.to_string().as_bytes()),
+            Cell::Float(f) => self.out.extend_from_slice(format!("{f:?}").as_bytes()),
+            Cell::Number(text) | Cell::Text(text) => escape(self.out, text.as_bytes()),
+            Cell::Json(value) => escape(self.out, value.to_string().as_bytes()),
+        }
+        self.out.push(b'\t');
+        Ok(())
+    }
+}
+
+/// COPY's text format: backslash, tab, newline and carriage return escaped.
+fn escape(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+impl PostgresSink {
+    /// A sink writing `schema`'s table at `url` (connects when prepared).
+    ///
+    /// # Errors
+    /// A fatal error when the schema is invalid or `url` is not a Postgres URL.
+    pub fn new(url: &str, schema: TableSchema) -> Result<Self, SinkError> {
+        schema.validate().map_err(SinkError::fatal)?;
+        let store = sluice_stores::postgres::PostgresStore::new(url)
+            .map_err(|e| SinkError::fatal(e.to_string()))?;
+        let scope = sluice::CheckpointStore::transaction_scope(&store)
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Self {
+            url: url.to_owned(),
+            scope,
+            schema,
+            version: None,
+            client: None,
+        })
+    }
+
+    /// The dead-letter table `table` at `url`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn dead_letters(url: &str, table: &str) -> Result<Self, SinkError> {
+        Self::new(url, TableSchema::dead_letters(table))
+    }
+
+    /// Upserts only when the incoming row's `column` is at least the stored one.
+    ///
+    /// # Errors
+    /// A fatal error when the column is not in the schema or the table has no key.
+    pub fn version(mut self, column: &str) -> Result<Self, SinkError> {
+        if !self.schema.columns.iter().any(|c| c.name == column) || self.schema.key.is_empty() {
+            return Err(SinkError::fatal(format!(
+                "table {}: version column {column} must be a column of a keyed table",
+                self.schema.table
+            )));
+        }
+        self.version = Some(column.to_owned());
+        Ok(self)
+    }
+
+    fn stage(&self) -> String {
+        quote(&format!("_sluice_stage_{}", self.schema.table))
+    }
+
+    async fn connect(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+                .await
+                .map_err(|e| sink_error("connect", e))?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(%error, "postgres sink connection ended");
+                }
+            });
+            // The staging table lives as long as the connection; rows as long as a transaction.
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS;
+                     ALTER TABLE {stage} ADD COLUMN IF NOT EXISTS _sluice_seq bigserial",
+                    stage = self.stage(),
+                    table = quote(&self.schema.table),
+                ))
+                .await
+                .map_err(|e| sink_error("create the staging table", e))?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn create_table_sql(&self) -> String {
+        let schema = &self.schema;
+        let mut columns: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| {
+                let null = if c.nullable && !schema.key.contains(&c.name) {
+                    ""
+                } else {
+                    " NOT NULL"
+                };
+                format!("{} {}{null}", quote(&c.name), sql_type(c.kind))
+            })
+            .collect();
+        if !schema.key.is_empty() {
+            let key: Vec<_> = schema.key.iter().map(|k| quote(k)).collect();
+            columns.push(format!("PRIMARY KEY ({})", key.join(", ")));
+        }
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            quote(&schema.table),
+            columns.join(", ")
+        )
+    }
+
+    /// The statement moving the staged rows into the table: the last row of each key.
+    fn merge_sql(&self) -> String {
+        let schema = &self.schema;
+        let names: Vec<String> = schema.columns.iter().map(|c| quote(&c.name)).collect();
+        let names = names.join(", ");
+        let (table, stage) = (quote(&schema.table), self.stage());
+        if schema.key.is_empty() {
+            return format!(
+                "INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ORDER BY _sluice_seq"
+            );
+        }
+        let key: Vec<String> = schema.key.iter().map(|k| quote(k)).collect();
+        let key = key.join(", ");
+        let updates: Vec<String> = schema
+            .columns
+            .iter()
+            .filter(|c| !schema.key.contains(&c.name))
+            .map(|c| format!("{0} = excluded.{0}", quote(&c.name)))
+            .collect();
+        let conflict = if updates.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            let mut action = format!("DO UPDATE SET {}", updates.join(", "));
+            if let Some(version) = &self.version {
+                // An older version arriving late (a replay, a backfill) never beats newer data.
+                action.push_str(&format!(
+                    " WHERE excluded.{0} >= {table}.{0}",
+                    quote(version)
+                ));
+            }
+            action
+        };
+        format!(
+            "INSERT INTO {table} ({names})
+             SELECT DISTINCT ON ({key}) {names} FROM {stage} ORDER BY {key}, _sluice_seq DESC
+             ON CONFLICT ({key}) {conflict}"
+        )
+    }
+}
+
+impl<R: Record> Sink<R> for PostgresSink {
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        let create = self.create_table_sql();
+        let (url, table) = (self.url.clone(), self.schema.table.clone());
+        {
+            // The table first (the staging table is made LIKE it when connecting).
+            let (client, connection) = tokio_postgres::connect(&url, NoTls)
+                .await
+                .map_err(|e| sink_error("connect", e))?;
+            let task = tokio::spawn(connection);
+            client
+                .batch_execute(&create)
+                .await
+                .map_err(|e| sink_error(&format!("create table {table}"), e))?;
+            drop(client);
+            let _ = task.await;
+        }
+        self.connect().await?;
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        batch: &[R],
+        commit: Option<&CheckpointCommit<'_>>,
+    ) -> Result<(), SinkError> {
+        let table = self.schema.table.clone();
+        let columns = self.schema.columns.clone();
+        let plan =
+            R::plan(&columns).map_err(|why| SinkError::fatal(format!("table {table}: {why}")))?;
+        let mut body = Vec::with_capacity(batch.len() * 64);
+        for record in batch {
+            let start = body.len();
+            let mut line = CopyLine {
+                out: &mut body,
+                columns: columns.len(),
+                next: 0,
+            };
+            record
+                .write(&plan, &columns, &mut line)
+                .map_err(|why| SinkError::data(format!("table {table}: {why}")))?;
+            if line.next != columns.len() {
+                return Err(SinkError::data(format!(
+                    "table {table}: the record wrote {} cells for {} columns",
+                    line.next,
+                    columns.len()
+                )));
+            }
+            if body.len() > start {
+                body.pop(); // the last tab
+            }
+            body.push(b'\n');
+        }
+        let names: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
+        let copy = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT text)",
+            self.stage(),
+            names.join(", ")
+        );
+        let merge = self.merge_sql();
+        let client = self.connect().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| sink_error("begin", e))?;
+        let sink = tx
+            .copy_in(&copy)
+            .await
+            .map_err(|e| sink_error(&format!("copy into {table}"), e))?;
+        futures_util::pin_mut!(sink);
+        sink.send(Bytes::from(body))
+            .await
+            .map_err(|e| sink_error(&format!("copy into {table}"), e))?;
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| sink_error(&format!("copy into {table}"), e))?;
+        tx.execute(&merge, &[])
+            .await
+            .map_err(|e| sink_error(&format!("merge into {table}"), e))?;
+        if let Some(commit) = commit {
+            sluice_stores::postgres::save_in_tx(&tx, commit.lease, commit.checkpoints)
+                .await
+                .map_err(|e| {
+                    SinkError::new(e.class(), "save cursors in the write transaction")
+                        .with_source(e)
+                })?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| sink_error(&format!("commit {table}"), e))
+    }
+
+    fn transaction_scope(&self) -> Option<&str> {
+        Some(&self.scope)
+    }
+}

@@ -1,0 +1,166 @@
+//! The Postgres sink against the real Postgres of `scripts/services`: exact values, replays and
+//! duplicate keys converging, the version rule, bad rows as data errors, and records with
+//! cursors committed in one transaction under the lease of the Postgres store.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::{
+    Checkpoint, CheckpointCommit, CheckpointStore, Column, ColumnType, ErrorClass, Position, Sink,
+    TableSchema,
+};
+use sluice_sinks::postgres::PostgresSink;
+use sluice_stores::postgres::PostgresStore;
+
+use crate::common::{service, unique};
+
+fn table(name: &str) -> TableSchema {
+    let col = |name: &str, kind, nullable| Column::new(name, kind, nullable);
+    TableSchema {
+        table: name.into(),
+        columns: vec![
+            col("id", ColumnType::Integer, false),
+            col("price", ColumnType::Decimal, true),
+            col("at", ColumnType::Timestamp, true),
+            col("meta", ColumnType::Json, true),
+            col("v", ColumnType::Integer, true),
+        ],
+        key: vec!["id".into()],
+    }
+}
+
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn rows_land_exactly_and_replays_converge_to_the_newest_version() {
+    let Some(url) = service("SLUICE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let name = unique("pg_exact");
+    let mut sink = PostgresSink::new(&url, table(&name))
+        .unwrap()
+        .version("v")
+        .unwrap();
+    Sink::<Value>::prepare(&mut sink).await.unwrap();
+    let exact: Value = serde_json::from_str("999999999999.12345670").unwrap();
+    let batch = vec![
+        json!({"id": 1, "price": exact, "at": "2026-12-01T00:00:00.000001Z", "meta": {"tab": "a\tb\\c\n"}, "v": 1}),
+        json!({"id": 2, "price": "0.10", "v": 5}),
+        // The same key twice in one batch: the last one wins.
+        json!({"id": 1, "price": exact, "at": "2026-12-01T00:00:00.000001Z", "meta": {"tab": "a\tb\\c\n"}, "v": 2}),
+    ];
+    Sink::<Value>::write(&mut sink, &batch, None).await.unwrap();
+    // A replay of an older version never beats the newer row.
+    Sink::<Value>::write(&mut sink, &[json!({"id": 2, "price": "9", "v": 4})], None)
+        .await
+        .unwrap();
+    let pg = client(&url).await;
+    let rows = pg
+        .query(
+            &format!("SELECT id, price::text, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), meta->>'tab', v FROM \"{name}\" ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[0].get::<_, String>(1),
+        "999999999999.12345670",
+        "exact, trailing zero kept"
+    );
+    assert_eq!(rows[0].get::<_, String>(2), "2026-12-01 00:00:00.000001");
+    assert_eq!(rows[0].get::<_, String>(3), "a\tb\\c\n");
+    assert_eq!(rows[0].get::<_, i64>(4), 2);
+    assert_eq!(rows[1].get::<_, String>(1), "0.10");
+    assert_eq!(rows[1].get::<_, i64>(4), 5);
+    // A bad row is the record's fault (the runtime bisects to it), and nothing of its batch
+    // is written.
+    let error = Sink::<Value>::write(
+        &mut sink,
+        &[
+            json!({"id": 3, "v": 1}),
+            json!({"id": 4, "price": "ten", "v": 1}),
+        ],
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Data, "{error}");
+    let count: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM \"{name}\""), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+    // The connection still works after the failed batch.
+    Sink::<Value>::write(&mut sink, &[json!({"id": 3, "v": 1})], None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn records_and_cursors_commit_together_and_a_fenced_writer_commits_neither() {
+    let Some(url) = service("SLUICE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let name = unique("pg_once");
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let mut sink = PostgresSink::new(&url, table(&name)).unwrap();
+    assert_eq!(
+        Sink::<Value>::transaction_scope(&sink),
+        store.transaction_scope(),
+        "one database, one transaction domain"
+    );
+    Sink::<Value>::prepare(&mut sink).await.unwrap();
+    let pipeline = unique("pg-once");
+    let lease = store
+        .acquire(&pipeline, "machine-a:1", Duration::from_millis(300))
+        .await
+        .unwrap();
+    let cursors = [Checkpoint::new("p", 10u64)];
+    let commit = CheckpointCommit {
+        pipeline: &pipeline,
+        lease: &lease,
+        checkpoints: &cursors,
+    };
+    Sink::<Value>::write(&mut sink, &[json!({"id": 1, "v": 1})], Some(&commit))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&pipeline).await.unwrap().get("p"),
+        Some(&Position::Int(10))
+    );
+    // Another machine takes over; the first comes back with its old lease.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store
+        .acquire(&pipeline, "machine-b:2", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let later = [Checkpoint::new("p", 20u64)];
+    let stale = CheckpointCommit {
+        pipeline: &pipeline,
+        lease: &lease,
+        checkpoints: &later,
+    };
+    let error = Sink::<Value>::write(&mut sink, &[json!({"id": 2, "v": 1})], Some(&stale))
+        .await
+        .unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Fatal);
+    let pg = client(&url).await;
+    let count: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM \"{name}\""), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1, "the fenced writer's rows were not committed");
+    assert_eq!(
+        store.load(&pipeline).await.unwrap().get("p"),
+        Some(&Position::Int(10))
+    );
+}
