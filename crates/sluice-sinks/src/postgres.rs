@@ -13,6 +13,11 @@ use sluice::{
 };
 use tokio_postgres::{Client, NoTls};
 
+/// A string literal of a table name (for the advisory lock key).
+fn sluice_table_literal(table: &str) -> String {
+    format!("'{}'", table.replace('\'', "''"))
+}
+
 /// Quotes an identifier: `"name"`, inner quotes doubled.
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
@@ -71,18 +76,25 @@ impl std::fmt::Debug for PostgresSink {
 /// Writes one record's cells as a line of `COPY … (FORMAT text)`.
 struct CopyLine<'a> {
     out: &'a mut Vec<u8>,
-    columns: usize,
+    /// Which columns are `json` (their cells are written as JSON text).
+    json: &'a [bool],
     next: usize,
 }
 
 impl CellWriter for CopyLine<'_> {
     fn cell(&mut self, cell: Cell<'_>) -> Result<(), String> {
-        if self.next >= self.columns {
-            return Err(format!("more cells than the {} columns", self.columns));
-        }
+        let Some(&json) = self.json.get(self.next) else {
+            return Err(format!("more cells than the {} columns", self.json.len()));
+        };
         self.next += 1;
         match cell {
             Cell::Null => self.out.extend_from_slice(b"\\N"),
+            // A json column holds the cell's JSON: a string quoted, a number as its digits.
+            other if json => {
+                let mut text = Vec::new();
+                other.write_json(&mut text);
+                escape(self.out, &text);
+            }
             Cell::Bool(b) => self.out.push(if b { b't' } else { b'f' }),
             Cell::Int(i) => self.out.extend_from_slice(i.to_string().as_bytes()),
             Cell::UInt(u) => self.out.extend_from_slice(u.to_string().as_bytes()),
@@ -115,11 +127,9 @@ impl PostgresSink {
     /// A fatal error when the schema is invalid or `url` is not a Postgres URL.
     pub fn new(url: &str, schema: TableSchema) -> Result<Self, SinkError> {
         schema.validate().map_err(SinkError::fatal)?;
-        let store = sluice_stores::postgres::PostgresStore::new(url)
+        let config = sluice_stores::postgres::connect_config(url)
             .map_err(|e| SinkError::fatal(e.to_string()))?;
-        let scope = sluice::CheckpointStore::transaction_scope(&store)
-            .unwrap_or_default()
-            .to_owned();
+        let scope = sluice_stores::postgres::scope_of(&config);
         Ok(Self {
             url: url.to_owned(),
             scope,
@@ -152,13 +162,20 @@ impl PostgresSink {
         Ok(self)
     }
 
+    fn connect_config(&self) -> Result<tokio_postgres::Config, SinkError> {
+        sluice_stores::postgres::connect_config(&self.url)
+            .map_err(|e| SinkError::fatal(e.to_string()))
+    }
+
     fn stage(&self) -> String {
         quote(&format!("_sluice_stage_{}", self.schema.table))
     }
 
     async fn connect(&mut self) -> Result<&mut Client, SinkError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            let (client, connection) = self
+                .connect_config()?
+                .connect(NoTls)
                 .await
                 .map_err(|e| sink_error("connect", e))?;
             tokio::spawn(async move {
@@ -169,10 +186,20 @@ impl PostgresSink {
             // The staging table lives as long as the connection; rows as long as a transaction.
             client
                 .batch_execute(&format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS;
+                    // The sink's columns only, without constraints or defaults: a table with
+                    // more columns (a NOT NULL one with a default) is filled by the merge.
+                    "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS
+                       SELECT {names} FROM {table} WITH NO DATA;
                      ALTER TABLE {stage} ADD COLUMN IF NOT EXISTS _sluice_seq bigserial",
                     stage = self.stage(),
                     table = quote(&self.schema.table),
+                    names = self
+                        .schema
+                        .columns
+                        .iter()
+                        .map(|c| quote(&c.name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 ))
                 .await
                 .map_err(|e| sink_error("create the staging table", e))?;
@@ -238,9 +265,15 @@ impl PostgresSink {
             }
             action
         };
+        // The record of a key that stays: the newest version (with a version column), else the
+        // last one of the batch.
+        let newest = match &self.version {
+            Some(version) => format!("{} DESC NULLS LAST, _sluice_seq DESC", quote(version)),
+            None => "_sluice_seq DESC".to_owned(),
+        };
         format!(
             "INSERT INTO {table} ({names})
-             SELECT DISTINCT ON ({key}) {names} FROM {stage} ORDER BY {key}, _sluice_seq DESC
+             SELECT DISTINCT ON ({key}) {names} FROM {stage} ORDER BY {key}, {newest}
              ON CONFLICT ({key}) {conflict}"
         )
     }
@@ -249,15 +282,21 @@ impl PostgresSink {
 impl<R: Record> Sink<R> for PostgresSink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         let create = self.create_table_sql();
-        let (url, table) = (self.url.clone(), self.schema.table.clone());
+        let table = self.schema.table.clone();
         {
             // The table first (the staging table is made LIKE it when connecting).
-            let (client, connection) = tokio_postgres::connect(&url, NoTls)
+            let (client, connection) = self
+                .connect_config()?
+                .connect(NoTls)
                 .await
                 .map_err(|e| sink_error("connect", e))?;
             let task = tokio::spawn(connection);
             client
-                .batch_execute(&create)
+                .batch_execute(&format!(
+                    // Two pipelines creating one table at once race in the catalog otherwise.
+                    "BEGIN; SELECT pg_advisory_xact_lock(hashtext({})); {create}; COMMIT",
+                    sluice_table_literal(&table)
+                ))
                 .await
                 .map_err(|e| sink_error(&format!("create table {table}"), e))?;
             drop(client);
@@ -276,12 +315,13 @@ impl<R: Record> Sink<R> for PostgresSink {
         let columns = self.schema.columns.clone();
         let plan =
             R::plan(&columns).map_err(|why| SinkError::fatal(format!("table {table}: {why}")))?;
+        let json: Vec<bool> = columns.iter().map(|c| c.kind == ColumnType::Json).collect();
         let mut body = Vec::with_capacity(batch.len() * 64);
         for record in batch {
             let start = body.len();
             let mut line = CopyLine {
                 out: &mut body,
-                columns: columns.len(),
+                json: &json,
                 next: 0,
             };
             record
@@ -311,6 +351,20 @@ impl<R: Record> Sink<R> for PostgresSink {
             .transaction()
             .await
             .map_err(|e| sink_error("begin", e))?;
+        if let Some(commit) = commit
+            && sluice_stores::postgres::already_saved(&tx, commit.lease, commit.checkpoints)
+                .await
+                .map_err(|e| {
+                    SinkError::new(e.class(), "read cursors in the write transaction")
+                        .with_source(e)
+                })?
+        {
+            // A retry of a batch whose commit went through but whose acknowledgement was lost:
+            // its cursors are stored, so its records are too (one transaction). Writing them
+            // again would double a table without a key.
+            tracing::info!(table = %table, "postgres: batch already committed (a lost acknowledgement); not written again");
+            return Ok(());
+        }
         let sink = tx
             .copy_in(&copy)
             .await

@@ -62,6 +62,84 @@ fn parse_position(text: &str) -> Result<Position, StoreError> {
     })
 }
 
+/// The connection settings of `url`, with timeouts: a server that stops answering fails the
+/// connection (and the operation) instead of holding it for the TCP default of hours.
+///
+/// # Errors
+/// A fatal error when `url` is not a Postgres URL.
+pub fn connect_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| StoreError::fatal("postgres: the url is not a postgres:// url"))?;
+    config
+        .connect_timeout(Duration::from_secs(10))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(15))
+        .tcp_user_timeout(Duration::from_secs(30));
+    Ok(config)
+}
+
+/// The transaction domain of a database: hosts, ports and database name.
+pub fn scope_of(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, port)| match h {
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    format!(
+        "postgres:{}/{}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or_default()
+    )
+}
+
+/// Whether the cursors of a batch are already stored (its transaction committed, but the
+/// acknowledgement was lost), checking the lease first, inside the caller's transaction. An
+/// empty list is never "already saved".
+///
+/// # Errors
+/// A fatal error when the lease is no longer current; Postgres errors by class.
+pub async fn already_saved(
+    tx: &tokio_postgres::Transaction<'_>,
+    lease: &Lease,
+    checkpoints: &[Checkpoint],
+) -> Result<bool, StoreError> {
+    let token: Option<i64> = tx
+        .query_opt(
+            "SELECT token FROM sluice_leases WHERE pipeline = $1 FOR UPDATE",
+            &[&lease.pipeline],
+        )
+        .await
+        .map_err(|e| store_error("read lease", e))?
+        .map(|r| r.get(0));
+    if token != Some(lease.token as i64) {
+        return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
+    }
+    if checkpoints.is_empty() {
+        return Ok(false);
+    }
+    for checkpoint in checkpoints {
+        let partition: &str = &checkpoint.partition;
+        let stored: Option<String> = tx
+            .query_opt(
+                "SELECT position FROM sluice_checkpoints WHERE pipeline = $1 AND partition = $2",
+                &[&lease.pipeline, &partition],
+            )
+            .await
+            .map_err(|e| store_error("read checkpoint", e))?
+            .map(|r| r.get(0));
+        match stored.as_deref().map(parse_position).transpose()? {
+            Some(stored) if stored >= checkpoint.position => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
 /// The Postgres checkpoint store. One connection, opened again when it breaks.
 pub struct PostgresStore {
     url: String,
@@ -95,22 +173,8 @@ impl PostgresStore {
     /// # Errors
     /// A fatal error when `url` is not a Postgres URL.
     pub fn new(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| StoreError::fatal("postgres store: the url is not a postgres:// url"))?;
-        let hosts: Vec<String> = config
-            .get_hosts()
-            .iter()
-            .map(|h| match h {
-                tokio_postgres::config::Host::Tcp(name) => name.clone(),
-                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-            })
-            .collect();
-        let scope = format!(
-            "postgres:{}/{}",
-            hosts.join(","),
-            config.get_dbname().unwrap_or_default()
-        );
+        let config = connect_config(url)?;
+        let scope = scope_of(&config);
         Ok(Self {
             url: url.to_owned(),
             client: Mutex::new(None),
@@ -122,7 +186,8 @@ impl PostgresStore {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            let (client, connection) = connect_config(&self.url)?
+                .connect(NoTls)
                 .await
                 .map_err(|e| store_error("connect", e))?;
             tokio::spawn(async move {

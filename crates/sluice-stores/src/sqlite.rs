@@ -358,8 +358,10 @@ pub fn reset_checkpoints(conn: &Connection, pipeline: &str) -> Result<usize, Sto
         )
         .map_err(|e| store_error("reset checkpoints", e))?;
     // The lease row stays (expired): its token keeps fencing writers from before the reset.
+    // A new token too: a writer that took the lease between the caller's check and this reset
+    // is fenced, rather than saving the cursors it loaded back over the reset.
     conn.execute(
-        "UPDATE sluice_leases SET expires_at_ms = 0 WHERE pipeline = ?1",
+        "UPDATE sluice_leases SET expires_at_ms = 0, token = token + 1 WHERE pipeline = ?1",
         [pipeline],
     )
     .map_err(|e| store_error("reset lease", e))?;

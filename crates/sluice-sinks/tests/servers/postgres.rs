@@ -164,3 +164,94 @@ async fn records_and_cursors_commit_together_and_a_fenced_writer_commits_neither
         Some(&Position::Int(10))
     );
 }
+
+#[tokio::test]
+async fn the_newest_version_of_a_batch_wins_and_json_columns_hold_json() {
+    let Some(url) = service("SLUICE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let name = unique("pg_newest");
+    let pg = client(&url).await;
+    // A table made by someone else, with a NOT NULL column the sink does not write.
+    pg.batch_execute(&format!(
+        "CREATE TABLE \"{name}\" (id bigint PRIMARY KEY, price numeric, at timestamptz, meta jsonb, v bigint,
+           created timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await
+    .unwrap();
+    let mut sink = PostgresSink::new(&url, table(&name))
+        .unwrap()
+        .version("v")
+        .unwrap();
+    Sink::<Value>::prepare(&mut sink).await.unwrap();
+    Sink::<Value>::write(&mut sink, &[json!({"id": 5, "v": 4})], None)
+        .await
+        .unwrap();
+    // One batch with the newer version first and an older one after it (a replay mixed in).
+    Sink::<Value>::write(
+        &mut sink,
+        &[
+            json!({"id": 5, "v": 5, "meta": "abc"}),
+            json!({"id": 5, "v": 3}),
+            json!({"id": 6, "v": 1, "meta": "5"}),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let rows = pg
+        .query(
+            &format!("SELECT id, v, meta::text FROM \"{name}\" ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(1), 5, "the newest version of id 5");
+    assert_eq!(
+        rows[0].get::<_, String>(2),
+        "\"abc\"",
+        "text in a json column is a JSON string"
+    );
+    assert_eq!(rows[1].get::<_, String>(2), "\"5\"", "not the number 5");
+}
+
+/// A batch whose commit went through but whose acknowledgement was lost is offered again: its
+/// cursors are already stored, so it is not written twice (a table without a key would double).
+#[tokio::test]
+async fn a_retried_batch_that_was_committed_is_not_written_again() {
+    let Some(url) = service("SLUICE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let name = unique("pg_retry");
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let mut schema = table(&name);
+    schema.key.clear();
+    let mut sink = PostgresSink::new(&url, schema).unwrap();
+    Sink::<Value>::prepare(&mut sink).await.unwrap();
+    let pipeline = unique("pg-retry");
+    let lease = store
+        .acquire(&pipeline, "machine-a:1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let cursors = [Checkpoint::new("p", 3u64)];
+    let commit = CheckpointCommit {
+        pipeline: &pipeline,
+        lease: &lease,
+        checkpoints: &cursors,
+    };
+    let batch = [json!({"id": 1}), json!({"id": 2}), json!({"id": 3})];
+    Sink::<Value>::write(&mut sink, &batch, Some(&commit))
+        .await
+        .unwrap();
+    Sink::<Value>::write(&mut sink, &batch, Some(&commit))
+        .await
+        .unwrap();
+    let pg = client(&url).await;
+    let count: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM \"{name}\""), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 3);
+    store.release(&lease).await.unwrap();
+}
