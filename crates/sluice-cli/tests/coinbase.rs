@@ -1,6 +1,8 @@
 //! `sluice run coinbase` and `sluice demo` as processes, against the simulator in this test
 //! process: SIGKILL at several points with restarts, SIGTERM, a bad product.
 
+mod support;
+
 use sluice::testing::eventually;
 use std::{
     path::Path,
@@ -329,26 +331,13 @@ async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
 }
 
 fn audit(sim: &CoinbaseSim, db: &Path) -> (Option<i32>, serde_json::Value) {
-    let output = sluice()
-        .args([
-            "audit",
-            "coinbase",
-            "--db",
-            db.to_str().unwrap(),
-            "--rest-url",
-            &sim.rest_url(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "audit printed no JSON ({e}): {stdout} {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.code(), json)
+    support::audit(&[
+        "coinbase",
+        "--db",
+        db.to_str().unwrap(),
+        "--rest-url",
+        &sim.rest_url(),
+    ])
 }
 
 /// `sluice audit coinbase` reports a complete destination as complete (exit 0) and names

@@ -2,6 +2,8 @@
 //! SIGKILL and restarted, then `sluice audit` of the pipeline: complete, and then exact about the
 //! rows removed or made stale on purpose.
 
+mod support;
+
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -38,24 +40,7 @@ fn query(db: &Path, sql: &str) -> i64 {
 }
 
 fn audit(config: &Path) -> (Option<i32>, serde_json::Value) {
-    let output = sluice()
-        .args([
-            "audit",
-            "--config",
-            config.to_str().unwrap(),
-            "api",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "audit printed no JSON ({e}): {stdout} {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.code(), json)
+    support::audit(&["--config", config.to_str().unwrap(), "api"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 //! commit, then every change is in SQLite exactly once, the slot was acknowledged only up to
 //! the durable cursor, and unchanged TOAST values are never written as NULL.
 
+mod support;
+
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -576,26 +578,22 @@ async fn sluice_run_supabase_survives_sigkill_and_misses_nothing() {
     }
 }
 
-fn audit(config: &Path) -> (Option<i32>, serde_json::Value) {
+/// Runs `sluice run --config CONFIG` to its end (a file read through) and checks it succeeded.
+fn run_to_end(config: &Path) {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "audit",
-            "--config",
-            config.to_str().unwrap(),
-            "pg",
-            "--json",
-        ])
+        .args(["run", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "audit printed no JSON ({e}): {stdout} {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.code(), json)
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn audit(config: &Path) -> (Option<i32>, serde_json::Value) {
+    support::audit(&["--config", config.to_str().unwrap(), "pg"])
 }
 
 /// `sluice audit --config FILE pg` folds the change log into current state and compares it
@@ -707,18 +705,7 @@ resources.rows = {{ sink = "db", table = "rows", key = ["id"], columns = [{{ nam
         ),
     )
     .unwrap();
-    let run = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
+    let run = || run_to_end(&config);
     let query = "SELECT position FROM sluice_checkpoints WHERE pipeline = $1";
     run();
     let size = std::fs::metadata(&input).unwrap().len();
@@ -788,18 +775,7 @@ resources.rows = {{ sink = "pg", table = "{table}", key = ["id"], columns = [{{ 
         ),
     )
     .unwrap();
-    let run = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
+    let run = || run_to_end(&config);
     run();
     std::fs::write(&input, lines(0..55)).unwrap();
     run();

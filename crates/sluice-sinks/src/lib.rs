@@ -18,5 +18,7 @@ pub mod jsonl;
 pub mod kafka;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

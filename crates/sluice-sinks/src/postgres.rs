@@ -18,10 +18,7 @@ fn sluice_table_literal(table: &str) -> String {
     format!("'{}'", table.replace('\'', "''"))
 }
 
-/// Quotes an identifier: `"name"`, inner quotes doubled.
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
+use crate::sql::quote;
 
 fn sql_type(kind: ColumnType) -> &'static str {
     match kind {
@@ -208,31 +205,6 @@ impl PostgresSink {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    fn create_table_sql(&self) -> String {
-        let schema = &self.schema;
-        let mut columns: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| {
-                let null = if c.nullable && !schema.key.contains(&c.name) {
-                    ""
-                } else {
-                    " NOT NULL"
-                };
-                format!("{} {}{null}", quote(&c.name), sql_type(c.kind))
-            })
-            .collect();
-        if !schema.key.is_empty() {
-            let key: Vec<_> = schema.key.iter().map(|k| quote(k)).collect();
-            columns.push(format!("PRIMARY KEY ({})", key.join(", ")));
-        }
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} ({})",
-            quote(&schema.table),
-            columns.join(", ")
-        )
-    }
-
     /// The statement moving the staged rows into the table: the last row of each key.
     fn merge_sql(&self) -> String {
         let schema = &self.schema;
@@ -281,7 +253,7 @@ impl PostgresSink {
 
 impl<R: Record> Sink<R> for PostgresSink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
-        let create = self.create_table_sql();
+        let create = crate::sql::create_table(&self.schema, sql_type);
         let table = self.schema.table.clone();
         {
             // The table first (the staging table is made LIKE it when connecting).

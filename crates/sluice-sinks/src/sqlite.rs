@@ -21,10 +21,7 @@ pub struct SqliteSink {
     insert: String,
 }
 
-/// Quotes an identifier for SQLite (and most SQL dialects): `"name"`, inner quotes doubled.
-pub fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
+pub use crate::sql::quote;
 
 fn sql_type(kind: ColumnType) -> &'static str {
     match kind {
@@ -40,27 +37,7 @@ fn sink_error(context: &str, error: rusqlite::Error) -> SinkError {
 
 /// The `CREATE TABLE IF NOT EXISTS` statement of a schema.
 pub fn create_table_sql(schema: &TableSchema) -> String {
-    let mut columns: Vec<String> = schema
-        .columns
-        .iter()
-        .map(|c| {
-            let null = if c.nullable && !schema.key.contains(&c.name) {
-                ""
-            } else {
-                " NOT NULL"
-            };
-            format!("{} {}{null}", quote(&c.name), sql_type(c.kind))
-        })
-        .collect();
-    if !schema.key.is_empty() {
-        let key: Vec<_> = schema.key.iter().map(|k| quote(k)).collect();
-        columns.push(format!("PRIMARY KEY ({})", key.join(", ")));
-    }
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} ({})",
-        quote(&schema.table),
-        columns.join(", ")
-    )
+    crate::sql::create_table(schema, sql_type)
 }
 
 fn insert_sql(schema: &TableSchema, version: Option<&str>) -> String {

@@ -97,6 +97,43 @@ pub fn scope_of(config: &tokio_postgres::Config) -> String {
     )
 }
 
+/// Checks, locking the lease row until the caller's commit (a takeover waits for it, then
+/// fences every later save), that `lease` is still current.
+async fn check_lease(
+    tx: &tokio_postgres::Transaction<'_>,
+    lease: &Lease,
+) -> Result<(), StoreError> {
+    let token: Option<i64> = tx
+        .query_opt(
+            "SELECT token FROM sluice_leases WHERE pipeline = $1 FOR UPDATE",
+            &[&lease.pipeline],
+        )
+        .await
+        .map_err(|e| store_error("read lease", e))?
+        .map(|r| r.get(0));
+    if token == Some(lease.token as i64) {
+        Ok(())
+    } else {
+        Err(StoreError::fatal(lease_lost_message(&lease.pipeline)))
+    }
+}
+
+/// The stored position of a partition, its row locked until the caller's commit.
+async fn stored_position(
+    tx: &tokio_postgres::Transaction<'_>,
+    lease: &Lease,
+    partition: &str,
+) -> Result<Option<Position>, StoreError> {
+    tx.query_opt(
+        "SELECT position FROM sluice_checkpoints WHERE pipeline = $1 AND partition = $2 FOR UPDATE",
+        &[&lease.pipeline, &partition],
+    )
+    .await
+    .map_err(|e| store_error("read checkpoint", e))?
+    .map(|r| parse_position(&r.get::<_, String>(0)))
+    .transpose()
+}
+
 /// Whether the cursors of a batch are already stored (its transaction committed, but the
 /// acknowledgement was lost), checking the lease first, inside the caller's transaction. An
 /// empty list is never "already saved".
@@ -108,31 +145,14 @@ pub async fn already_saved(
     lease: &Lease,
     checkpoints: &[Checkpoint],
 ) -> Result<bool, StoreError> {
-    let token: Option<i64> = tx
-        .query_opt(
-            "SELECT token FROM sluice_leases WHERE pipeline = $1 FOR UPDATE",
-            &[&lease.pipeline],
-        )
-        .await
-        .map_err(|e| store_error("read lease", e))?
-        .map(|r| r.get(0));
-    if token != Some(lease.token as i64) {
-        return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
-    }
+    check_lease(tx, lease).await?;
     if checkpoints.is_empty() {
         return Ok(false);
     }
     for checkpoint in checkpoints {
         let partition: &str = &checkpoint.partition;
-        let stored: Option<String> = tx
-            .query_opt(
-                "SELECT position FROM sluice_checkpoints WHERE pipeline = $1 AND partition = $2",
-                &[&lease.pipeline, &partition],
-            )
-            .await
-            .map_err(|e| store_error("read checkpoint", e))?
-            .map(|r| r.get(0));
-        match stored.as_deref().map(parse_position).transpose()? {
+        let stored = stored_position(tx, lease, partition).await?;
+        match stored {
             Some(stored) if stored >= checkpoint.position => {}
             _ => return Ok(false),
         }
@@ -217,28 +237,11 @@ pub async fn save_in_tx(
 ) -> Result<(), StoreError> {
     // The lease row is locked until the commit: a takeover waits for this save, then fences
     // every later one.
-    let token: Option<i64> = tx
-        .query_opt(
-            "SELECT token FROM sluice_leases WHERE pipeline = $1 FOR UPDATE",
-            &[&lease.pipeline],
-        )
-        .await
-        .map_err(|e| store_error("read lease", e))?
-        .map(|r| r.get(0));
-    if token != Some(lease.token as i64) {
-        return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
-    }
+    check_lease(tx, lease).await?;
     for checkpoint in checkpoints {
         let partition: &str = &checkpoint.partition;
-        let stored: Option<String> = tx
-            .query_opt(
-                "SELECT position FROM sluice_checkpoints WHERE pipeline = $1 AND partition = $2 FOR UPDATE",
-                &[&lease.pipeline, &partition],
-            )
-            .await
-            .map_err(|e| store_error("read checkpoint", e))?
-            .map(|r| r.get(0));
-        let newer = match stored.as_deref().map(parse_position).transpose()? {
+        let stored = stored_position(tx, lease, partition).await?;
+        let newer = match stored {
             Some(stored) => checkpoint.position > stored,
             None => true,
         };

@@ -1,0 +1,21 @@
+//! What the CLI test binaries share.
+
+/// Runs `sluice audit ARGS --json`: its exit code and the JSON it printed.
+pub(crate) fn audit(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("audit")
+        .args(args)
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .env_remove("SLUICE_DB")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit printed no JSON ({e}): {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), json)
+}
