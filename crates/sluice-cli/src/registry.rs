@@ -1,14 +1,14 @@
 //! The only list of source kinds (and the sink kinds) the CLI builds from configuration. The
 //! core is generic; the CLI picks kinds at run time through these enums. One record type,
-//! [`AnyRecord`], holds every kind's typed records and the JSON rows jq transforms make: a
-//! record reaches its sink as the type its connector made, never as a JSON map on the way.
+//! [`AnyRecord`], holds every kind's typed records and the rows jq transforms make: a record
+//! reaches its sink as the type its connector made (or as a [`Row`]), never as a JSON map.
 
 use std::borrow::Cow;
 
 use serde_json::Value;
 use sluice::{
-    Cell, CellWriter, Column, EnvelopeMeta, IntoRecords, JqTransform, Record, Transform,
-    TransformError, Transformed,
+    Cell, CellWriter, Column, EnvelopeMeta, IntoRecords, JqTransform, Record, Row, Shapes,
+    Transform, TransformError, Transformed,
 };
 use sluice::{
     CheckpointCommit, NullSink, SessionEnd, Sink, SinkError, Source, SourceContext, SourceError,
@@ -71,7 +71,7 @@ macro_rules! source_kinds {
         #[derive(Debug, Clone)]
         pub(crate) enum AnyRecord {
             /// A row a jq transform made.
-            Json(Value),
+            Row(Row),
             $($variant(Payload<$kind>)),*
         }
 
@@ -79,6 +79,7 @@ macro_rules! source_kinds {
         #[allow(non_snake_case)]
         #[derive(Debug)]
         pub(crate) struct AnyPlan {
+            Row: <Row as Record>::Plan,
             $($variant: Result<<Payload<$kind> as Record>::Plan, String>),*
         }
 
@@ -95,7 +96,10 @@ macro_rules! source_kinds {
             type Plan = AnyPlan;
 
             fn plan(columns: &[Column]) -> Result<AnyPlan, String> {
-                Ok(AnyPlan { $($variant: <Payload<$kind> as Record>::plan(columns)),* })
+                Ok(AnyPlan {
+                    Row: Row::plan(columns)?,
+                    $($variant: <Payload<$kind> as Record>::plan(columns)),*
+                })
             }
 
             fn write<W: CellWriter>(
@@ -105,7 +109,7 @@ macro_rules! source_kinds {
                 out: &mut W,
             ) -> Result<(), String> {
                 match self {
-                    AnyRecord::Json(v) => v.write(&(), columns, out),
+                    AnyRecord::Row(v) => v.write(&plan.Row, columns, out),
                     $(AnyRecord::$variant(r) => {
                         r.write(plan.$variant.as_ref().map_err(Clone::clone)?, columns, out)
                     }),*
@@ -114,28 +118,28 @@ macro_rules! source_kinds {
 
             fn field(&self, name: &str) -> Option<Cell<'_>> {
                 match self {
-                    AnyRecord::Json(v) => v.field(name),
+                    AnyRecord::Row(v) => v.field(name),
                     $(AnyRecord::$variant(r) => r.field(name)),*
                 }
             }
 
             fn write_json(&self, out: &mut Vec<u8>) {
                 match self {
-                    AnyRecord::Json(v) => v.write_json(out),
+                    AnyRecord::Row(v) => v.write_json(out),
                     $(AnyRecord::$variant(r) => r.write_json(out)),*
                 }
             }
 
             fn size_hint(&self) -> usize {
                 match self {
-                    AnyRecord::Json(v) => v.size_hint(),
+                    AnyRecord::Row(v) => v.size_hint(),
                     $(AnyRecord::$variant(r) => r.size_hint()),*
                 }
             }
 
             fn to_json(&self) -> Value {
                 match self {
-                    AnyRecord::Json(v) => v.clone(),
+                    AnyRecord::Row(v) => v.to_json(),
                     $(AnyRecord::$variant(r) => r.to_json()),*
                 }
             }
@@ -145,7 +149,7 @@ macro_rules! source_kinds {
             /// The record as jq sees it.
             fn json(&self) -> Cow<'_, Value> {
                 match self {
-                    AnyRecord::Json(v) => Cow::Borrowed(v),
+                    AnyRecord::Row(v) => Cow::Owned(v.to_json()),
                     $(AnyRecord::$variant(r) => Cow::Owned(r.to_json())),*
                 }
             }
@@ -161,10 +165,7 @@ macro_rules! source_kinds {
         impl IntoRecords<AnyRecord> for AnyRecord {
             fn into_records(self) -> Result<Transformed<AnyRecord>, (Self, TransformError)> {
                 match self {
-                    AnyRecord::Json(v) => v
-                        .into_records()
-                        .map(|t| map_records(t, AnyRecord::Json))
-                        .map_err(|(v, e)| (AnyRecord::Json(v), e)),
+                    AnyRecord::Row(v) => Ok(Transformed::One(AnyRecord::Row(v))),
                     $(AnyRecord::$variant(r) => r
                         .into_records()
                         .map(|t| map_records(t, AnyRecord::$variant))
@@ -211,9 +212,28 @@ fn map_records<A, B>(records: Transformed<A>, f: fn(A) -> B) -> Transformed<B> {
     }
 }
 
-/// A jq transform of any record: jq sees the record's JSON and makes JSON rows.
-#[derive(Debug, Clone)]
-pub(crate) struct AnyJq(pub(crate) std::sync::Arc<JqTransform>);
+/// A jq transform of any record: jq sees the record's JSON, and the objects it makes become
+/// [`Row`]s (their names shared while they keep one shape).
+#[derive(Debug)]
+pub(crate) struct AnyJq {
+    jq: std::sync::Arc<JqTransform>,
+    shapes: Shapes,
+}
+
+impl AnyJq {
+    pub(crate) fn new(jq: std::sync::Arc<JqTransform>) -> Self {
+        Self {
+            jq,
+            shapes: Shapes::default(),
+        }
+    }
+
+    fn row(&self, value: Value) -> Result<AnyRecord, TransformError> {
+        Row::from_json(value, &self.shapes)
+            .map(AnyRecord::Row)
+            .map_err(|v| TransformError::new(format!("jq output {v} is not a JSON object")))
+    }
+}
 
 impl Transform<AnyRecord, AnyRecord> for AnyJq {
     fn apply(
@@ -221,9 +241,15 @@ impl Transform<AnyRecord, AnyRecord> for AnyJq {
         payload: &AnyRecord,
         meta: &EnvelopeMeta<'_>,
     ) -> Result<Transformed<AnyRecord>, TransformError> {
-        self.0
-            .apply(&payload.json(), meta)
-            .map(|t| map_records(t, AnyRecord::Json))
+        Ok(match self.jq.apply(&payload.json(), meta)? {
+            Transformed::Drop => Transformed::Drop,
+            Transformed::One(v) => Transformed::One(self.row(v)?),
+            Transformed::Many(vs) => Transformed::Many(
+                vs.into_iter()
+                    .map(|v| self.row(v))
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use serde_json::Value;
 use sluice::{
     BackoffPolicy, BatchLimits, DeadLetter, MemoryStore, Pipeline, PipelineOptions, Resource,
-    Resources,
+    Resources, Row,
     testing::{RecordingSink, eventually_with},
 };
 use sluice_connectors::http_poll::Auth;
@@ -84,7 +84,7 @@ fn config(sim: &HttpApiSim, stream: StreamConfig) -> HttpPollConfig {
 }
 
 struct Running {
-    sink: RecordingSink<Value>,
+    sink: RecordingSink<Row>,
     dead: RecordingSink<DeadLetter>,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<Result<sluice::PipelineExit, sluice::PipelineError>>,
@@ -93,7 +93,7 @@ struct Running {
 fn start(
     config: HttpPollConfig,
     store: Arc<MemoryStore>,
-    sink: RecordingSink<Value>,
+    sink: RecordingSink<Row>,
     dead: RecordingSink<DeadLetter>,
 ) -> Running {
     let limits = BatchLimits {
@@ -133,9 +133,9 @@ fn start(
 }
 
 /// The newest version stored of each item.
-fn stored(sink: &RecordingSink<Value>) -> BTreeMap<u64, u64> {
+fn stored(sink: &RecordingSink<Row>) -> BTreeMap<u64, u64> {
     let mut newest = BTreeMap::new();
-    for row in sink.rows() {
+    for row in sink.json() {
         let (Some(id), Some(version)) = (row["id"].as_u64(), row["version"].as_u64()) else {
             continue;
         };
@@ -146,7 +146,7 @@ fn stored(sink: &RecordingSink<Value>) -> BTreeMap<u64, u64> {
 }
 
 /// Waits until the destination holds the API's newest version of every item.
-async fn converged(sim: &HttpApiSim, sink: &RecordingSink<Value>, timeout: Duration) {
+async fn converged(sim: &HttpApiSim, sink: &RecordingSink<Row>, timeout: Duration) {
     eventually_with(
         timeout,
         || stored(sink) == sim.versions(),
@@ -202,7 +202,7 @@ async fn keyset_pages_under_changes_and_faults_lose_nothing() {
     assert!(load(&counters.throttled) > 0 && load(&counters.errors) > 0);
     let row = running
         .sink
-        .rows()
+        .json()
         .into_iter()
         .find(|r| r["id"] == 3)
         .unwrap();

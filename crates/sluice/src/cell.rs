@@ -38,14 +38,20 @@ impl<'a> Cell<'a> {
         match value {
             Value::Null => Cell::Null,
             Value::Bool(b) => Cell::Bool(*b),
-            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => Cell::Int(i),
-                (None, Some(u)) => Cell::UInt(u),
-                // Arbitrary precision: the exact text the number was read from.
-                (None, None) => Cell::Number(n.as_str()),
-            },
+            Value::Number(n) => Cell::of_json_number(n),
             Value::String(s) => Cell::Text(s),
             Value::Array(_) | Value::Object(_) => Cell::Json(value),
+        }
+    }
+
+    /// The cell of a JSON number: an integer that fits 64 bits, else its exact text (a decimal
+    /// or a wider integer; never a float).
+    pub fn of_json_number(n: &'a serde_json::Number) -> Self {
+        match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Cell::Int(i),
+            (None, Some(u)) => Cell::UInt(u),
+            // Arbitrary precision: the exact text the number was read from.
+            (None, None) => Cell::Number(n.as_str()),
         }
     }
 

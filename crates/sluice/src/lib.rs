@@ -18,8 +18,11 @@
 //!
 //! # Example
 //!
-//! A source of numbers, a transform that drops odd ones, a sink that keeps what it gets, and
-//! the in-memory store; a second run resumes after the saved cursor and writes nothing again.
+//! A source of numbers, a transform that keeps the even ones as typed records, a sink that keeps
+//! what it gets, and the in-memory store; a second run resumes after the saved cursor and writes
+//! nothing again. The record is a struct with `#[derive(Record)]`: the struct is its table
+//! definition (columns, types, key), and sinks take its values column by column, with no map in
+//! between.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -40,11 +43,19 @@
 //!     }
 //! }
 //!
-//! #[derive(Clone, Default)]
-//! struct Keep(Arc<Mutex<Vec<serde_json::Value>>>);
+//! #[derive(Clone, Debug, Record)]
+//! #[record(table = "evens", key(n))]
+//! struct Even {
+//!     n: u64,
+//!     #[record(decimal)]
+//!     half: String,
+//! }
 //!
-//! impl Sink<serde_json::Value> for Keep {
-//!     async fn write(&mut self, batch: &[serde_json::Value], _: Option<&CheckpointCommit<'_>>) -> Result<(), SinkError> {
+//! #[derive(Clone, Default)]
+//! struct Keep(Arc<Mutex<Vec<Even>>>);
+//!
+//! impl Sink<Even> for Keep {
+//!     async fn write(&mut self, batch: &[Even], _: Option<&CheckpointCommit<'_>>) -> Result<(), SinkError> {
 //!         self.0.lock().unwrap().extend_from_slice(batch);
 //!         Ok(())
 //!     }
@@ -54,8 +65,8 @@
 //! # async fn main() -> Result<(), PipelineError> {
 //! let store = Arc::new(MemoryStore::new());
 //! let kept = Keep::default();
-//! let evens = |n: &u64, _: &EnvelopeMeta<'_>| -> Result<Transformed<serde_json::Value>, TransformError> {
-//!     Ok(if n % 2 == 0 { Transformed::One(serde_json::json!({ "n": n })) } else { Transformed::Drop })
+//! let evens = |n: &u64, _: &EnvelopeMeta<'_>| -> Result<Transformed<Even>, TransformError> {
+//!     Ok(if n % 2 == 0 { Transformed::One(Even { n: *n, half: (n / 2).to_string() }) } else { Transformed::Drop })
 //! };
 //! for _ in 0..2 {
 //!     let resources = Resources::new().with("numbers", Resource::with_transform("kept", evens).on_error(OnError::Fail));
@@ -65,6 +76,7 @@
 //!         .await?;
 //! }
 //! assert_eq!(kept.0.lock().unwrap().len(), 5);
+//! assert_eq!(<Even as Table>::schema().key, ["n"]);
 //! assert_eq!(store.snapshot("example").get("n"), Some(&Position::Int(10)));
 //! # Ok(())
 //! # }
@@ -85,6 +97,7 @@ mod pipeline;
 mod processor;
 mod record;
 mod resource;
+mod row;
 mod sink;
 mod source;
 mod stats;
@@ -116,6 +129,7 @@ pub mod __private {
     pub use serde_json;
 }
 pub use resource::{IntoRecords, OnError, Resource, Resources, Transform, Transformed};
+pub use row::{Datum, Names, Row, RowPlan, Shapes};
 pub use sink::{BatchLimits, CheckpointCommit, DeadLetterSink, NullSink, Sink};
 pub use source::{Rejected, SessionEnd, Source, SourceContext};
 pub use stats::{PipelineStats, StatsSnapshot};

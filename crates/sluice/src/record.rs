@@ -19,9 +19,10 @@ use crate::{
 /// in column order, into the sink's [`CellWriter`] — no intermediate map.
 ///
 /// Derive it: `#[derive(Record)] #[record(table = "trades", key(id))] struct Trade { … }`
-/// makes the struct the table definition (see [`Table`]). `serde_json::Value` is a record too:
-/// the dynamic row of configured pipelines and jq transforms, its fields looked up by column
-/// name.
+/// makes the struct the table definition (see [`Table`]). Records whose fields are known only
+/// at run time (a file's lines, a polled API's objects, a jq transform's output) are
+/// [`Row`](crate::Row)s. `serde_json::Value` is a record too, for tests and quick experiments:
+/// its fields are looked up by name in a map, so no built-in path uses it.
 pub trait Record: Send + Sync + 'static {
     /// What `write` needs to fill a given list of columns (which field goes where).
     type Plan: Send + Sync;

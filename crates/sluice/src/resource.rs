@@ -91,6 +91,13 @@ impl IntoRecords<Value> for Value {
     }
 }
 
+impl IntoRecords<crate::Row> for crate::Row {
+    /// A row is one record.
+    fn into_records(self) -> Result<Transformed<crate::Row>, (Self, TransformError)> {
+        Ok(Transformed::One(self))
+    }
+}
+
 /// What happens to a poison input: an unknown resource, a payload that is not a record, a
 /// transform error, a record the destination rejects, or input a source could not decode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,7 +39,7 @@ impl Config {
         let mut sinks = Vec::new();
         for resource in &spec.resources {
             let definition = match &resource.transform {
-                Some(jq) => Resource::with_transform(resource.name.clone(), AnyJq(jq.clone())),
+                Some(jq) => Resource::with_transform(resource.name.clone(), AnyJq::new(jq.clone())),
                 None => Resource::direct(resource.name.clone()),
             };
             resources = resources.with(

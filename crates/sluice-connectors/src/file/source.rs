@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use sluice::{
-    Checkpoint, Envelope, Rejected, ResourceName, SessionEnd, Source, SourceContext, SourceError,
+    Checkpoint, Datum, Envelope, Rejected, ResourceName, Row, SessionEnd, Shapes, Source,
+    SourceContext, SourceError,
 };
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
 
@@ -17,6 +18,7 @@ pub struct FileSource {
     config: FileConfig,
     partition: Arc<str>,
     resource: ResourceName,
+    shapes: Shapes,
 }
 
 impl FileSource {
@@ -32,25 +34,27 @@ impl FileSource {
             config,
             partition,
             resource,
+            shapes: Shapes::default(),
         }
     }
 
-    fn resource_of(&self, payload: &Value) -> ResourceName {
+    fn resource_of(&self, row: &Row) -> ResourceName {
         match self
             .config
             .resource_field
             .as_deref()
-            .and_then(|f| payload.get(f))
-            .and_then(Value::as_str)
+            .and_then(|f| row.get(f))
         {
-            Some(name) => name.into(),
-            None => self.resource.clone(),
+            Some(Datum::Text(name)) => (**name).into(),
+            _ => self.resource.clone(),
         }
     }
 
+    /// Emits the records of one line: an object is one row, an array of objects one row per
+    /// element (each carrying the line's cursor); anything else is rejected with its reason.
     async fn emit_line(
         &self,
-        ctx: &SourceContext<Value>,
+        ctx: &SourceContext<Row>,
         line: &[u8],
         offset: u64,
     ) -> Result<(), SourceError> {
@@ -59,26 +63,58 @@ impl FileSource {
         if text.is_empty() {
             return Ok(());
         }
-        match serde_json::from_slice::<Value>(text) {
-            Ok(payload) => {
-                let resource = self.resource_of(&payload);
-                ctx.emit(Envelope {
-                    resource,
-                    payload,
-                    checkpoint: Some(checkpoint),
-                })
-                .await
-            }
+        let rows = match serde_json::from_slice::<Value>(text) {
+            Ok(Value::Object(fields)) => vec![Row::from_map(fields, &self.shapes)],
+            Ok(Value::Array(items)) if items.iter().all(Value::is_object) => items
+                .into_iter()
+                .filter_map(|item| Row::from_json(item, &self.shapes).ok())
+                .collect(),
+            Ok(_) => return self
+                .reject(
+                    ctx,
+                    text,
+                    checkpoint,
+                    format!(
+                        "line ending at byte {offset} is not a JSON object or an array of objects"
+                    ),
+                )
+                .await,
             Err(error) => {
-                ctx.reject(Rejected {
-                    resource: self.resource.clone(),
-                    raw: String::from_utf8_lossy(text).into_owned(),
-                    reason: format!("line ending at byte {offset} is not JSON: {error}"),
-                    checkpoint: Some(checkpoint),
-                })
-                .await
+                return self
+                    .reject(
+                        ctx,
+                        text,
+                        checkpoint,
+                        format!("line ending at byte {offset} is not JSON: {error}"),
+                    )
+                    .await;
             }
+        };
+        for payload in rows {
+            ctx.emit(Envelope {
+                resource: self.resource_of(&payload),
+                payload,
+                checkpoint: Some(checkpoint.clone()),
+            })
+            .await?;
         }
+        Ok(())
+    }
+
+    async fn reject(
+        &self,
+        ctx: &SourceContext<Row>,
+        text: &[u8],
+        checkpoint: Checkpoint,
+        reason: String,
+    ) -> Result<(), SourceError> {
+        ctx.reject(Rejected {
+            resource: self.resource.clone(),
+            raw: String::from_utf8_lossy(text).into_owned(),
+            reason,
+            checkpoint: Some(checkpoint),
+        })
+        .await
     }
 }
 
@@ -105,13 +141,13 @@ fn io_error(config: &FileConfig, what: &str, error: std::io::Error) -> SourceErr
 }
 
 impl Source for FileSource {
-    type Payload = Value;
+    type Payload = Row;
 
     fn name(&self) -> &str {
         "file"
     }
 
-    async fn run(&mut self, ctx: SourceContext<Value>) -> Result<SessionEnd, SourceError> {
+    async fn run(&mut self, ctx: SourceContext<Row>) -> Result<SessionEnd, SourceError> {
         let start = ctx
             .resume_after(&self.partition)
             .and_then(|p| p.as_int())
@@ -202,12 +238,12 @@ mod tests {
     fn pipeline(
         config: FileConfig,
         store: Arc<MemoryStore>,
-        sink: RecordingSink<Value>,
+        sink: RecordingSink<Row>,
         dead: RecordingSink<sluice::DeadLetter>,
     ) -> Pipeline<
         FileSource,
-        Value,
-        RecordingSink<Value>,
+        Row,
+        RecordingSink<Row>,
         Arc<MemoryStore>,
         RecordingSink<sluice::DeadLetter>,
     > {
@@ -261,7 +297,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            sink.rows(),
+            sink.json(),
             vec![json!({"n": 0}), json!({"n": 1}), json!({"n": 2})]
         );
     }
@@ -286,7 +322,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
-            sink.rows(),
+            sink.json(),
             vec![json!({"n": 0})],
             "the half line was not read"
         );
@@ -299,7 +335,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.cancel();
         handle.await.unwrap().unwrap();
-        assert_eq!(sink.rows(), vec![json!({"n": 0}), json!({"n": 1})]);
+        assert_eq!(sink.json(), vec![json!({"n": 0}), json!({"n": 1})]);
         assert_eq!(
             store.snapshot("f").get("in").and_then(|p| p.as_int()),
             Some(16)
@@ -310,16 +346,30 @@ mod tests {
     async fn bad_lines_are_dead_lettered_and_a_truncated_last_line_too() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
-        std::fs::write(&path, "{\"n\":0}\nnot json\n\n{\"n\":1}\n{\"n\":").unwrap();
+        std::fs::write(
+            &path,
+            "{\"n\":0}\nnot json\n\n[{\"n\":1},{\"n\":2}]\n5\n[{\"n\":3},4]\n{\"n\":",
+        )
+        .unwrap();
         let store = Arc::new(MemoryStore::new());
         let (sink, dead) = (RecordingSink::new(), RecordingSink::new());
         pipeline(FileConfig::new(&path), store, sink.clone(), dead.clone())
             .run(CancellationToken::new())
             .await
             .unwrap();
-        assert_eq!(sink.rows(), vec![json!({"n": 0}), json!({"n": 1})]);
-        let raws: Vec<_> = dead.rows().iter().map(|d| d.payload.clone()).collect();
-        assert_eq!(raws, vec!["not json".to_owned(), "{\"n\":".to_owned()]);
+        assert_eq!(
+            sink.json(),
+            vec![json!({"n": 0}), json!({"n": 1}), json!({"n": 2})],
+            "an array of objects is one row per element"
+        );
+        let dead = dead.rows();
+        let raws: Vec<_> = dead.iter().map(|d| d.payload.clone()).collect();
+        assert_eq!(raws, ["not json", "5", "[{\"n\":3},4]", "{\"n\":"]);
+        assert!(
+            dead[1].reason.contains("not a JSON object"),
+            "{:?}",
+            dead[1]
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Mutex};
 
 use serde::Serialize;
 use serde_json::Value;
-use sluice::{Checkpoint, Envelope, Position, Rejected, SourceError};
+use sluice::{Checkpoint, Envelope, Position, Rejected, Row, SourceError};
 
 use super::{
     HttpPollConfig, HttpPollSource,
@@ -54,11 +54,11 @@ impl Outlet for Collector {
         self.from.clone()
     }
 
-    async fn emit(&self, envelope: Envelope<Value>) -> Result<(), SourceError> {
+    async fn emit(&self, envelope: Envelope<Row>) -> Result<(), SourceError> {
         self.records
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(envelope.payload);
+            .push(envelope.payload.to_json());
         Ok(())
     }
 

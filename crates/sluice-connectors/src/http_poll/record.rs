@@ -1,8 +1,9 @@
 //! What a polled record becomes, and the cursor values of a stream: parsed by kind, compared as
 //! instants or numbers, moved back by a lookback, saved as a position that orders the same way.
 //!
-//! Records have the API's shape (a JSON object, plus the stream's fixed fields): they are the
-//! dynamic row of configured pipelines, so a table sink lists its columns in the configuration.
+//! Records have the API's shape (a JSON object, plus the stream's fixed fields), emitted as
+//! [`sluice::Row`]s, the dynamic row of configured pipelines: a table sink lists its columns in
+//! the configuration.
 
 use serde_json::Value;
 use sluice::Position;

@@ -6,8 +6,8 @@ use std::{collections::HashSet, num::NonZeroU32, sync::Arc, time::Duration};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use sluice::{
-    Backoff, BackoffPolicy, Checkpoint, Envelope, Rejected, SessionEnd, Source, SourceContext,
-    SourceError,
+    Backoff, BackoffPolicy, Checkpoint, Envelope, Rejected, Row, SessionEnd, Shapes, Source,
+    SourceContext, SourceError,
 };
 
 use super::{
@@ -21,7 +21,7 @@ pub(crate) trait Outlet: Sync {
     /// The durable cursor of `stream`.
     fn cursor(&self, stream: &str) -> Option<sluice::Position>;
     /// A record.
-    async fn emit(&self, envelope: Envelope<Value>) -> Result<(), SourceError>;
+    async fn emit(&self, envelope: Envelope<Row>) -> Result<(), SourceError>;
     /// Input that could not be decoded.
     async fn reject(&self, rejected: Rejected) -> Result<(), SourceError>;
     /// Progress without a record.
@@ -32,14 +32,14 @@ pub(crate) trait Outlet: Sync {
     async fn cancelled(&self);
 }
 
-impl Outlet for SourceContext<Value> {
+impl Outlet for SourceContext<Row> {
     fn cursor(&self, stream: &str) -> Option<sluice::Position> {
         // The cursor as the runtime last made it durable (not the session's starting one: a
         // session runs many syncs), never the pages just fetched.
         self.durable().borrow().get(stream).cloned()
     }
 
-    async fn emit(&self, envelope: Envelope<Value>) -> Result<(), SourceError> {
+    async fn emit(&self, envelope: Envelope<Row>) -> Result<(), SourceError> {
         SourceContext::emit(self, envelope).await
     }
 
@@ -205,6 +205,7 @@ pub struct HttpPollSource {
     credentials: Credentials,
     limiter: Arc<governor::DefaultDirectRateLimiter>,
     name: String,
+    shapes: Shapes,
 }
 
 impl HttpPollSource {
@@ -270,6 +271,7 @@ impl HttpPollSource {
             credentials,
             limiter,
             name,
+            shapes: Shapes::default(),
         })
     }
 
@@ -507,7 +509,7 @@ impl HttpPollSource {
             let mut older = false;
             for (index, record) in records.iter().enumerate() {
                 last_record = Some(record);
-                if !record.is_object() {
+                let Value::Object(object) = record else {
                     self.reject(
                         ctx,
                         &resource,
@@ -516,7 +518,7 @@ impl HttpPollSource {
                     )
                     .await?;
                     continue;
-                }
+                };
                 let key = match key_of(record, &stream.primary_key) {
                     Ok(key) => key,
                     Err(reason) => {
@@ -572,15 +574,13 @@ impl HttpPollSource {
                             .map(|h| Checkpoint::new(resource.clone(), h.position()));
                     }
                 }
-                let mut record = record.clone();
-                if let Value::Object(fields) = &mut record {
-                    for (name, value) in &stream.fields {
-                        fields.insert(name.clone(), value.clone());
-                    }
+                let mut fields = object.clone();
+                for (name, value) in &stream.fields {
+                    fields.insert(name.clone(), value.clone());
                 }
                 let envelope = Envelope {
                     resource: resource.clone(),
-                    payload: record,
+                    payload: Row::from_map(fields, &self.shapes),
                     checkpoint,
                 };
                 ctx.emit(envelope).await?;
@@ -784,13 +784,13 @@ async fn sleep_cancellable(ctx: &impl Outlet, wait: Duration) {
 }
 
 impl Source for HttpPollSource {
-    type Payload = Value;
+    type Payload = Row;
 
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn run(&mut self, ctx: SourceContext<Value>) -> Result<SessionEnd, SourceError> {
+    async fn run(&mut self, ctx: SourceContext<Row>) -> Result<SessionEnd, SourceError> {
         loop {
             for stream in &self.config.streams {
                 if ctx.is_cancelled() {
