@@ -173,6 +173,8 @@ pub(crate) fn kafka(arg: Option<String>) {
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
+            // librdkafka's default queue is 1 GiB: at full speed it held tens of MiB.
+            .set("queue.buffering.max.kbytes", "16384")
             .create()
             .unwrap();
         // Warm up: metadata and topic creation outside the clock, as for sluice's prepare.

@@ -176,6 +176,8 @@ impl KafkaConfig {
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
+            // librdkafka's default queue is 1 GiB: at full speed it held tens of MiB.
+            .set("queue.buffering.max.kbytes", "16384")
             .set(
                 "message.timeout.ms",
                 self.delivery_timeout.as_millis().to_string(),
