@@ -53,6 +53,7 @@ async fn sigkills_lose_nothing_and_the_audit_names_what_was_removed() {
             insert_while_paging: 0.2,
             update_while_paging: 0.2,
             delay: Duration::from_millis(5),
+            ..ApiFaults::default()
         },
         ..HttpApiConfig::default()
     })

@@ -6,14 +6,21 @@
 //! - `GET /issues?since=&per_page=&page=&direction=` — a GitHub-style list: a JSON array, page
 //!   numbers, a `Link: <…>; rel="next"` header, oldest first or (`direction=desc`) newest first;
 //!
+//! - `POST /search` — a Notion-style search: a JSON body (`application/json`, else 415) with
+//!   `filter.updated_at.on_or_after` and `filter.updated_at.before` (RFC 3339, the latter
+//!   exclusive), `page_size` (a JSON *number*, else 400, as Notion answers) and `start_cursor`;
+//!   answers `{"object": "list", "results": [...], "next_cursor", "has_more"}`;
 //! - `POST /oauth/token` — OAuth 2.0 client credentials, when configured: every list then
 //!   wants `Authorization: Bearer`, and tokens expire;
 //!
-//! both lists filtered by `updated_at >= since` (RFC 3339; the API compares at whole seconds, as
+//! the lists filtered by `updated_at >= since` (RFC 3339; the API compares at whole seconds, as
 //! GitHub does, so a client must read its boundary again). Items are created and updated in
 //! groups that share one `updated_at` (equal cursor values span pages). Faults: 429 with
 //! `Retry-After`, 500s, slow pages, and changes *while a client pages* (an insert, and an update
-//! of an item already served, which moves it to the end). Amounts are exact decimals near 10^12.
+//! of an item already served, which moves it to the end), and "soft" errors: a 200 whose body is
+//! an error object (`{"object": "error", …}`), as some APIs answer when busy. Amounts are exact
+//! decimals near 10^12. The initial items' `updated_at` start ten minutes before the simulator does; later
+//! changes happen at the real time.
 //!
 //! The simulator keeps every item's versions, so a test can check that the destination holds
 //! the newest version of every item and no item twice.
@@ -50,6 +57,8 @@ pub struct ApiFaults {
     pub insert_while_paging: f64,
     /// After a page is served: update an item it held (it moves to the end).
     pub update_while_paging: f64,
+    /// Answer a request with 200 and an error object instead of a page.
+    pub soft_error: f64,
 }
 
 /// OAuth 2.0 client credentials the API demands (`POST /oauth/token`, then `Authorization:
@@ -110,6 +119,10 @@ pub struct ApiCounters {
     pub inserted_while_paging: AtomicU64,
     /// Items updated while a client paged.
     pub updated_while_paging: AtomicU64,
+    /// 200 answers with an error object.
+    pub soft_errors: AtomicU64,
+    /// `POST /search` requests with a `before` bound (windows).
+    pub windowed: AtomicU64,
     /// Tokens issued.
     pub tokens_issued: AtomicU64,
     /// Requests refused with 401 (no token, an unknown or an expired one).
@@ -158,6 +171,8 @@ struct State {
     /// The clock of `updated_at`, whole seconds, moving one second per group.
     clock: Mutex<i64>,
     next_id: AtomicU64,
+    /// Set once the initial items exist: later changes happen at the real time.
+    live: std::sync::atomic::AtomicBool,
     rng: Mutex<fastrand::Rng>,
     counters: ApiCounters,
     /// Tokens issued and when they expire.
@@ -169,9 +184,15 @@ impl State {
         p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() < p
     }
 
+    /// The `updated_at` of the next group: a second after the last one, and once the API is up
+    /// never before the real time (so items change "now", as on a real API, and a client's
+    /// windows up to now must see them).
     fn tick(&self) -> i64 {
         let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
         *clock += 1_000_000;
+        if self.live.load(Ordering::Relaxed) {
+            *clock = (*clock).max(chrono::Utc::now().timestamp() * 1_000_000);
+        }
         *clock
     }
 
@@ -272,6 +293,16 @@ impl State {
                     Json(json!({"message": "rate limited"})),
                 )
                     .into_response(),
+            );
+        }
+        if self.roll(faults.soft_error) {
+            self.counters.soft_errors.fetch_add(1, Ordering::Relaxed);
+            return Some(
+                Json(json!({
+                    "object": "error", "status": 503, "code": "service_unavailable",
+                    "message": "busy; try again"
+                }))
+                .into_response(),
             );
         }
         if self.roll(faults.rate_500) {
@@ -408,6 +439,84 @@ async fn issues(
         .into_response()
 }
 
+fn bad_request(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"object": "error", "status": status.as_u16(), "message": message})),
+    )
+        .into_response()
+}
+
+/// A time at `path` of a search body: `Ok(None)` when absent, `Err(())` when not a time.
+fn body_time(body: &Value, path: &[&str]) -> Result<Option<i64>, ()> {
+    let mut value = body;
+    for part in path {
+        match value.get(part) {
+            Some(v) => value = v,
+            None => return Ok(None),
+        }
+    }
+    value
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| Some(t.timestamp() * 1_000_000))
+        .ok_or(())
+}
+
+async fn search(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(response) = state.before_page(&headers, &HashMap::new()).await {
+        return *response;
+    }
+    let json_body = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json_body {
+        return bad_request(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be JSON");
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request(StatusCode::BAD_REQUEST, "the body is not JSON");
+    };
+    let (Ok(since), Ok(before)) = (
+        body_time(&request, &["filter", "updated_at", "on_or_after"]),
+        body_time(&request, &["filter", "updated_at", "before"]),
+    ) else {
+        return bad_request(StatusCode::BAD_REQUEST, "filter times are ISO 8601 strings");
+    };
+    let limit = match request.get("page_size") {
+        None => 100,
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(100) as usize,
+        Some(_) => return bad_request(StatusCode::BAD_REQUEST, "page_size should be a number"),
+    }
+    .clamp(1, state.config.page_cap);
+    if before.is_some() {
+        state.counters.windowed.fetch_add(1, Ordering::Relaxed);
+    }
+    let list: Vec<Item> = state
+        .listing(since)
+        .into_iter()
+        .filter(|i| before.is_none_or(|b| i.updated_us < b))
+        .collect();
+    let start = match request.get("start_cursor").and_then(Value::as_str) {
+        Some(token) => list.partition_point(|i| i.token().as_str() <= token),
+        None => 0,
+    };
+    let page: Vec<Item> = list.iter().skip(start).take(limit).cloned().collect();
+    let has_more = start + page.len() < list.len();
+    let body = json!({
+        "object": "list",
+        "results": page.iter().map(Item::json).collect::<Vec<_>>(),
+        "next_cursor": if has_more { page.last().map(Item::token) } else { None },
+        "has_more": has_more,
+    });
+    state.after_page(&page);
+    Json(body).into_response()
+}
+
 /// `POST /oauth/token` (client credentials, HTTP basic): a token that expires.
 async fn token(Shared(state): Shared<Arc<State>>, headers: HeaderMap, body: String) -> Response {
     use base64::Engine as _;
@@ -484,9 +593,10 @@ impl HttpApiSim {
         let state = Arc::new(State {
             faults: Mutex::new(config.faults.clone()),
             items: Mutex::new(HashMap::new()),
-            // 2026-12-01T00:00:00Z
-            clock: Mutex::new(1_796_083_200_000_000),
+            // Ten minutes ago, whole seconds: windows up to now are few.
+            clock: Mutex::new((chrono::Utc::now().timestamp() - 600) * 1_000_000),
             next_id: AtomicU64::new(1),
+            live: std::sync::atomic::AtomicBool::new(false),
             rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
             counters: ApiCounters::default(),
             tokens: Mutex::new(HashMap::new()),
@@ -496,9 +606,11 @@ impl HttpApiSim {
         for _ in 0..groups {
             state.insert_group(state.config.group.max(1));
         }
+        state.live.store(true, Ordering::Relaxed);
         let app = axum::Router::new()
             .route("/items", axum::routing::get(items))
             .route("/issues", axum::routing::get(issues))
+            .route("/search", axum::routing::post(search))
             .route("/oauth/token", axum::routing::post(token))
             .with_state(state.clone());
         let shutdown = CancellationToken::new();

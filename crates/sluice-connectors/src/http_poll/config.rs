@@ -1,6 +1,10 @@
 //! The `http_poll` configuration: serde with defaults, and `validate()`.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -30,6 +34,9 @@ pub struct HttpPollConfig {
     /// Per-request timeout, in ms.
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
+    /// Response rules for every stream, after the stream's own (see [`Rule`]).
+    #[serde(default)]
+    pub rules: Vec<Rule>,
 }
 
 mod defaults {
@@ -44,7 +51,8 @@ mod defaults {
     }
 }
 
-/// How requests authenticate. Secrets come from the environment, never from the file.
+/// How requests authenticate. Secrets come from the environment or from a file of their own
+/// (a mounted secret), never from the configuration.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Auth {
@@ -53,15 +61,23 @@ pub enum Auth {
     None,
     /// `Authorization: Bearer <token>`.
     Bearer {
-        /// The environment variable holding the token.
-        token_env: String,
+        /// The environment variable holding the token (or `token_file`).
+        #[serde(default)]
+        token_env: Option<String>,
+        /// A file holding the token, trailing newline ignored.
+        #[serde(default)]
+        token_file: Option<PathBuf>,
     },
     /// HTTP basic auth.
     Basic {
         /// The user name.
         user: String,
-        /// The environment variable holding the password.
-        password_env: String,
+        /// The environment variable holding the password (or `password_file`).
+        #[serde(default)]
+        password_env: Option<String>,
+        /// A file holding the password, trailing newline ignored.
+        #[serde(default)]
+        password_file: Option<PathBuf>,
     },
     /// OAuth 2.0 client credentials (RFC 6749 §4.4): a token from `token_url`, sent as a bearer
     /// token, fetched again before it expires or when the API answers 401.
@@ -75,7 +91,7 @@ pub enum Auth {
         client_secret_env: Option<String>,
         /// A file holding the client secret (a mounted secret), trailing newline ignored.
         #[serde(default)]
-        client_secret_file: Option<std::path::PathBuf>,
+        client_secret_file: Option<PathBuf>,
         /// The scope to ask for, if the API wants one.
         #[serde(default)]
         scope: Option<String>,
@@ -88,9 +104,49 @@ pub enum Auth {
         /// Or the query parameter name, e.g. `api_key`.
         #[serde(default)]
         query: Option<String>,
-        /// The environment variable holding the key.
-        value_env: String,
+        /// The environment variable holding the key (or `value_file`).
+        #[serde(default)]
+        value_env: Option<String>,
+        /// A file holding the key, trailing newline ignored.
+        #[serde(default)]
+        value_file: Option<PathBuf>,
     },
+}
+
+impl Auth {
+    /// The secret's sources, named for messages: (env key, env var, file key, file).
+    pub(crate) fn secret_source(&self) -> Option<(&'static str, Option<&str>, Option<&Path>)> {
+        match self {
+            Auth::None => None,
+            Auth::Bearer {
+                token_env,
+                token_file,
+            } => Some(("token", token_env.as_deref(), token_file.as_deref())),
+            Auth::Basic {
+                password_env,
+                password_file,
+                ..
+            } => Some((
+                "password",
+                password_env.as_deref(),
+                password_file.as_deref(),
+            )),
+            Auth::Oauth2 {
+                client_secret_env,
+                client_secret_file,
+                ..
+            } => Some((
+                "client_secret",
+                client_secret_env.as_deref(),
+                client_secret_file.as_deref(),
+            )),
+            Auth::ApiKey {
+                value_env,
+                value_file,
+                ..
+            } => Some(("value", value_env.as_deref(), value_file.as_deref())),
+        }
+    }
 }
 
 /// One stream: a list endpoint read incrementally.
@@ -101,9 +157,31 @@ pub struct StreamConfig {
     pub name: String,
     /// The path after `base_url` (`/repos/o/r/issues`).
     pub path: String,
+    /// The HTTP method: `get`, or `post` for search-style APIs that take their parameters in
+    /// a body.
+    #[serde(default)]
+    pub method: Method,
     /// Fixed query parameters.
     #[serde(default)]
     pub query: BTreeMap<String, String>,
+    /// Headers of this stream's requests (after the source's).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A fixed request body (`post`): a JSON object the parameters are added to.
+    #[serde(default)]
+    pub body: serde_json::Map<String, serde_json::Value>,
+    /// How the body is sent: `json`, or `form` (`application/x-www-form-urlencoded`, top-level
+    /// fields only).
+    #[serde(default)]
+    pub body_format: BodyFormat,
+    /// Where the paging parameters (page size, offset, page, token) and the cursor go:
+    /// `query`, or `body` (a dotted name nests: `filter.updated_at.on_or_after`).
+    #[serde(default)]
+    pub params_in: ParamsIn,
+    /// Rules mapping a response to retry / fail / ignore, before the source's and the default
+    /// status policy.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
     /// Where the records are in the body: a dotted path (`data`, `result.items`); empty when
     /// the body is the array.
     #[serde(default)]
@@ -130,9 +208,21 @@ pub struct CursorConfig {
     /// Its type: how values compare and how `lookback` moves them.
     #[serde(default)]
     pub kind: CursorKind,
-    /// The query parameter the start value goes in (`since`, `updated[gte]`); the API must
-    /// return records whose cursor is at or after it.
+    /// The parameter the start value goes in (`since`, `updated[gte]`); the API must return
+    /// records whose cursor is at or after it.
     pub param: String,
+    /// Where the start (and end) value goes: `query`, `header` or `body` (default: where the
+    /// stream's `params_in` says).
+    #[serde(default)]
+    pub inject: Option<Inject>,
+    /// The parameter the end of a window goes in (`until`, `created[lt]`), with `step`.
+    #[serde(default)]
+    pub end_param: Option<String>,
+    /// Read in windows of this size (ms for datetimes, seconds for epochs) from the start to
+    /// now, each window's end in `end_param`: a bounded backfill that saves its progress at the
+    /// end of every window. Needs `initial` or a saved cursor, and a datetime or epoch cursor.
+    #[serde(default)]
+    pub step: Option<u64>,
     /// The start of the first sync (none: the API's beginning, the parameter not sent).
     #[serde(default)]
     pub initial: Option<String>,
@@ -143,6 +233,86 @@ pub struct CursorConfig {
     /// The order the API returns records in.
     #[serde(default)]
     pub order: Order,
+}
+
+/// The HTTP method of a stream.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// `GET`.
+    #[default]
+    Get,
+    /// `POST` with a body.
+    Post,
+}
+
+/// How a request body is encoded.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyFormat {
+    /// `application/json`.
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+}
+
+/// Where a stream's parameters go.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamsIn {
+    /// The query string.
+    #[default]
+    Query,
+    /// The body (`post`).
+    Body,
+}
+
+/// Where the cursor values go.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Inject {
+    /// The query string.
+    Query,
+    /// A header named by the parameter.
+    Header,
+    /// The body (`post`).
+    Body,
+}
+
+/// A response rule: when a response matches every condition given, `action` decides what it
+/// is — whatever its status. The first matching rule wins; without one the shared status
+/// policy decides (2xx read, 429/5xx retried, other statuses fatal).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// The statuses it applies to (any when empty).
+    #[serde(default)]
+    pub status: Vec<u16>,
+    /// Text the body must contain.
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    /// A dotted path into a JSON body whose value must equal `equals`.
+    #[serde(default)]
+    pub body_path: Option<String>,
+    /// The value at `body_path` (any value there, when not given).
+    #[serde(default)]
+    pub equals: Option<serde_json::Value>,
+    /// What to do.
+    pub action: Action,
+}
+
+/// What a response rule does.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Try the request again later (backoff, or the server's `Retry-After`).
+    Retry,
+    /// Stop the pipeline with the response's status and a piece of its body.
+    Fail,
+    /// Take it as the end of this stream's listing for this sync (the cursor stays where the
+    /// records read so far put it).
+    Ignore,
 }
 
 /// How cursor values compare.
@@ -293,6 +463,27 @@ impl HttpPollConfig {
                 if cursor.field.is_empty() || cursor.param.is_empty() {
                     return Err(format!("{at}.cursor: field and param are required"));
                 }
+                if cursor.step.is_some() {
+                    if !matches!(cursor.kind, CursorKind::Datetime | CursorKind::Epoch) {
+                        return Err(format!(
+                            "{at}.cursor.step: only datetime and epoch cursors have windows"
+                        ));
+                    }
+                    if cursor.step == Some(0)
+                        || cursor.end_param.as_deref().is_none_or(str::is_empty)
+                    {
+                        return Err(format!("{at}.cursor.step: a step > 0 and an end_param"));
+                    }
+                    if cursor.initial.is_none() {
+                        return Err(format!("{at}.cursor.step: windows start at `initial`"));
+                    }
+                }
+                let body = stream.method == Method::Post;
+                if !body && (cursor.inject == Some(Inject::Body)) {
+                    return Err(format!(
+                        "{at}.cursor.inject = \"body\" needs method = \"post\""
+                    ));
+                }
                 if let Some(initial) = &cursor.initial {
                     super::record::CursorValue::parse(cursor.kind, initial)
                         .map_err(|e| format!("{at}.cursor.initial {initial:?}: {e}"))?;
@@ -307,6 +498,23 @@ impl HttpPollConfig {
                     "{at}.pagination.page_size: a parameter and a size > 0"
                 ));
             }
+            if stream.method == Method::Get
+                && (stream.params_in == ParamsIn::Body || !stream.body.is_empty())
+            {
+                return Err(format!(
+                    "{at}: a body (params_in = \"body\", body) needs method = \"post\""
+                ));
+            }
+            for rule in self.rules.iter().chain(&stream.rules) {
+                if rule.status.is_empty()
+                    && rule.body_contains.is_none()
+                    && rule.body_path.is_none()
+                {
+                    return Err(format!(
+                        "{at}.rules: a rule needs a status, body_contains or body_path"
+                    ));
+                }
+            }
             if let Pagination::Token {
                 path, token_field, ..
             } = &stream.pagination
@@ -318,10 +526,17 @@ impl HttpPollConfig {
                 ));
             }
         }
-        match &self.auth {
-            Auth::ApiKey { header, query, .. } if header.is_some() == query.is_some() => Err(
+        if let Auth::ApiKey { header, query, .. } = &self.auth
+            && header.is_some() == query.is_some()
+        {
+            return Err(
                 "auth: an api_key goes in a `header` or a `query` parameter (one of them)".into(),
-            ),
+            );
+        }
+        match self.auth.secret_source() {
+            Some((name, env, file)) if env.is_some() == file.is_some() => Err(format!(
+                "auth: the {name} comes from `{name}_env` or `{name}_file` (one of them)"
+            )),
             _ => Ok(()),
         }
     }

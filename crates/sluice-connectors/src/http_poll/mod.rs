@@ -35,11 +35,13 @@ mod audit;
 mod config;
 mod connector;
 mod record;
+mod request;
 mod source;
 
 pub use audit::{StreamAudit, audit_stream};
 pub use config::{
-    Auth, CursorConfig, CursorKind, HttpPollConfig, Order, PageSize, Pagination, StreamConfig,
+    Action, Auth, BodyFormat, CursorConfig, CursorKind, HttpPollConfig, Inject, Method, Order,
+    PageSize, Pagination, ParamsIn, Rule, StreamConfig,
 };
 pub use connector::HttpPoll;
 pub use source::HttpPollSource;

@@ -62,6 +62,30 @@ impl CursorValue {
         }
     }
 
+    /// The value moved forward by `step` ms (whole seconds, rounded up, for epoch cursors):
+    /// the end of a window. `None` for kinds without windows.
+    pub(crate) fn plus(&self, kind: CursorKind, step: u64) -> Option<Self> {
+        match self {
+            Self::Time(us) => Some(Self::Time(
+                us.saturating_add((step as i64).saturating_mul(1000)),
+            )),
+            Self::Int(n) if kind == CursorKind::Epoch => {
+                Some(Self::Int(n.saturating_add(step.div_ceil(1000))))
+            }
+            Self::Int(_) | Self::Text(_) => None,
+        }
+    }
+
+    /// Now, for the kinds that have windows.
+    pub(crate) fn now(kind: CursorKind) -> Option<Self> {
+        let now = chrono::Utc::now();
+        match kind {
+            CursorKind::Datetime => Some(Self::Time(now.timestamp_micros())),
+            CursorKind::Epoch => u64::try_from(now.timestamp()).ok().map(Self::Int),
+            CursorKind::Integer | CursorKind::String => None,
+        }
+    }
+
     /// The value as the API's start parameter: times to the second, rounded down (the request
     /// may only read more).
     pub(crate) fn param(&self) -> String {

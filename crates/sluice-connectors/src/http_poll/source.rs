@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, num::NonZeroU32, sync::Arc, time::Duration};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName};
 use serde_json::Value;
 use sluice::{
     Backoff, BackoffPolicy, Checkpoint, Envelope, Rejected, Row, SessionEnd, Shapes, Source,
@@ -11,8 +11,9 @@ use sluice::{
 };
 
 use super::{
-    config::{Auth, HttpPollConfig, Order, Pagination, StreamConfig},
+    config::{Action, Auth, HttpPollConfig, Method, Order, Pagination, StreamConfig},
     record::{CursorValue, at, key_of},
+    request,
 };
 
 /// Where a sync's records go: the pipeline's [`SourceContext`], or an audit's collector. (A
@@ -217,34 +218,29 @@ impl HttpPollSource {
         config
             .validate()
             .map_err(|e| SourceError::fatal(format!("http_poll: {e}")))?;
+        let secret = || match config.auth.secret_source() {
+            Some((_, Some(var), _)) => secret(var),
+            Some((_, None, Some(path))) => secret_file(path),
+            _ => Err(SourceError::fatal("http_poll: auth: no secret configured")),
+        };
         let credentials = match &config.auth {
             Auth::None => Credentials::None,
-            Auth::Bearer { token_env } => Credentials::Bearer(secret(token_env)?),
-            Auth::Basic { user, password_env } => {
-                Credentials::Basic(user.clone(), secret(password_env)?)
-            }
+            Auth::Bearer { .. } => Credentials::Bearer(secret()?),
+            Auth::Basic { user, .. } => Credentials::Basic(user.clone(), secret()?),
             Auth::Oauth2 {
                 token_url,
                 client_id,
-                client_secret_env,
-                client_secret_file,
                 scope,
+                ..
             } => Credentials::OAuth2(Arc::new(OAuth2 {
                 token_url: token_url.clone(),
                 client_id: client_id.clone(),
-                secret: match (client_secret_env, client_secret_file) {
-                    (Some(var), _) => secret(var)?,
-                    (None, Some(path)) => secret_file(path)?,
-                    (None, None) => {
-                        return Err(SourceError::fatal("http_poll: auth: no client secret"));
-                    }
-                },
+                secret: secret()?,
                 scope: scope.clone(),
                 token: tokio::sync::Mutex::new(None),
             })),
             Auth::ApiKey {
                 header: Some(header),
-                value_env,
                 ..
             } => Credentials::Header(
                 HeaderName::try_from(header.as_str()).map_err(|_| {
@@ -252,11 +248,11 @@ impl HttpPollSource {
                         "http_poll: auth.header {header:?} is not a header name"
                     ))
                 })?,
-                secret(value_env)?,
+                secret()?,
             ),
-            Auth::ApiKey {
-                query, value_env, ..
-            } => Credentials::Query(query.clone().unwrap_or_default(), secret(value_env)?),
+            Auth::ApiKey { query, .. } => {
+                Credentials::Query(query.clone().unwrap_or_default(), secret()?)
+            }
         };
         let http = crate::http::client(Duration::from_millis(config.timeout_ms.max(1)))?;
         let per_second = NonZeroU32::new(config.requests_per_second)
@@ -275,42 +271,36 @@ impl HttpPollSource {
         })
     }
 
-    fn headers(&self) -> Result<HeaderMap, SourceError> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &self.config.headers {
-            let (Ok(name), Ok(value)) = (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::try_from(value.as_str()),
-            ) else {
-                return Err(SourceError::fatal(format!(
-                    "http_poll: header {name:?} is not a valid header"
-                )));
-            };
-            headers.insert(name, value);
-        }
-        Ok(headers)
-    }
-
-    /// One GET: paced by the host budget; 429, 5xx and failures retried with backoff (the
-    /// server's `Retry-After` or rate-limit reset when it names one); other statuses classified
-    /// by the shared policy.
-    async fn get(
+    /// One request of `stream`: paced by the host budget; the stream's and the source's rules
+    /// first, then 429, 5xx and failures retried with backoff (the server's `Retry-After` or
+    /// rate-limit reset when it names one) and other statuses classified by the shared policy.
+    /// `None`: a rule said to ignore the response (the listing ends here for this sync).
+    async fn fetch(
         &self,
         ctx: &impl Outlet,
+        stream: &StreamConfig,
         url: &str,
-        query: &[(String, String)],
-    ) -> Result<(Vec<u8>, HeaderMap), SourceError> {
+        params: &[(String, String)],
+    ) -> Result<Option<(Vec<u8>, HeaderMap)>, SourceError> {
         let mut backoff = Backoff::new(BackoffPolicy {
             initial: Duration::from_millis(500),
             max: Duration::from_secs(30),
             multiplier: 2.0,
             stable_after: Duration::ZERO,
         });
+        let what = || {
+            let method = match stream.method {
+                Method::Get => "GET",
+                Method::Post => "POST",
+            };
+            format!("http_poll: {method} {}", shown(url))
+        };
         let mut last = None;
         let mut refreshed = false;
         for _ in 0..ATTEMPTS {
             self.limiter.until_ready().await;
-            let mut request = self.http.get(url).headers(self.headers()?).query(query);
+            let mut request =
+                request::build(&self.http, &self.config.headers, stream, url, params)?;
             request = match &self.credentials {
                 Credentials::None => request,
                 Credentials::Bearer(token) => request.bearer_auth(&token.0),
@@ -327,42 +317,66 @@ impl HttpPollSource {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
-                    let body = response.bytes().await;
-                    match body {
-                        Ok(body) if status.is_success() => {
-                            if let Some(reset) = exhausted(&headers) {
-                                // The budget is spent: the next request waits for its reset.
-                                tracing::info!(
-                                    wait_ms = reset.as_millis() as u64,
-                                    "http_poll: rate limit reached; waiting for its reset"
-                                );
-                                sleep_cancellable(ctx, reset).await;
-                            }
-                            return Ok((body.to_vec(), headers));
-                        }
+                    match response.bytes().await {
                         Ok(body) => {
-                            let error = crate::http::status_error(
-                                &format!("http_poll: GET {}", shown(url)),
-                                status.as_u16(),
-                                &body,
-                            );
-                            if status == reqwest::StatusCode::UNAUTHORIZED
-                                && let Credentials::OAuth2(oauth) = &self.credentials
-                                && !refreshed
-                            {
-                                // An expired or revoked token: one new token, then the request
-                                // again; a second 401 is the credentials' fault.
-                                refreshed = true;
-                                oauth.refused().await;
-                                continue;
+                            let rules = stream.rules.iter().chain(&self.config.rules);
+                            let error =
+                                || crate::http::status_error(&what(), status.as_u16(), &body);
+                            match request::verdict(rules, status.as_u16(), &body) {
+                                Some(Action::Ignore) => {
+                                    tracing::info!(stream = %stream.name, status = status.as_u16(), "http_poll: response ignored by a rule; the listing ends here");
+                                    metrics::counter!("sluice_http_poll_ignored_total", "stream" => stream.name.clone()).increment(1);
+                                    return Ok(None);
+                                }
+                                Some(Action::Fail) => {
+                                    return Err(SourceError::fatal(format!(
+                                        "{} answered {status} and a rule says to fail: {}",
+                                        what(),
+                                        crate::http::reason(&body)
+                                    )));
+                                }
+                                Some(Action::Retry) => {
+                                    tracing::warn!(stream = %stream.name, status = status.as_u16(), "http_poll: a rule says to retry");
+                                    last = Some(SourceError::transient(format!(
+                                        "{} answered {status} and a rule says to retry",
+                                        what()
+                                    )));
+                                    crate::http::retry_after(&headers, MAX_WAIT)
+                                }
+                                None if status.is_success() => {
+                                    if let Some(reset) = exhausted(&headers) {
+                                        // The budget is spent: the next request waits for its
+                                        // reset.
+                                        tracing::info!(
+                                            wait_ms = reset.as_millis() as u64,
+                                            "http_poll: rate limit reached; waiting for its reset"
+                                        );
+                                        sleep_cancellable(ctx, reset).await;
+                                    }
+                                    return Ok(Some((body.to_vec(), headers)));
+                                }
+                                None if status == reqwest::StatusCode::UNAUTHORIZED
+                                    && matches!(self.credentials, Credentials::OAuth2(_))
+                                    && !refreshed =>
+                                {
+                                    // An expired or revoked token: one new token, then the
+                                    // request again; a second 401 is the credentials' fault.
+                                    refreshed = true;
+                                    if let Credentials::OAuth2(oauth) = &self.credentials {
+                                        oauth.refused().await;
+                                    }
+                                    continue;
+                                }
+                                None if error().class() != sluice::ErrorClass::Transient => {
+                                    return Err(error());
+                                }
+                                None => {
+                                    tracing::warn!(status = status.as_u16(), url = %shown(url), "http_poll: throttled or failing; retrying");
+                                    last = Some(error());
+                                    crate::http::retry_after(&headers, MAX_WAIT)
+                                        .or_else(|| exhausted(&headers))
+                                }
                             }
-                            if error.class() != sluice::ErrorClass::Transient {
-                                return Err(error);
-                            }
-                            tracing::warn!(status = status.as_u16(), url = %shown(url), "http_poll: throttled or failing; retrying");
-                            last = Some(error);
-                            crate::http::retry_after(&headers, MAX_WAIT)
-                                .or_else(|| exhausted(&headers))
                         }
                         Err(e) => {
                             last = Some(
@@ -376,10 +390,8 @@ impl HttpPollSource {
                 Err(e) => {
                     let e = e.without_url();
                     tracing::warn!(error = %e, "http_poll: request failed; retrying");
-                    last = Some(
-                        SourceError::transient(format!("http_poll: GET {} failed", shown(url)))
-                            .with_source(e),
-                    );
+                    last =
+                        Some(SourceError::transient(format!("{} failed", what())).with_source(e));
                     None
                 }
             };
@@ -394,6 +406,7 @@ impl HttpPollSource {
         &self,
         stream: &StreamConfig,
         from: Option<&CursorValue>,
+        end: Option<&CursorValue>,
     ) -> (String, Vec<(String, String)>) {
         let url = format!(
             "{}{}",
@@ -408,6 +421,12 @@ impl HttpPollSource {
         if let (Some(c), Some(from)) = (&stream.cursor, from) {
             query.push((c.param.clone(), from.param()));
         }
+        if let (Some(param), Some(end)) = (
+            stream.cursor.as_ref().and_then(|c| c.end_param.as_ref()),
+            end,
+        ) {
+            query.push((param.clone(), end.param()));
+        }
         if let Some(size) = stream.pagination.page_size() {
             query.push((size.param.clone(), size.size.to_string()));
         }
@@ -421,34 +440,82 @@ impl HttpPollSource {
         (url, query)
     }
 
-    /// Syncs one stream: pages from its durable cursor (less the lookback) to the end.
-    #[allow(clippy::too_many_lines)]
-    pub(crate) async fn sync(
-        &self,
+    /// The durable cursor of `stream`, and where its next sync starts: that cursor (or
+    /// `initial`) less the lookback.
+    fn start_of(
         ctx: &impl Outlet,
         stream: &StreamConfig,
-    ) -> Result<(), SourceError> {
-        let resource: Arc<str> = stream.name.as_str().into();
-        let cursor = stream.cursor.as_ref();
-        let saved = cursor.and_then(|c| {
-            ctx.cursor(&stream.name)
-                .and_then(|p| CursorValue::from_position(c.kind, &p))
-        });
-        let start = match (&saved, cursor.and_then(|c| c.initial.as_deref())) {
+    ) -> Result<(Option<CursorValue>, Option<CursorValue>), SourceError> {
+        let Some(cursor) = stream.cursor.as_ref() else {
+            return Ok((None, None));
+        };
+        let saved = ctx
+            .cursor(&stream.name)
+            .and_then(|p| CursorValue::from_position(cursor.kind, &p));
+        let start = match (&saved, cursor.initial.as_deref()) {
             (Some(saved), _) => Some(saved.clone()),
             (None, Some(initial)) => {
-                let kind = cursor.expect("initial is a cursor key").kind;
-                Some(CursorValue::parse(kind, initial).map_err(|e| {
+                Some(CursorValue::parse(cursor.kind, initial).map_err(|e| {
                     SourceError::fatal(format!("http_poll: {}.cursor.initial: {e}", stream.name))
                 })?)
             }
             (None, None) => None,
         };
-        let from = match (cursor, &start) {
-            (Some(c), Some(start)) => Some(start.minus(c.kind, c.lookback)),
-            _ => None,
+        let from = start.map(|s| s.minus(cursor.kind, cursor.lookback));
+        Ok((saved, from))
+    }
+
+    /// Syncs one stream: pages from its durable cursor (less the lookback) to the end; with a
+    /// `step`, window by window up to now, the cursor saved at the end of each window.
+    pub(crate) async fn sync(
+        &self,
+        ctx: &impl Outlet,
+        stream: &StreamConfig,
+    ) -> Result<(), SourceError> {
+        let (_, from) = Self::start_of(ctx, stream)?;
+        let windows = stream.cursor.as_ref().and_then(|c| {
+            let now = CursorValue::now(c.kind)?;
+            Some((c.kind, c.step?, now))
+        });
+        let (Some((kind, step, now)), Some(mut start)) = (windows, from) else {
+            return self.sync_window(ctx, stream, None, None).await.map(drop);
         };
-        let (mut url, mut query) = self.first_request(stream, from.as_ref());
+        loop {
+            let end = start.plus(kind, step).filter(|end| *end < now);
+            let last = end.is_none();
+            let finished = self
+                .sync_window(ctx, stream, Some(start.clone()), end.clone())
+                .await?;
+            let Some(end) = end.filter(|_| finished && !last) else {
+                return Ok(());
+            };
+            // Everything before the window's end was read: that is the cursor, once the
+            // window's records are written.
+            ctx.advance(Checkpoint::new(stream.name.as_str(), end.position()))
+                .await?;
+            tracing::debug!(stream = %stream.name, end = %end.param(), "http_poll: window read");
+            start = end;
+        }
+    }
+
+    /// Syncs one window of a stream: from `start` (or its durable cursor less the lookback)
+    /// to `end` (or the end of the listing). Whether the listing was read to its end.
+    #[allow(clippy::too_many_lines)]
+    async fn sync_window(
+        &self,
+        ctx: &impl Outlet,
+        stream: &StreamConfig,
+        start: Option<CursorValue>,
+        end: Option<CursorValue>,
+    ) -> Result<bool, SourceError> {
+        let resource: Arc<str> = stream.name.as_str().into();
+        let cursor = stream.cursor.as_ref();
+        let (saved, from) = match Self::start_of(ctx, stream)? {
+            (saved, from) if start.is_none() => (saved, from),
+            // A window: its checkpoints never fall below the durable cursor or its start.
+            (saved, _) => (saved.max(start.clone()), start),
+        };
+        let (mut url, mut query) = self.first_request(stream, from.as_ref(), end.as_ref());
         // The cursor parameter as last sent: oldest-first listings paged by offset or page
         // number start again from the highest value read, so that a record updated meanwhile
         // (moving to the end and shifting the pages left) cannot push another out of reach.
@@ -481,20 +548,22 @@ impl HttpPollSource {
                 tracing::warn!(stream = %stream.name, url = %shown(&url), "http_poll: the listing points back at a page already read; ending this sync");
                 break;
             }
-            let (body, headers) = self.get(ctx, &url, &query).await?;
+            let Some((body, headers)) = self.fetch(ctx, stream, &url, &query).await? else {
+                break;
+            };
             pages += 1;
             let page: Value = match serde_json::from_slice(&body) {
                 Ok(page) => page,
                 Err(e) => {
                     self.reject(ctx, &resource, &body, format!("page is not JSON: {e}"))
                         .await?;
-                    return Ok(());
+                    return Ok(false);
                 }
             };
             let Some(Value::Array(records)) = at(&page, &stream.records) else {
                 let reason = format!("page has no array at {:?}", stream.records);
                 self.reject(ctx, &resource, &body, reason).await?;
-                return Ok(());
+                return Ok(false);
             };
             let count = records.len() as u64;
             // Within a page, a record's checkpoint never passes a value still to come on it.
@@ -605,7 +674,8 @@ impl HttpPollSource {
                     if ascending && high.as_ref().map(CursorValue::param) != since_sent =>
                 {
                     // Oldest first by position: start again from the highest value read.
-                    let (first_url, first_query) = self.first_request(stream, high.as_ref());
+                    let (first_url, first_query) =
+                        self.first_request(stream, high.as_ref(), end.as_ref());
                     since_sent = high.as_ref().map(CursorValue::param);
                     query = first_query;
                     Some(first_url)
@@ -682,7 +752,7 @@ impl HttpPollSource {
             ctx.advance(Checkpoint::new(resource.clone(), high.position()))
                 .await?;
         }
-        Ok(())
+        Ok(finished)
     }
 
     async fn reject(
@@ -818,6 +888,8 @@ impl Source for HttpPollSource {
 
 #[cfg(test)]
 mod tests {
+    use reqwest::header::HeaderValue;
+
     use super::*;
 
     #[test]
@@ -852,5 +924,52 @@ mod tests {
         assert_eq!(exhausted(&headers), Some(Duration::from_secs(3)));
         headers.insert("x-ratelimit-remaining", HeaderValue::from_static("10"));
         assert_eq!(exhausted(&headers), None);
+    }
+
+    #[test]
+    fn a_secret_comes_from_its_file_or_its_variable_and_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "t0ken-value\n").unwrap();
+        let mut config: HttpPollConfig = serde_json::from_value(serde_json::json!({
+            "base_url": "http://127.0.0.1:9",
+            "streams": [{"name": "s", "path": "/s", "primary_key": ["id"]}],
+            "auth": {"kind": "bearer", "token_file": path},
+        }))
+        .unwrap();
+        let source = HttpPollSource::new(config.clone()).unwrap();
+        assert!(
+            matches!(&source.credentials, Credentials::Bearer(s) if s.0 == "t0ken-value"),
+            "the file's secret, without its newline"
+        );
+        assert!(!format!("{source:?}").contains("t0ken"), "{source:?}");
+        config.auth = Auth::Basic {
+            user: "u".into(),
+            password_env: Some("SLUICE_TEST_UNSET_PASSWORD".into()),
+            password_file: Some(path),
+        };
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.contains("`password_env` or `password_file`"),
+            "{error}"
+        );
+        config.auth = Auth::ApiKey {
+            header: Some("x-api-key".into()),
+            query: None,
+            value_env: None,
+            value_file: None,
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("`value_env` or `value_file`"), "{error}");
+        config.auth = Auth::Basic {
+            user: "u".into(),
+            password_env: Some("SLUICE_TEST_UNSET_PASSWORD".into()),
+            password_file: None,
+        };
+        let error = HttpPollSource::new(config).unwrap_err().to_string();
+        assert!(
+            error.contains("SLUICE_TEST_UNSET_PASSWORD") && error.contains("not set"),
+            "{error}"
+        );
     }
 }
