@@ -59,6 +59,10 @@ pub(crate) struct AuditArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// coinbase: write the trades of every hole found (as REST serves them) into the
+    /// destination table through the pipeline's sink, then audit again.
+    #[arg(long)]
+    pub(crate) repair: bool,
 }
 
 #[derive(Debug, Args)]

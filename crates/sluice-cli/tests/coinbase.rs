@@ -330,18 +330,49 @@ async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
     clickhouse_query(&url, &format!("DROP DATABASE {database}")).await;
 }
 
-fn audit(sim: &CoinbaseSim, db: &Path) -> (Option<i32>, serde_json::Value) {
-    support::audit(&[
+fn audit(sim: &CoinbaseSim, db: &Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let rest = sim.rest_url();
+    let mut args = vec![
         "coinbase",
         "--db",
         db.to_str().unwrap(),
         "--rest-url",
-        &sim.rest_url(),
-    ])
+        &rest,
+    ];
+    args.extend_from_slice(extra);
+    support::audit(&args)
+}
+
+/// The BTC-USD rows of `ids`, every column as text.
+fn trade_rows(db: &Path, ids: &[i64]) -> Vec<Vec<String>> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut statement = conn
+        .prepare(
+            "SELECT trade_id, price, size, side, time FROM coinbase_trades \
+             WHERE product_id = 'BTC-USD' AND trade_id = ?1",
+        )
+        .unwrap();
+    ids.iter()
+        .flat_map(|id| {
+            statement
+                .query_map([id], |r| {
+                    (0..5)
+                        .map(|i| {
+                            r.get::<_, rusqlite::types::Value>(i)
+                                .map(|v| format!("{v:?}"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// `sluice audit coinbase` reports a complete destination as complete (exit 0) and names
-/// exactly the trades removed from it on purpose (exit 1), checked against REST.
+/// exactly the trades removed from it on purpose (exit 1), checked against REST; `--repair`
+/// writes them back as they were, and the destination audits complete again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_finds_exactly_the_trades_removed_from_the_destination() {
     let sim = CoinbaseSim::start(CoinbaseSimConfig {
@@ -370,7 +401,7 @@ async fn the_audit_finds_exactly_the_trades_removed_from_the_destination() {
     let mut child = child;
     child.wait().unwrap();
 
-    let (code, clean) = audit(&sim, &db);
+    let (code, clean) = audit(&sim, &db, &[]);
     assert_eq!(code, Some(0), "{clean}");
     assert!(
         clean.as_array().unwrap().iter().all(|p| p["hole_ids"] == 0),
@@ -381,6 +412,9 @@ async fn the_audit_finds_exactly_the_trades_removed_from_the_destination() {
         &db,
         "SELECT min(trade_id) FROM coinbase_trades WHERE product_id = 'BTC-USD'",
     );
+    let victims = [first + 10, first + 11, first + 40];
+    let before = trade_rows(&db, &victims);
+    assert_eq!(before.len(), 3);
     let conn = rusqlite::Connection::open(&db).unwrap();
     let removed = conn
         .execute(
@@ -390,7 +424,7 @@ async fn the_audit_finds_exactly_the_trades_removed_from_the_destination() {
         .unwrap();
     assert_eq!(removed, 3);
     drop(conn);
-    let (code, holes) = audit(&sim, &db);
+    let (code, holes) = audit(&sim, &db, &[]);
     assert_eq!(code, Some(1), "{holes}");
     let btc = holes
         .as_array()
@@ -412,4 +446,20 @@ async fn the_audit_finds_exactly_the_trades_removed_from_the_destination() {
         .find(|p| p["product"] == "ETH-USD")
         .unwrap();
     assert_eq!(eth["hole_ids"], 0, "{eth}");
+
+    let (code, repaired) = audit(&sim, &db, &["--repair"]);
+    assert_eq!(code, Some(0), "{repaired}");
+    assert!(
+        repaired
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["hole_ids"] == 0),
+        "{repaired}"
+    );
+    assert_eq!(
+        trade_rows(&db, &victims),
+        before,
+        "the repaired trades are the ones removed, value for value"
+    );
 }

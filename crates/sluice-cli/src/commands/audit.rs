@@ -7,9 +7,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use sluice::Sink;
 use sluice_connectors::coinbase::{
-    CoinbaseConfig, PIPELINE_ID, ProductAudit, audit_product, trades_table,
+    CoinbaseConfig, PIPELINE_ID, ProductAudit, Trade, audit_product, trades_table,
 };
+use sluice_sinks::sqlite::SqliteSink;
 
 use crate::cli::AuditArgs;
 
@@ -29,6 +31,44 @@ pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         args.db.display()
     );
     let db = sluice_stores::sqlite::SqliteDb::open(&args.db)?;
+    let rest_url = args
+        .rest_url
+        .clone()
+        .unwrap_or_else(|| CoinbaseConfig::default().rest_url);
+    let mut audits = audit_coinbase(&db, &rest_url, &args).await?;
+    if args.repair && audits.iter().any(|a| !a.found.is_empty()) {
+        let found: Vec<Trade> = audits.iter_mut().flat_map(|a| a.found.drain(..)).collect();
+        // The pipeline's own sink and table: an upsert by (product_id, trade_id), so a trade
+        // the pipeline writes meanwhile converges. The cursors are not touched: they are at or
+        // past these ids already.
+        let mut sink = SqliteSink::new(db.clone(), trades_table())?;
+        Sink::<Trade>::prepare(&mut sink).await?;
+        for batch in found.chunks(10_000) {
+            Sink::<Trade>::write(&mut sink, batch, None).await?;
+        }
+        if !args.json {
+            eprintln!("repaired: {} trades written; auditing again…", found.len());
+        }
+        audits = audit_coinbase(&db, &rest_url, &args).await?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&audits)?);
+    } else {
+        print_table(&audits);
+    }
+    Ok(if audits.iter().all(ProductAudit::complete) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Audits every product of the built-in Coinbase pipeline's file.
+async fn audit_coinbase(
+    db: &sluice_stores::sqlite::SqliteDb,
+    rest_url: &str,
+    args: &AuditArgs,
+) -> anyhow::Result<Vec<ProductAudit>> {
     let table = trades_table().table;
     let (cursors, ids) = {
         let conn = db.lock();
@@ -46,33 +86,66 @@ pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         }
         (cursors, ids)
     };
-    let rest_url = args
-        .rest_url
-        .clone()
-        .unwrap_or_else(|| CoinbaseConfig::default().rest_url);
     let mut products: Vec<String> = cursors.keys().map(|p| p.to_string()).collect();
     products.sort();
+    let progress = Progress::new(products.len() as u64, args.json);
     let mut audits = Vec::new();
     for product in &products {
         let cursor = cursors
             .get(product.as_str())
             .and_then(sluice::Position::as_int);
         let stored = ids.get(product).map(Vec::as_slice).unwrap_or_default();
-        if !args.json {
-            eprintln!("auditing {product} ({} trades stored)…", stored.len());
+        progress.step(&format!("{product} ({} trades stored)", stored.len()));
+        audits.push(audit_product(rest_url, product, stored, cursor, args.repair).await?);
+    }
+    progress.done();
+    for audit in &audits {
+        for (id, reason) in &audit.unreadable {
+            tracing::warn!(product = %audit.product, trade_id = id, reason = %reason, "audit: a REST trade of a hole cannot be a record");
         }
-        audits.push(audit_product(&rest_url, product, stored, cursor).await?);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&audits)?);
-    } else {
-        print_table(&audits);
+    Ok(audits)
+}
+
+/// The progress of a long audit on stderr: a bar on a terminal, a line per step elsewhere,
+/// nothing with `--json`.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(steps: u64, json: bool) -> Self {
+        use std::io::IsTerminal as _;
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(steps);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "auditing [{bar:30}] {pos}/{len} {elapsed} {wide_msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        Self { bar, quiet: json }
     }
-    Ok(if audits.iter().all(ProductAudit::complete) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+
+    /// A step begins.
+    fn step(&self, what: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(what.to_owned());
+                bar.inc(1);
+            }
+            None if !self.quiet => eprintln!("auditing {what}…"),
+            None => {}
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn print_table(audits: &[ProductAudit]) {
@@ -194,16 +267,16 @@ async fn audit_pipeline(path: &std::path::Path, args: &AuditArgs) -> anyhow::Res
             .or_default();
     }
     let mut audits: Vec<TableAudit> = Vec::new();
+    let progress = Progress::new(changes.len() as u64, args.json);
     for ((schema, table), stored) in changes {
-        if !args.json {
-            eprintln!(
-                "auditing {schema}.{table} ({} changes stored)…",
-                stored.len()
-            );
-        }
+        progress.step(&format!(
+            "{schema}.{table} ({} changes stored)",
+            stored.len()
+        ));
         let state = fold(stored);
         audits.push(audit_table(source, &schema, &table, &state).await?);
     }
+    progress.done();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&audits)?);
     } else {
@@ -273,6 +346,7 @@ async fn audit_http(
     use crate::config::SinkSpec;
 
     let mut audits: Vec<StreamAudit> = Vec::new();
+    let progress = Progress::new(source.streams.len() as u64, args.json);
     for stream in &source.streams {
         let Some(resource) = spec.resources.iter().find(|r| r.name == stream.name) else {
             continue;
@@ -284,11 +358,10 @@ async fn audit_http(
             continue;
         };
         let rows = sqlite_rows(path, &schema.table)?;
-        if !args.json {
-            eprintln!("auditing {} ({} rows stored)…", stream.name, rows.len());
-        }
+        progress.step(&format!("{} ({} rows stored)", stream.name, rows.len()));
         audits.push(audit_stream(source, &stream.name, args.from.as_deref(), &rows).await?);
     }
+    progress.done();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&audits)?);
     } else {

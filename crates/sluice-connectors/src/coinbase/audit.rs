@@ -2,15 +2,15 @@
 //! range up to the cursor, and every missing id asked of REST — served there (a real hole: the
 //! destination lacks a trade that exists) or not (a provider gap, nothing to store).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 use sluice::SourceError;
 
-use super::rest::RestClient;
+use super::{record::Trade, rest::RestClient};
 
 /// One product's audit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProductAudit {
     /// The product.
     pub product: String,
@@ -28,6 +28,13 @@ pub struct ProductAudit {
     pub hole_ids: u64,
     /// Missing ids REST does not serve (never traded, or past REST's retention).
     pub provider_gaps: u64,
+    /// The trades of the holes as REST serves them, when asked for (`--repair`): records the
+    /// pipeline's own sink can write.
+    #[serde(skip)]
+    pub found: Vec<Trade>,
+    /// REST trades of the holes that could not be made records (reason per id).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<(u64, String)>,
 }
 
 impl ProductAudit {
@@ -58,7 +65,8 @@ pub fn missing_ranges(ids: &[u64], cursor: u64) -> Vec<(u64, u64)> {
 }
 
 /// Audits `product`: `ids` are the trade ids the destination holds (ascending), `cursor` the
-/// saved cursor. Missing ranges are asked of REST at `rest_url`, page by page.
+/// saved cursor. Missing ranges are asked of REST at `rest_url`, page by page; with `keep`, the
+/// trades of the holes are kept as records (`found`) for a repair.
 ///
 /// # Errors
 /// REST failing after its retries (transient), or refusing the product (fatal).
@@ -67,7 +75,11 @@ pub async fn audit_product(
     product: &str,
     ids: &[u64],
     cursor: Option<u64>,
+    keep: bool,
 ) -> Result<ProductAudit, SourceError> {
+    let shared: Arc<str> = product.into();
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
     let rest = RestClient::new(rest_url, 5)?;
     let stored = cursor.map_or(0, |c| ids.iter().take_while(|id| **id <= c).count() as u64);
     let missing = cursor.map_or_else(Vec::new, |c| missing_ranges(ids, c));
@@ -89,7 +101,15 @@ pub async fn audit_product(
             open.push((below, lowest.trade_id));
             open.push((highest.trade_id, above));
             for trade in page {
-                served.insert(trade.trade_id, ());
+                if served.insert(trade.trade_id, ()).is_none()
+                    && keep
+                    && (from..=to).contains(&trade.trade_id)
+                {
+                    match trade.record(&shared) {
+                        Ok(record) => found.push(record),
+                        Err(reason) => unreadable.push((trade.trade_id, reason)),
+                    }
+                }
             }
         }
         for id in served.keys().copied() {
@@ -110,6 +130,8 @@ pub async fn audit_product(
         missing,
         holes,
         provider_gaps,
+        found,
+        unreadable,
     })
 }
 
