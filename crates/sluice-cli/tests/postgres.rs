@@ -576,6 +576,47 @@ async fn sluice_run_supabase_survives_sigkill_and_misses_nothing() {
             row[0]
         );
     }
+
+    // `sluice audit supabase`: the table read through PostgREST against supabase_rows.
+    let envs = [
+        ("SUPABASE_URL", sim.url()),
+        ("SUPABASE_SERVICE_ROLE_KEY", sim.api_key().to_owned()),
+        ("SUPABASE_SCHEMA", "public".to_owned()),
+        ("SUPABASE_TABLES", table.clone()),
+    ];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let audit = |db: &Path| support::audit_env(&["supabase", "--db", db.to_str().unwrap()], &envs);
+    let (code, clean) = audit(&db);
+    assert_eq!(code, Some(0), "{clean}");
+    assert_eq!(clean[0]["source_rows"], 120, "{clean}");
+    // Holes made on purpose: a row removed, a row set back to an older version, a key the
+    // table never had.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(&format!(
+        "DELETE FROM supabase_rows WHERE json_extract(key, '$.id') = 5;
+         UPDATE supabase_rows SET version = '2000-01-01T00:00:00.000000Z' WHERE json_extract(key, '$.id') = 7;
+         INSERT INTO supabase_rows (schema, \"table\", key, version, deleted, row, source)
+             VALUES ('public', '{table}', '{{\"id\":999}}', '2026-01-01T00:00:00.000000Z', 0, '{{}}', 'rest');"
+    ))
+    .unwrap();
+    drop(conn);
+    let (code, holes) = audit(&db);
+    assert_eq!(code, Some(1), "{holes}");
+    assert_eq!(
+        holes[0]["missing"],
+        serde_json::json!([r#"{"id":5}"#]),
+        "{holes}"
+    );
+    assert_eq!(
+        holes[0]["stale"],
+        serde_json::json!([r#"{"id":7}"#]),
+        "{holes}"
+    );
+    assert_eq!(
+        holes[0]["extra"],
+        serde_json::json!([r#"{"id":999}"#]),
+        "{holes}"
+    );
 }
 
 /// Runs `sluice run --config CONFIG` to its end (a file read through) and checks it succeeded.

@@ -104,6 +104,30 @@ impl IntoRecords<ChangeRecord> for ChangeRecord {
     }
 }
 
+/// One table's audit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableAudit {
+    /// `schema.table`.
+    pub table: String,
+    /// Rows in the source table.
+    pub source_rows: u64,
+    /// Rows the destination's changes add up to.
+    pub destination_rows: u64,
+    /// Keys (as JSON) in the table, not in the destination.
+    pub missing: Vec<String>,
+    /// Keys in the destination, not in the table.
+    pub extra: Vec<String>,
+    /// Keys whose row differs.
+    pub stale: Vec<String>,
+}
+
+impl TableAudit {
+    /// Whether the destination holds exactly the table.
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.stale.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

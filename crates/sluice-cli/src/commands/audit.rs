@@ -20,9 +20,20 @@ pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.config {
         return audit_pipeline(path, &args).await;
     }
+    if args.target == "supabase" {
+        // The built-in `sluice run supabase`: its configuration from the same environment.
+        let source = sluice_connectors::supabase::SupabaseConfig::from_env()
+            .map_err(|e| anyhow::anyhow!("sluice audit supabase: {e}"))?;
+        anyhow::ensure!(
+            args.db.exists(),
+            "{}: no such file (give the pipeline's --db)",
+            args.db.display()
+        );
+        return audit_supabase(&source, &args.db, "supabase_rows", &args).await;
+    }
     anyhow::ensure!(
         args.target == "coinbase",
-        "sluice audit: give `coinbase`, or --config FILE and a pipeline (got {:?})",
+        "sluice audit: give `coinbase` or `supabase`, or --config FILE and a pipeline (got {:?})",
         args.target
     );
     anyhow::ensure!(
@@ -186,7 +197,7 @@ fn print_table(audits: &[ProductAudit]) {
 
 /// Audits pipeline `args.target` of the config at `path` (postgres_cdc into SQLite tables).
 async fn audit_pipeline(path: &std::path::Path, args: &AuditArgs) -> anyhow::Result<ExitCode> {
-    use sluice_connectors::postgres_cdc::{StoredChange, TableAudit, audit_table, fold};
+    use sluice_connectors::postgres_cdc::{StoredChange, audit_table, fold};
 
     use crate::{
         config::{Config, SinkSpec},
@@ -200,8 +211,25 @@ async fn audit_pipeline(path: &std::path::Path, args: &AuditArgs) -> anyhow::Res
     let source = match &spec.source {
         RawSource::PostgresCdc(source) => source,
         RawSource::HttpPoll(source) => return audit_http(&config, spec, source, args).await,
+        RawSource::Supabase(source) => {
+            let state = sluice_connectors::supabase::STATE_RESOURCE;
+            let resource = spec.resources.iter().find(|r| r.name == state);
+            let Some((SinkSpec::Sqlite { path }, Some(schema))) =
+                resource.and_then(|r| Some((config.sinks.get(&r.sink)?, &r.schema)))
+            else {
+                anyhow::bail!(
+                    "sluice audit: pipeline {} has no `{state}` resource in a SQLite table: the audit compares the current-state rows (current_state = true)",
+                    args.target
+                );
+            };
+            let mut source = source.clone();
+            source
+                .resolve_key()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            return audit_supabase(&source, path, &schema.table, args).await;
+        }
         _ => anyhow::bail!(
-            "sluice audit: pipeline {} is neither postgres_cdc nor http_poll; those (and coinbase) can be audited so far",
+            "sluice audit: pipeline {} is not postgres_cdc, supabase or http_poll; those (and coinbase) can be audited so far",
             args.target
         ),
     };
@@ -266,7 +294,7 @@ async fn audit_pipeline(path: &std::path::Path, args: &AuditArgs) -> anyhow::Res
             .entry((schema.to_owned(), table.to_owned()))
             .or_default();
     }
-    let mut audits: Vec<TableAudit> = Vec::new();
+    let mut audits = Vec::new();
     let progress = Progress::new(changes.len() as u64, args.json);
     for ((schema, table), stored) in changes {
         progress.step(&format!(
@@ -277,14 +305,22 @@ async fn audit_pipeline(path: &std::path::Path, args: &AuditArgs) -> anyhow::Res
         audits.push(audit_table(source, &schema, &table, &state).await?);
     }
     progress.done();
-    if args.json {
+    report_tables(&audits, args.json)
+}
+
+/// Prints table audits (a table, or `--json`); exit 1 unless every one is complete.
+fn report_tables(
+    audits: &[sluice_connectors::change::TableAudit],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&audits)?);
     } else {
         println!(
             "{:<32} {:>10} {:>12} {:>8} {:>8} {:>8}  verdict",
             "table", "source", "destination", "missing", "extra", "stale"
         );
-        for a in &audits {
+        for a in audits {
             let verdict = if a.complete() { "complete" } else { "DIFFERS" };
             println!(
                 "{:<32} {:>10} {:>12} {:>8} {:>8} {:>8}  {verdict}",
@@ -297,11 +333,49 @@ async fn audit_pipeline(path: &std::path::Path, args: &AuditArgs) -> anyhow::Res
             );
         }
     }
-    Ok(if audits.iter().all(TableAudit::complete) {
+    Ok(if audits.iter().all(|a| a.complete()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Audits a Supabase pipeline: each table read through PostgREST against its current-state
+/// rows in SQLite table `table` of `path`.
+async fn audit_supabase(
+    source: &sluice_connectors::supabase::SupabaseConfig,
+    path: &std::path::Path,
+    table: &str,
+    args: &AuditArgs,
+) -> anyhow::Result<ExitCode> {
+    use sluice_connectors::supabase::{StoredRow, audit_table, key_text};
+
+    let rows = sqlite_rows(path, table)?;
+    let mut audits = Vec::new();
+    let progress = Progress::new(source.tables.len() as u64, args.json);
+    for name in &source.tables {
+        let stored: std::collections::BTreeMap<String, StoredRow> = rows
+            .iter()
+            .filter(|r| r["schema"] == source.schema.as_str() && r["table"] == name.as_str())
+            .filter_map(|r| {
+                let key: serde_json::Value = serde_json::from_str(r["key"].as_str()?).ok()?;
+                let (pk, value) = key.as_object()?.iter().next()?;
+                let stored = StoredRow {
+                    version: r["version"].as_str()?.to_owned(),
+                    deleted: r["deleted"].as_i64() == Some(1),
+                };
+                Some((key_text(pk, value), stored))
+            })
+            .collect();
+        progress.step(&format!(
+            "{}.{name} ({} rows stored)",
+            source.schema,
+            stored.len()
+        ));
+        audits.push(audit_table(source, name, &stored).await?);
+    }
+    progress.done();
+    report_tables(&audits, args.json)
 }
 
 /// Every row of SQLite table `table` in `path`, as JSON objects by column name.

@@ -2,12 +2,18 @@
 
 /// Runs `sluice audit ARGS --json`: its exit code and the JSON it printed.
 pub(crate) fn audit(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    audit_env(args, &[])
+}
+
+/// `sluice audit ARGS --json` with `envs` set: its exit code and JSON.
+pub(crate) fn audit_env(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, serde_json::Value) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("audit")
         .args(args)
         .arg("--json")
         .env("RUST_LOG", "warn")
         .env_remove("SLUICE_DB")
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

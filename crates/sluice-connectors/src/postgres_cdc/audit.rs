@@ -7,39 +7,16 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use sluice::SourceError;
+
+pub use crate::change::TableAudit;
 
 use super::{
     PostgresCdcConfig,
     config::{Conn, pg_error},
     pgoutput::to_json,
 };
-
-/// One table's audit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TableAudit {
-    /// `schema.table`.
-    pub table: String,
-    /// Rows in the source table.
-    pub source_rows: u64,
-    /// Rows the destination's changes add up to.
-    pub destination_rows: u64,
-    /// Keys (as JSON) in the table, not in the destination.
-    pub missing: Vec<String>,
-    /// Keys in the destination, not in the table.
-    pub extra: Vec<String>,
-    /// Keys whose row differs.
-    pub stale: Vec<String>,
-}
-
-impl TableAudit {
-    /// Whether the destination holds exactly the table.
-    pub fn complete(&self) -> bool {
-        self.missing.is_empty() && self.extra.is_empty() && self.stale.is_empty()
-    }
-}
 
 /// One change as the destination stored it.
 #[derive(Debug, Clone)]

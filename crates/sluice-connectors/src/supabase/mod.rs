@@ -19,14 +19,16 @@
 //! protocol files [`phoenix`] (Realtime frames) and [`rest`] (PostgREST keyset reads);
 //! [`codegen`] generates record types from `information_schema`.
 
+mod audit;
 pub mod codegen;
-pub mod config;
+mod config;
 pub mod connector;
 pub mod phoenix;
 pub mod record;
 pub mod rest;
 pub mod source;
 
+pub use audit::{StoredRow, TableAudit, audit_table, key_text};
 pub use config::SupabaseConfig;
 pub use connector::{PIPELINE_ID, RESOURCE, STATE_RESOURCE, Supabase, template};
 pub use record::{change_record, changes_table, normalize_time, position, state_table};
