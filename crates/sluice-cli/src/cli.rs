@@ -36,6 +36,30 @@ pub(crate) enum Command {
     /// cursors, each missing id asked of the provider (exit 1 when trades that exist are
     /// missing).
     Audit(AuditArgs),
+    /// A live view of the pipelines of a running `sluice run` (its `--metrics-addr`): state,
+    /// lease holder and epoch, cursors and their age, records/s, errors, dead letters.
+    Status(StatusArgs),
+    /// Pause a pipeline: the running process stops its session, writes and saves what it read,
+    /// and keeps its lease; it stays paused across restarts until resumed.
+    Pause(CheckpointArgs),
+    /// Resume a paused pipeline: a new session from its saved cursors.
+    Resume(CheckpointArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The `--metrics-addr` of the running process.
+    #[arg(long, env = "SLUICE_STATUS_ADDR", default_value = "127.0.0.1:9464")]
+    pub(crate) addr: String,
+    /// Keep showing it: redrawn in place on a terminal, a block of lines per refresh when piped.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// Refresh interval of --watch, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) interval_ms: u64,
+    /// Print the status document as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +143,20 @@ pub(crate) enum CheckpointsCommand {
     Show(CheckpointArgs),
     /// Delete the saved cursors of a pipeline: its next run starts from the beginning.
     Reset(CheckpointArgs),
+    /// Set one cursor (rewind or skip ahead), refused while the pipeline runs; recorded with
+    /// who, when, from and to (`checkpoints show` lists the changes).
+    Set(SetCheckpointArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SetCheckpointArgs {
+    #[command(flatten)]
+    pub(crate) target: CheckpointArgs,
+    /// The partition (a product, a file, a table, a stream).
+    pub(crate) partition: String,
+    /// The position as JSON: `1234`, `"2026-12-01T00:00:00.000000Z"`, `["v", 7]`; a bare
+    /// word is taken as text.
+    pub(crate) position: String,
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,7 @@ use clap::Parser;
 
 use crate::{
     cli::{CheckpointsCommand, Cli, Command, SimCommand},
-    commands::{audit, checkpoints, codegen, demo, run, sim, validate},
+    commands::{audit, checkpoints, codegen, demo, run, sim, status, validate},
 };
 
 fn main() -> ExitCode {
@@ -58,6 +58,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::validate(&args),
         Command::Checkpoints(CheckpointsCommand::Show(args)) => checkpoints::show(&args),
         Command::Checkpoints(CheckpointsCommand::Reset(args)) => checkpoints::reset(&args),
+        Command::Checkpoints(CheckpointsCommand::Set(args)) => checkpoints::set(&args),
+        Command::Pause(args) => checkpoints::pause(&args, true),
+        Command::Resume(args) => checkpoints::pause(&args, false),
+        Command::Status(args) => status::status(args).await,
         Command::Sim(SimCommand::Coinbase(args)) => sim::sim(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Codegen(args) => codegen::codegen(args).await,

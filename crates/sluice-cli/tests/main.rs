@@ -370,3 +370,187 @@ fn metrics_health_and_readiness_are_served() {
     assert_eq!(health.map(|(status, _)| status), Some(200));
     assert_eq!(ready.map(|(status, _)| status), Some(200));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn append_lines(input: &Path, from: usize, to: usize) {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(input)
+        .unwrap();
+    for n in from..to {
+        writeln!(
+            file,
+            "{{\"n\":{n},\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}}"
+        )
+        .unwrap();
+    }
+}
+
+fn status_of(port: u16) -> serde_json::Value {
+    let (_, response) = http_get(port, "/status").unwrap_or_default();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("null");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// The operator's view and controls of a running pipeline: `/status` and `sluice status` show
+/// its state, lease, cursor and counters; `sluice pause` stops its writes (saved, lease kept,
+/// `/ready` 503) until `sluice resume`; a cursor that stops moving longer than
+/// `max_cursor_age_s` makes it not ready while `/health` stays 200; `checkpoints set` is refused
+/// while it runs, and afterwards rewinds it with the change recorded.
+#[test]
+fn status_pause_resume_readiness_and_checkpoints_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, db, config) = ingest_setup(dir.path(), 200, true);
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_config.replace("batch = {", "max_cursor_age_s = 3\nbatch = {"),
+    )
+    .unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let config_arg = config.to_str().unwrap();
+    let mut child = sluice()
+        .args(["run", "--config", config_arg, "--metrics-addr", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually_blocking("all rows", Duration::from_secs(30), || {
+        table_rows(&db) >= 200
+    });
+    let size = std::fs::metadata(&input).unwrap().len();
+    let mut status = serde_json::Value::Null;
+    eventually_blocking(
+        "the cursor at the end of the file",
+        Duration::from_secs(10),
+        || {
+            status = status_of(port);
+            status["pipelines"][0]["cursors"][0]["position"] == size
+        },
+    );
+    let pipeline = &status["pipelines"][0];
+    assert_eq!(pipeline["id"], "ingest", "{status}");
+    assert_eq!(pipeline["state"], "running", "{status}");
+    assert_eq!(pipeline["records_out"], 200, "{status}");
+    assert!(pipeline["epoch"].as_u64() >= Some(1), "{status}");
+    assert!(
+        pipeline["holder"].as_str().is_some_and(|h| h.contains(':')),
+        "{status}"
+    );
+    let shown = run(&["status", "--addr", &addr]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains("ingest") && shown.contains("running"),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!("= {size} (")), "{shown}");
+
+    // Pause: nothing more is written, the cursor stays saved, not ready; health stays 200.
+    let paused = run(&["pause", "ingest", "--config", config_arg]);
+    assert!(paused.status.success(), "{}", text(&paused.stderr));
+    eventually_blocking("paused", Duration::from_secs(10), || {
+        status_of(port)["pipelines"][0]["state"] == "paused"
+    });
+    append_lines(&input, 200, 300);
+    #[allow(clippy::disallowed_methods)] // a blocking test: nothing else runs on this thread
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(table_rows(&db), 200, "a paused pipeline writes nothing");
+    let (ready, body) = http_get(port, "/ready").unwrap();
+    assert_eq!(ready, 503, "{body}");
+    assert!(body.contains("paused"), "{body}");
+    assert_eq!(http_get(port, "/health").map(|(s, _)| s), Some(200));
+    let resumed = run(&["resume", "ingest", "--config", config_arg]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    eventually_blocking(
+        "the lines appended while paused",
+        Duration::from_secs(10),
+        || table_rows(&db) >= 300,
+    );
+    eventually_blocking("ready again", Duration::from_secs(10), || {
+        http_get(port, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+
+    // A cursor that does not move for longer than its limit: not ready, still healthy.
+    let mut body = String::new();
+    eventually_blocking(
+        "not ready once the cursor is old",
+        Duration::from_secs(10),
+        || {
+            let (status, text) = http_get(port, "/ready").unwrap_or_default();
+            body = text;
+            status == 503
+        },
+    );
+    assert!(body.contains("has not moved"), "{body}");
+    assert_eq!(http_get(port, "/health").map(|(s, _)| s), Some(200));
+
+    // checkpoints set: refused while running; then a rewind, recorded, re-reads the file.
+    let refused = run(&[
+        "checkpoints",
+        "set",
+        "ingest",
+        "--config",
+        config_arg,
+        input.to_str().unwrap(),
+        "0",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("running"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+    let set = run(&[
+        "checkpoints",
+        "set",
+        "ingest",
+        "--config",
+        config_arg,
+        input.to_str().unwrap(),
+        "0",
+    ]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    assert!(text(&set.stdout).contains("-> 0"), "{}", text(&set.stdout));
+    let shown = run(&["checkpoints", "show", "ingest", "--config", config_arg]);
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains(&format!("# set {}: ", input.display())) && shown.contains("-> 0 by "),
+        "{shown}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sluice_checkpoint_changes WHERE pipeline = 'ingest'"
+        ),
+        1
+    );
+    // The rewound pipeline reads the file again (the table has no key: every line twice).
+    let config_once = dir.path().join("once.toml");
+    std::fs::write(
+        &config_once,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("follow = true", "follow = false"),
+    )
+    .unwrap();
+    let again = run(&["run", "--config", config_once.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(table_rows(&db), 600, "300 lines read again from byte 0");
+}

@@ -111,6 +111,20 @@ CREATE TABLE IF NOT EXISTS sluice_leases (
     token INTEGER NOT NULL,
     expires_at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sluice_checkpoint_changes (
+    pipeline TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    from_position TEXT,
+    to_position TEXT NOT NULL,
+    changed_by TEXT NOT NULL,
+    changed_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sluice_controls (
+    pipeline TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL,
+    changed_by TEXT NOT NULL,
+    changed_at_ms INTEGER NOT NULL
+);
 ";
 
 /// Maps a SQLite error to a class: busy/locked and I/O are transient, the rest fatal.
@@ -366,6 +380,112 @@ pub fn reset_checkpoints(conn: &Connection, pipeline: &str) -> Result<usize, Sto
     )
     .map_err(|e| store_error("reset lease", e))?;
     Ok(deleted)
+}
+
+/// Sets `pipeline`'s cursor of `partition` to `position` whatever it was — an operator's
+/// rewind or skip — and records the change in `sluice_checkpoint_changes` (who, when, from,
+/// to), in one transaction. The lease token is bumped, so a writer that took the lease after
+/// the caller checked is fenced rather than saving over the change. Returns the position before.
+///
+/// # Errors
+/// SQLite errors by class.
+pub fn set_checkpoint(
+    conn: &mut Connection,
+    pipeline: &str,
+    partition: &str,
+    position: &Position,
+    by: &str,
+) -> Result<Option<Position>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| store_error("begin", e))?;
+    let before: Option<String> = tx
+        .query_row(
+            "SELECT position FROM sluice_checkpoints WHERE pipeline = ?1 AND partition = ?2",
+            [pipeline, partition],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| store_error("read cursor", e))?;
+    let to = position.to_string();
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO sluice_checkpoints (pipeline, partition, position, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (pipeline, partition) DO UPDATE SET position = excluded.position, updated_at_ms = excluded.updated_at_ms",
+        params![pipeline, partition, to, now],
+    )
+    .map_err(|e| store_error("set cursor", e))?;
+    tx.execute(
+        "INSERT INTO sluice_checkpoint_changes VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![pipeline, partition, before, to, by, now],
+    )
+    .map_err(|e| store_error("record cursor change", e))?;
+    tx.execute(
+        "UPDATE sluice_leases SET expires_at_ms = 0, token = token + 1 WHERE pipeline = ?1",
+        [pipeline],
+    )
+    .map_err(|e| store_error("fence lease", e))?;
+    tx.commit().map_err(|e| store_error("commit", e))?;
+    before.as_deref().map(parse_position).transpose()
+}
+
+/// The recorded cursor changes of `pipeline`, oldest first: (partition, from, to, by, at ms).
+///
+/// # Errors
+/// SQLite errors by class.
+#[allow(clippy::type_complexity)]
+pub fn checkpoint_changes(
+    conn: &Connection,
+    pipeline: &str,
+) -> Result<Vec<(String, Option<String>, String, String, i64)>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT partition, from_position, to_position, changed_by, changed_at_ms
+             FROM sluice_checkpoint_changes WHERE pipeline = ?1 ORDER BY rowid",
+        )
+        .map_err(|e| store_error("prepare", e))?;
+    let rows = stmt
+        .query_map([pipeline], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .map_err(|e| store_error("read cursor changes", e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| store_error("read cursor changes", e))
+}
+
+/// Pauses (or resumes) `pipeline`: a flag every `sluice run` on this store polls. Kept across
+/// restarts: a paused pipeline starts paused.
+///
+/// # Errors
+/// SQLite errors by class.
+pub fn set_paused(
+    conn: &Connection,
+    pipeline: &str,
+    paused: bool,
+    by: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO sluice_controls (pipeline, paused, changed_by, changed_at_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (pipeline) DO UPDATE SET paused = excluded.paused, changed_by = excluded.changed_by, changed_at_ms = excluded.changed_at_ms",
+        params![pipeline, paused, by, now_ms()],
+    )
+    .map_err(|e| store_error("set pause", e))?;
+    Ok(())
+}
+
+/// The pipelines paused in this store.
+///
+/// # Errors
+/// SQLite errors by class.
+pub fn paused(conn: &Connection) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT pipeline FROM sluice_controls WHERE paused <> 0")
+        .map_err(|e| store_error("prepare", e))?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(|e| store_error("read pauses", e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| store_error("read pauses", e))
 }
 
 /// The current lease holder of `pipeline` if its lease is live.

@@ -132,5 +132,5 @@ pub use resource::{IntoRecords, OnError, Resource, Resources, Transform, Transfo
 pub use row::{Datum, Names, Row, RowPlan, Shapes};
 pub use sink::{BatchLimits, CheckpointCommit, DeadLetterSink, NullSink, Sink};
 pub use source::{Rejected, SessionEnd, Source, SourceContext};
-pub use stats::{PipelineStats, StatsSnapshot};
+pub use stats::{CursorStatus, PipelineStats, StatsSnapshot};
 pub use supervisor::{Health, PipelineState, Supervisor, report};

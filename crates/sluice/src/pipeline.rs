@@ -105,6 +105,7 @@ pub struct Pipeline<Src: Source, R, S, C, D = NoDeadLetters> {
     store: C,
     options: PipelineOptions,
     stats: Arc<PipelineStats>,
+    pause: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl<Src: Source, R, S, C, D> fmt::Debug for Pipeline<Src, R, S, C, D> {
@@ -147,6 +148,7 @@ where
             dead_letters: None,
             store,
             options: PipelineOptions::default(),
+            pause: None,
         }
     }
 }
@@ -181,6 +183,7 @@ where
             store: self.store,
             options: self.options,
             stats: self.stats,
+            pause: self.pause,
         }
     }
 
@@ -209,6 +212,15 @@ where
     /// The live counters, readable while the pipeline runs.
     pub fn stats(&self) -> Arc<PipelineStats> {
         self.stats.clone()
+    }
+
+    /// Pauses while `pause` holds `true`: the session is stopped, what it sent is written and
+    /// saved, and the lease is kept (no one else takes the pipeline); when it turns `false` a
+    /// new session resumes from the store. A pipeline paused at its start waits before its
+    /// first session.
+    pub fn pausable(mut self, pause: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.pause = Some(pause);
+        self
     }
 
     fn config_error(&self, message: impl Into<String>) -> PipelineError {
@@ -284,6 +296,7 @@ where
             return Ok(PipelineExit::Stopped);
         };
         tracing::info!(pipeline = %id, holder = %lease.holder, token = lease.token, "lease acquired");
+        stats.set_lease(&lease.holder, lease.token);
 
         let hard_stop = CancellationToken::new();
         let processor = Processor::new(
@@ -315,9 +328,8 @@ where
             processor,
             store,
             &options,
-            &shutdown,
-            &hard_stop,
-            &lease_lost,
+            (&shutdown, &hard_stop, &lease_lost),
+            self.pause.take(),
             &stats,
         );
         let keeper = async {
@@ -336,6 +348,9 @@ where
             }
         };
         stats.set_up(false);
+        if let Err(error) = &result {
+            stats.add_error(error.class());
+        }
         // A lost lease is not released: release is a no-op for a stale token in every store.
         if let Err(error) = store.release(&lease).await {
             tracing::warn!(pipeline = %id, %error, "lease release failed; it will expire");
@@ -448,6 +463,21 @@ enum Ending {
     Drained(Result<SessionEnd, SourceError>),
     /// The lease keeper lost the lease: stop the session, write nothing more.
     LeaseLost,
+    /// An operator paused the pipeline: stop the session, write and save what it sent.
+    Paused,
+}
+
+/// Resolves when `pause` turns `true`; never without one.
+async fn paused(pause: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match pause {
+        Some(pause) => {
+            if pause.wait_for(|paused| *paused).await.is_err() {
+                // The controller is gone: never paused again.
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 type SessionFuture =
@@ -523,9 +553,8 @@ async fn run_sessions<Src, R, S, C, D>(
     mut processor: Processor<'_, Src::Payload, R, S, D, C>,
     store: &C,
     options: &PipelineOptions,
-    shutdown: &CancellationToken,
-    hard_stop: &CancellationToken,
-    lease_lost: &CancellationToken,
+    (shutdown, hard_stop, lease_lost): (&CancellationToken, &CancellationToken, &CancellationToken),
+    mut pause: Option<tokio::sync::watch::Receiver<bool>>,
     stats: &Arc<PipelineStats>,
 ) -> Result<PipelineExit, PipelineError>
 where
@@ -545,6 +574,20 @@ where
         )
     };
     loop {
+        // Paused: no session until resumed (the lease is kept by the keeper meanwhile).
+        if let Some(pause) = pause.as_mut()
+            && *pause.borrow_and_update()
+        {
+            stats.set_paused(true);
+            tracing::info!(pipeline = %id, "paused");
+            tokio::select! {
+                _ = pause.wait_for(|paused| !paused) => {}
+                _ = shutdown.cancelled() => return Ok(PipelineExit::Stopped),
+                _ = lease_lost.cancelled() => return Ok(PipelineExit::Stopped),
+            }
+            stats.set_paused(false);
+            tracing::info!(pipeline = %id, "resumed");
+        }
         // Resume from what the store holds, never from memory.
         let Some(saved): Option<Checkpoints> =
             retry_store(id, options, shutdown, || store.load(id)).await?
@@ -552,6 +595,7 @@ where
             return Ok(PipelineExit::Stopped);
         };
         tracing::info!(pipeline = %id, source = %name, cursors = saved.len(), "session starting");
+        stats.set_loaded(&saved);
         processor.begin_session(saved.clone());
         let (tx, mut rx) = mpsc::channel(options.channel_capacity);
         let liveness = Arc::new(Liveness::default());
@@ -593,6 +637,7 @@ where
             _ = shutdown.cancelled() => Ending::Shutdown,
             _ = lease_lost.cancelled() => Ending::LeaseLost,
             _ = &mut idle => Ending::Idle,
+            () = paused(&mut pause) => Ending::Paused,
         };
         // Stop the source first: dropping the session closes its connection and the channel,
         // so the drain below is a barrier, not a snapshot.
@@ -636,8 +681,11 @@ where
                 });
             }
             Ending::Source(Err(error)) => {
+                stats.add_error(error.class());
                 tracing::warn!(pipeline = %id, %error, class = error.class().as_str(), "source disconnected");
             }
+            // Written and saved: wait at the top of the loop, no backoff.
+            Ending::Paused => continue,
             Ending::Source(Ok(SessionEnd::Closed)) => {
                 tracing::info!(pipeline = %id, "source closed the session")
             }

@@ -431,6 +431,7 @@ where
         letter: DeadLetter,
         seq: Seq,
     ) -> Result<(), PipelineError> {
+        self.stats.add_error(ErrorClass::Data);
         match policy {
             OnError::Fail => Err(PipelineError::Poison {
                 pipeline: self.pipeline.to_string(),
@@ -500,6 +501,7 @@ where
         self.last_save = Instant::now();
         if !checkpoints.is_empty() {
             self.stats.add_checkpoint_save();
+            self.stats.set_saved(&self.saved, checkpoints);
             self.durable.send_replace(self.saved.clone());
         }
     }
@@ -514,6 +516,7 @@ where
                 match self.store.save(&self.lease, &checkpoints).await {
                     Ok(()) => break,
                     Err(error) if error.class() == ErrorClass::Transient => {
+                        self.stats.add_error(ErrorClass::Transient);
                         tracing::warn!(pipeline = %self.pipeline, %error, "checkpoint save failed; retrying");
                         if !self.wait(&mut backoff).await {
                             return Err(self.drain_timeout());
@@ -586,6 +589,7 @@ where
         let pipeline = self.pipeline.clone();
         let retry = self.options.retry;
         let hard_stop = self.hard_stop.clone();
+        let stats = self.stats.clone();
         let prefix = Prefix {
             pending: &self.pending,
             saved: &self.saved,
@@ -594,7 +598,7 @@ where
         let outcome = match target {
             Target::Data(i) => {
                 write_isolating(
-                    &pipeline,
+                    (&pipeline, &stats),
                     &mut self.slots[i],
                     commit.as_ref(),
                     Some(prefix),
@@ -606,7 +610,7 @@ where
             Target::DeadLetters => {
                 let dead = self.dead.as_mut().expect("checked non-empty above");
                 write_isolating(
-                    &pipeline,
+                    (&pipeline, &stats),
                     dead,
                     commit.as_ref(),
                     Some(prefix),
@@ -761,7 +765,7 @@ struct Prefix<'a> {
 /// part's end (never past a rejected record, whose dead letter is not written yet), so a crash
 /// between two parts replays nothing already committed.
 async fn write_isolating<T: Record, K: Sink<T>>(
-    pipeline: &str,
+    (pipeline, stats): (&str, &PipelineStats),
     slot: &mut Slot<T, K>,
     commit: Option<&CheckpointCommit<'_>>,
     prefix: Option<Prefix<'_>>,
@@ -803,6 +807,7 @@ async fn write_isolating<T: Record, K: Sink<T>>(
             Ok(()) => committed |= whole && commit.is_some(),
             Err(error) => match error.class() {
                 ErrorClass::Transient => {
+                    stats.add_error(ErrorClass::Transient);
                     tracing::warn!(pipeline, destination = %slot.name, %error, attempt = backoff.attempts() + 1, "write failed; retrying");
                     metrics::counter!("sluice_write_retries_total", "pipeline" => pipeline.to_owned(), "destination" => slot.name.clone()).increment(1);
                     todo.push((from, to));

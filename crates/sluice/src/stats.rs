@@ -1,7 +1,16 @@
 //! Defines the counters a running pipeline keeps, both as Prometheus metrics (through the
 //! `metrics` facade) and as atomics that status pages and the demo read directly.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use crate::{envelope::Checkpoints, error::ErrorClass};
 
 /// Live counters of one pipeline. Cheap to read from another task.
 #[derive(Debug, Default)]
@@ -15,6 +24,27 @@ pub struct PipelineStats {
     reconnects: AtomicU64,
     up: AtomicBool,
     held: AtomicU64,
+    paused: AtomicBool,
+    /// Errors seen, by class: transient, fatal, data.
+    errors: [AtomicU64; 3],
+    /// The lease: holder and token (the fencing epoch).
+    lease: Mutex<Option<(String, u64)>>,
+    /// The durable cursor of each partition and when it last moved (`None`: not since this
+    /// process started).
+    cursors: Mutex<BTreeMap<String, (String, Option<SystemTime>)>>,
+    /// When these counters started.
+    started: Option<SystemTime>,
+}
+
+/// A partition's durable cursor, for status pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CursorStatus {
+    /// The partition.
+    pub partition: String,
+    /// The position, as JSON text.
+    pub position: String,
+    /// How long since it last moved (since the pipeline started, when it has not).
+    pub age: Duration,
 }
 
 /// A copy of the counters at one moment.
@@ -36,12 +66,20 @@ pub struct StatsSnapshot {
     pub up: bool,
     /// Partitions whose cursor the source holds at a hole it cannot fill (not ready).
     pub held: u64,
+    /// Paused by an operator: its session stopped, its lease kept.
+    pub paused: bool,
+    /// Transient errors (retried writes and saves, disconnects).
+    pub errors_transient: u64,
+    /// Fatal errors.
+    pub errors_fatal: u64,
+    /// Data errors (poison inputs and rejected records).
+    pub errors_data: u64,
 }
 
 impl StatsSnapshot {
     /// Ready: a session is open and no partition is held at a hole.
     pub fn ready(&self) -> bool {
-        self.up && self.held == 0
+        self.up && self.held == 0 && !self.paused
     }
 }
 
@@ -50,8 +88,84 @@ impl PipelineStats {
     pub fn new(pipeline: &str) -> Self {
         Self {
             pipeline: pipeline.to_owned(),
+            started: Some(SystemTime::now()),
             ..Self::default()
         }
+    }
+
+    /// The lease this pipeline holds (holder and token), once acquired.
+    pub fn lease(&self) -> Option<(String, u64)> {
+        lock(&self.lease).clone()
+    }
+
+    /// The durable cursor of every partition and its age.
+    pub fn cursors(&self) -> Vec<CursorStatus> {
+        let now = SystemTime::now();
+        let since = |at: Option<SystemTime>| {
+            at.or(self.started)
+                .and_then(|at| now.duration_since(at).ok())
+                .unwrap_or_default()
+        };
+        lock(&self.cursors)
+            .iter()
+            .map(|(partition, (position, moved))| CursorStatus {
+                partition: partition.clone(),
+                position: position.clone(),
+                age: since(*moved),
+            })
+            .collect()
+    }
+
+    /// Whether every cursor moved within `max_age` (a pipeline without cursors is fresh).
+    pub fn fresh(&self, max_age: Duration) -> bool {
+        self.cursors().iter().all(|c| c.age <= max_age)
+    }
+
+    pub(crate) fn set_lease(&self, holder: &str, token: u64) {
+        *lock(&self.lease) = Some((holder.to_owned(), token));
+        metrics::gauge!("sluice_lease_epoch", "pipeline" => self.pipeline.clone())
+            .set(token as f64);
+    }
+
+    /// The cursors a session starts from (not moves: their age counts from the start).
+    pub(crate) fn set_loaded(&self, saved: &Checkpoints) {
+        let mut cursors = lock(&self.cursors);
+        for (partition, position) in saved {
+            cursors
+                .entry(partition.to_string())
+                .or_insert_with(|| (position.to_string(), None));
+        }
+    }
+
+    /// Cursors just made durable.
+    pub(crate) fn set_saved(&self, saved: &Checkpoints, moved: &[crate::envelope::Checkpoint]) {
+        let now = SystemTime::now();
+        let mut cursors = lock(&self.cursors);
+        for checkpoint in moved {
+            if let Some(position) = saved.get(&checkpoint.partition) {
+                cursors.insert(
+                    checkpoint.partition.to_string(),
+                    (position.to_string(), Some(now)),
+                );
+            }
+        }
+    }
+
+    pub(crate) fn add_error(&self, class: ErrorClass) {
+        let index = match class {
+            ErrorClass::Transient => 0,
+            ErrorClass::Fatal => 1,
+            ErrorClass::Data => 2,
+        };
+        self.errors[index].fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("sluice_errors_total", "pipeline" => self.pipeline.clone(), "class" => class.as_str())
+            .increment(1);
+    }
+
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        metrics::gauge!("sluice_pipeline_paused", "pipeline" => self.pipeline.clone())
+            .set(if paused { 1.0 } else { 0.0 });
     }
 
     /// A copy of the counters.
@@ -65,6 +179,10 @@ impl PipelineStats {
             reconnects: self.reconnects.load(Ordering::Relaxed),
             up: self.up.load(Ordering::Relaxed),
             held: self.held.load(Ordering::Relaxed),
+            paused: self.paused.load(Ordering::Relaxed),
+            errors_transient: self.errors[0].load(Ordering::Relaxed),
+            errors_fatal: self.errors[1].load(Ordering::Relaxed),
+            errors_data: self.errors[2].load(Ordering::Relaxed),
         }
     }
 
@@ -120,4 +238,8 @@ impl PipelineStats {
             0.0
         });
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

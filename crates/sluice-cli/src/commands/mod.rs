@@ -6,4 +6,5 @@ pub(crate) mod codegen;
 pub(crate) mod demo;
 pub(crate) mod run;
 pub(crate) mod sim;
+pub(crate) mod status;
 pub(crate) mod validate;

@@ -91,15 +91,22 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let prometheus = metrics_addr
         .map(|_| serve::install_recorder())
         .transpose()?;
-    let mut live_stats = Vec::new();
+    let mut watched = Vec::new();
+    let mut pauses = Vec::new();
     for id in &ids {
         let stats = Arc::new(PipelineStats::new(id));
-        live_stats.push(stats.clone());
+        watched.push(serve::Watched {
+            id: id.clone(),
+            stats: stats.clone(),
+            max_cursor_age: config.pipelines.get(id).and_then(|p| p.max_cursor_age),
+        });
+        let (pause, paused) = tokio::sync::watch::channel(false);
+        pauses.push((id.clone(), pause));
         let (config, databases, id) = (config.clone(), databases.clone(), id.clone());
         supervisor.spawn(id.clone(), move |token| {
             let built = config
                 .build(&id, &databases)
-                .map(|p| p.with_stats(stats.clone()));
+                .map(|p| p.with_stats(stats.clone()).pausable(paused.clone()));
             let id = id.clone();
             async move {
                 match built {
@@ -112,10 +119,17 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
+    if config.store_url.is_none() {
+        tokio::spawn(follow_pauses(
+            config.store_path.clone(),
+            pauses,
+            shutdown.clone(),
+        ));
+    }
     if let (Some(addr), Some(prometheus)) = (metrics_addr, prometheus) {
         let (health, token) = (supervisor.health(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(error) = serve::serve(addr, prometheus, health, live_stats, token).await {
+            if let Err(error) = serve::serve(addr, prometheus, health, watched, token).await {
                 tracing::error!(%addr, error = %format!("{error:#}"), "metrics endpoint failed");
             }
         });
@@ -137,6 +151,42 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Applies `sluice pause|resume` to the running pipelines: polls the store's pause flags once a
+/// second (a paused pipeline starts paused too).
+async fn follow_pauses(
+    store: std::path::PathBuf,
+    pauses: Vec<(String, tokio::sync::watch::Sender<bool>)>,
+    shutdown: CancellationToken,
+) {
+    let read = move || -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let db = sluice_stores::sqlite::SqliteDb::open(&store)?;
+        let conn = db.lock();
+        Ok(sluice_stores::sqlite::paused(&conn)?)
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let read = read.clone();
+        match tokio::task::spawn_blocking(read).await {
+            Ok(Ok(paused)) => {
+                for (id, pause) in &pauses {
+                    pause.send_if_modified(|p| {
+                        let now = paused.contains(id);
+                        std::mem::replace(p, now) != now
+                    });
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %format!("{error:#}"), "reading pause flags failed");
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -115,6 +115,9 @@ pub(crate) struct RawPipeline {
     /// Seconds a shutdown may spend flushing.
     #[serde(default)]
     pub(crate) drain_timeout_s: Option<f64>,
+    /// `/ready` fails when a cursor has not moved for longer than this many seconds.
+    #[serde(default)]
+    pub(crate) max_cursor_age_s: Option<f64>,
 }
 
 /// `[pipelines.ID.resources.NAME]`.

@@ -96,6 +96,8 @@ pub(crate) struct PipelineSpec {
     pub(crate) on_unknown: OnError,
     pub(crate) limits: BatchLimits,
     pub(crate) drain_timeout: Duration,
+    /// `/ready` fails when a cursor is older.
+    pub(crate) max_cursor_age: Option<Duration>,
 }
 
 /// A checked configuration.
@@ -368,6 +370,7 @@ impl Config {
                 }
             },
             drain_timeout: PipelineOptions::default().drain_timeout,
+            max_cursor_age: None,
         };
         let pipelines = BTreeMap::from([(template.pipeline.to_owned(), spec)]);
         Ok(Self {
@@ -535,6 +538,12 @@ fn resolve_pipeline(
         Some(s) => Duration::from_secs_f64(s),
         None => PipelineOptions::default().drain_timeout,
     };
+    let max_cursor_age = match raw.max_cursor_age_s {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            bail!("max_cursor_age_s: must be a positive number of seconds")
+        }
+        s => s.map(Duration::from_secs_f64),
+    };
     Ok(PipelineSpec {
         source: raw.source,
         resources,
@@ -542,5 +551,6 @@ fn resolve_pipeline(
         on_unknown: raw.on_unknown,
         limits,
         drain_timeout,
+        max_cursor_age,
     })
 }

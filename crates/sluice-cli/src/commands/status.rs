@@ -1,0 +1,132 @@
+//! `sluice status [--watch]`: the live view of a running `sluice run`, read from its `/status`
+//! endpoint. On a terminal `--watch` redraws the table in place; piped, it prints a block of
+//! lines per refresh (each line stamped), so a log keeps every view.
+
+use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::cli::StatusArgs;
+
+/// Shows the status once, or until interrupted with `--watch`.
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let url = if args.addr.starts_with("http://") || args.addr.starts_with("https://") {
+        format!("{}/status", args.addr.trim_end_matches('/'))
+    } else {
+        format!("http://{}/status", args.addr)
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let terminal = std::io::stdout().is_terminal();
+    let mut drawn = 0usize;
+    loop {
+        let page: Value = http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| {
+                format!(
+                    "GET {url} (is `sluice run --metrics-addr {}` running?)",
+                    args.addr
+                )
+            })?
+            .json()
+            .await
+            .with_context(|| format!("GET {url}: not a status document"))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&page)?);
+        } else {
+            let lines = render(&page);
+            if terminal && drawn > 0 {
+                // Back to the first line of the last view, and clear below it.
+                print!("\x1b[{drawn}A\x1b[J");
+            }
+            let stamp = (!terminal && args.watch)
+                .then(|| format!("{} ", chrono::Utc::now().format("%H:%M:%S")));
+            for line in &lines {
+                println!("{}{line}", stamp.as_deref().unwrap_or(""));
+            }
+            drawn = lines.len();
+        }
+        if !args.watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(args.interval_ms.max(100))) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// The table of a status document: a header and one line per pipeline, then one per cursor.
+pub(crate) fn render(page: &Value) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:<28} {:<11} {:>9} {:>9} {:>7} {:>10}  holder (epoch)",
+        "pipeline", "state", "in/s", "out/s", "dead", "errors t/f/d"
+    )];
+    let empty = Vec::new();
+    for p in page["pipelines"].as_array().unwrap_or(&empty) {
+        let n = |v: &Value| v.as_u64().unwrap_or_default();
+        let errors = format!(
+            "{}/{}/{}",
+            n(&p["errors"]["transient"]),
+            n(&p["errors"]["fatal"]),
+            n(&p["errors"]["data"])
+        );
+        let holder = match (p["holder"].as_str(), p["epoch"].as_u64()) {
+            (Some(holder), Some(epoch)) => format!("{holder} ({epoch})"),
+            _ => "-".to_owned(),
+        };
+        lines.push(format!(
+            "{:<28} {:<11} {:>9.1} {:>9.1} {:>7} {:>10}  {holder}",
+            p["id"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?"),
+            p["rate_in"].as_f64().unwrap_or_default(),
+            p["rate_out"].as_f64().unwrap_or_default(),
+            n(&p["dead_letters"]),
+            errors,
+        ));
+        if let Some(error) = p["error"].as_str() {
+            lines.push(format!("    error: {error}"));
+        }
+        for c in p["cursors"].as_array().unwrap_or(&empty) {
+            lines.push(format!(
+                "    {} = {} ({:.1} s ago)",
+                c["partition"].as_str().unwrap_or("?"),
+                c["position"],
+                c["age_s"].as_f64().unwrap_or_default()
+            ));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_status_document_renders_a_line_per_pipeline_and_per_cursor() {
+        let page = json!({"pipelines": [{
+            "id": "orders", "state": "backing_off", "error": "sink down", "holder": "h:1",
+            "epoch": 3, "rate_in": 12.5, "rate_out": 12.0, "dead_letters": 2,
+            "errors": {"transient": 4, "fatal": 0, "data": 2},
+            "cursors": [{"partition": "in.jsonl", "position": 1234, "age_s": 0.4}]
+        }]});
+        let lines = render(&page);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(lines[1].starts_with("orders") && lines[1].contains("backing_off"));
+        assert!(
+            lines[1].contains("12.5")
+                && lines[1].contains("4/0/2")
+                && lines[1].ends_with("h:1 (3)")
+        );
+        assert_eq!(lines[2], "    error: sink down");
+        assert_eq!(lines[3], "    in.jsonl = 1234 (0.4 s ago)");
+    }
+}
