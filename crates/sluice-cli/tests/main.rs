@@ -517,6 +517,25 @@ fn status_pause_resume_readiness_and_checkpoints_set() {
             .success()
     );
     assert!(child.wait().unwrap().success());
+    let partition = input.to_str().unwrap();
+    let wrong = run(&[
+        "checkpoints",
+        "set",
+        "ingest",
+        "-c",
+        config_arg,
+        partition,
+        "abc",
+    ]);
+    assert!(
+        !wrong.status.success(),
+        "a text position where an integer is"
+    );
+    assert!(
+        text(&wrong.stderr).contains("not the same kind"),
+        "{}",
+        text(&wrong.stderr)
+    );
     let set = run(&[
         "checkpoints",
         "set",

@@ -521,8 +521,9 @@ async fn a_post_search_is_read_window_by_window_with_its_parameters_in_the_body(
 }
 
 /// Every window read to its end is saved as the cursor, records in it or not: after a sync of
-/// an API whose items are all minutes old, the cursor stands within a window of now (not at
-/// the newest item), so a restart does not read the empty windows again.
+/// an API whose items are all minutes old, the cursor stands within a window of the settle
+/// margin before now (not at the newest item), so a restart does not read the empty windows
+/// again. Windows start inside a second, and none of the items on their boundaries is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_read_to_its_end_is_saved_as_the_cursor() {
     let began = chrono::Utc::now();
@@ -533,7 +534,11 @@ async fn a_window_read_to_its_end_is_saved_as_the_cursor() {
     .await
     .unwrap();
     let store = Arc::new(MemoryStore::new());
-    let initial = rfc3339(began - chrono::Duration::seconds(700));
+    // A start inside a second: every window boundary must still lose nothing.
+    let initial = format!(
+        "{}.5Z",
+        rfc3339(began - chrono::Duration::seconds(700)).trim_end_matches('Z')
+    );
     let running = start(
         search(&sim, &initial),
         store.clone(),
@@ -541,7 +546,8 @@ async fn a_window_read_to_its_end_is_saved_as_the_cursor() {
         RecordingSink::new(),
     );
     converged(&sim, &running.sink, Duration::from_secs(30)).await;
-    let newest_window_end = rfc3339(began - chrono::Duration::seconds(60));
+    // Windows close up to a minute before now; they are 30 s long.
+    let newest_window_end = rfc3339(began - chrono::Duration::seconds(120));
     eventually_with(
         Duration::from_secs(10),
         || {

@@ -297,6 +297,8 @@ where
         };
         tracing::info!(pipeline = %id, holder = %lease.holder, token = lease.token, "lease acquired");
         stats.set_lease(&lease.holder, lease.token);
+        // A restart after a run that ended while paused: paused again only if still asked.
+        stats.set_paused(false);
 
         let hard_stop = CancellationToken::new();
         let processor = Processor::new(
@@ -580,10 +582,19 @@ where
         {
             stats.set_paused(true);
             tracing::info!(pipeline = %id, "paused");
-            tokio::select! {
-                _ = pause.wait_for(|paused| !paused) => {}
+            let resumed = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(PipelineExit::Stopped),
                 _ = lease_lost.cancelled() => return Ok(PipelineExit::Stopped),
+                resumed = pause.wait_for(|paused| !paused) => resumed.is_ok(),
+            };
+            if !resumed {
+                // The controller is gone while paused: paused it stays, until the end.
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(PipelineExit::Stopped),
+                    _ = lease_lost.cancelled() => return Ok(PipelineExit::Stopped),
+                }
             }
             stats.set_paused(false);
             tracing::info!(pipeline = %id, "resumed");

@@ -335,3 +335,42 @@ async fn a_pause_writes_and_saves_keeps_the_lease_and_a_resume_goes_on() {
         "no loss, no repeat"
     );
 }
+
+/// A pipeline paused before it starts opens no session; when its controller goes away while
+/// it is paused it stays paused (no session, no spinning) until shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_paused_from_the_start_stays_paused_when_its_controller_goes() {
+    let memory = Arc::new(MemoryStore::new());
+    let sink = RecordingSink::new();
+    let emitted = Arc::new(AtomicU64::new(0));
+    let (pause, paused) = tokio::sync::watch::channel(true);
+    let run = pipeline(
+        Endless {
+            emitted: emitted.clone(),
+        },
+        memory.clone(),
+        sink.clone(),
+        RecordingSink::new(),
+        100,
+    )
+    .pausable(paused);
+    let stats = run.stats();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(run.run(shutdown.clone()));
+    sluice::testing::eventually("paused", Duration::from_secs(10), || {
+        stats.snapshot().paused
+    })
+    .await;
+    drop(pause);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        emitted.load(Ordering::Relaxed),
+        0,
+        "no session while paused"
+    );
+    assert!(sink.rows().is_empty());
+    assert!(stats.snapshot().paused);
+    assert_eq!(stats.snapshot().reconnects, 0, "no session loop");
+    shutdown.cancel();
+    assert_eq!(handle.await.unwrap().unwrap(), PipelineExit::Stopped);
+}

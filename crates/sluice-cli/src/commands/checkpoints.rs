@@ -50,6 +50,17 @@ pub(crate) fn set(args: &SetCheckpointArgs) -> anyhow::Result<ExitCode> {
     let position: sluice::Position = serde_json::from_str(&args.position)
         .or_else(|_| serde_json::from_value(serde_json::Value::String(args.position.clone())))
         .map_err(|e| anyhow::anyhow!("position {:?}: {e}", args.position))?;
+    // A cursor keeps its kind: positions order by kind first, so a text cursor where an
+    // integer was would never move again (every later save looks older).
+    let current = sluice_stores::sqlite::load_checkpoints(&conn, pipeline)?;
+    if let Some(old) = current.get(args.partition.as_str())
+        && std::mem::discriminant(old) != std::mem::discriminant(&position)
+    {
+        anyhow::bail!(
+            "partition {} holds {old}; {position} is not the same kind of position (an integer, a text or a list)",
+            args.partition
+        );
+    }
     let before = sluice_stores::sqlite::set_checkpoint(
         &mut conn,
         pipeline,

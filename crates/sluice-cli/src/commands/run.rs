@@ -93,6 +93,14 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let mut watched = Vec::new();
     let mut pauses = Vec::new();
+    // Read once before the first session, so a pipeline paused in the store never starts one.
+    let paused_now = if config.store_url.is_none() {
+        let db = sluice_stores::sqlite::SqliteDb::open(&config.store_path)?;
+        let conn = db.lock();
+        sluice_stores::sqlite::paused(&conn)?
+    } else {
+        Default::default()
+    };
     for id in &ids {
         let stats = Arc::new(PipelineStats::new(id));
         watched.push(serve::Watched {
@@ -100,7 +108,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             stats: stats.clone(),
             max_cursor_age: config.pipelines.get(id).and_then(|p| p.max_cursor_age),
         });
-        let (pause, paused) = tokio::sync::watch::channel(false);
+        let (pause, paused) = tokio::sync::watch::channel(paused_now.contains(id));
         pauses.push((id.clone(), pause));
         let (config, databases, id) = (config.clone(), databases.clone(), id.clone());
         supervisor.spawn(id.clone(), move |token| {
@@ -160,8 +168,14 @@ async fn follow_pauses(
     pauses: Vec<(String, tokio::sync::watch::Sender<bool>)>,
     shutdown: CancellationToken,
 ) {
+    let db = match sluice_stores::sqlite::SqliteDb::open(&store) {
+        Ok(db) => db,
+        Err(error) => {
+            tracing::warn!(%error, "pause flags cannot be followed: the store does not open");
+            return;
+        }
+    };
     let read = move || -> anyhow::Result<std::collections::BTreeSet<String>> {
-        let db = sluice_stores::sqlite::SqliteDb::open(&store)?;
         let conn = db.lock();
         Ok(sluice_stores::sqlite::paused(&conn)?)
     };

@@ -51,7 +51,8 @@ impl FileSource {
     }
 
     /// Emits the records of one line: an object is one row, an array of objects one row per
-    /// element (each carrying the line's cursor); anything else is rejected with its reason.
+    /// element (the last one carrying the line's cursor); anything else is rejected with its
+    /// reason.
     async fn emit_line(
         &self,
         ctx: &SourceContext<Row>,
@@ -90,11 +91,15 @@ impl FileSource {
                     .await;
             }
         };
-        for payload in rows {
+        // Only the line's last record carries its cursor: a session stopped (or a process
+        // killed) after the first records of a line must read the whole line again, not skip
+        // the rest of it.
+        let last = rows.len().saturating_sub(1);
+        for (index, payload) in rows.into_iter().enumerate() {
             ctx.emit(Envelope {
                 resource: self.resource_of(&payload),
                 payload,
-                checkpoint: Some(checkpoint.clone()),
+                checkpoint: (index == last).then(|| checkpoint.clone()),
             })
             .await?;
         }
@@ -369,6 +374,95 @@ mod tests {
             dead[1].reason.contains("not a JSON object"),
             "{:?}",
             dead[1]
+        );
+    }
+
+    /// A sink whose writes wait for permits.
+    #[derive(Clone)]
+    struct Gated {
+        permits: Arc<tokio::sync::Semaphore>,
+        inner: RecordingSink<Row>,
+    }
+
+    impl sluice::Sink<Row> for Gated {
+        async fn write(
+            &mut self,
+            batch: &[Row],
+            commit: Option<&sluice::CheckpointCommit<'_>>,
+        ) -> Result<(), sluice::SinkError> {
+            self.permits.acquire().await.expect("open").forget();
+            self.inner.write(batch, commit).await
+        }
+    }
+
+    /// A session stopped inside a line that is an array of objects does not save the line's
+    /// end: the next session reads the whole line again, so none of its records is lost.
+    #[tokio::test]
+    async fn a_session_stopped_inside_an_array_line_reads_the_line_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let items: Vec<String> = (0..100).map(|n| format!("{{\"n\":{n}}}")).collect();
+        std::fs::write(&path, format!("[{}]\n", items.join(","))).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let gated = Gated {
+            permits: permits.clone(),
+            inner: RecordingSink::new(),
+        };
+        let one = BatchLimits {
+            max_records: 1,
+            ..limits()
+        };
+        let options = PipelineOptions {
+            channel_capacity: 1,
+            commit_interval: Duration::from_millis(10),
+            holder: "t".into(),
+            ..PipelineOptions::default()
+        };
+        let first = Pipeline::new(
+            "f",
+            FileSource::new(FileConfig::new(&path)),
+            store.clone(),
+            Resources::new().with("lines", Resource::direct("main")),
+        )
+        .sink("main", gated.clone(), one)
+        .dead_letters(RecordingSink::new(), limits())
+        .options(options);
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(first.run(shutdown.clone()));
+        sluice::testing::eventually("the first row", Duration::from_secs(5), || {
+            !gated.inner.rows().is_empty()
+        })
+        .await;
+        // Stop inside the line: the source is blocked on the full channel.
+        shutdown.cancel();
+        permits.add_permits(1000);
+        handle.await.unwrap().unwrap();
+        let written = gated.inner.rows().len();
+        assert!(written < 100, "stopped inside the line ({written} written)");
+        let sink = RecordingSink::new();
+        pipeline(
+            FileConfig::new(&path),
+            store,
+            sink.clone(),
+            RecordingSink::new(),
+        )
+        .run(CancellationToken::new())
+        .await
+        .unwrap();
+        let mut seen: Vec<u64> = gated
+            .inner
+            .json()
+            .iter()
+            .chain(sink.json().iter())
+            .map(|r| r["n"].as_u64().unwrap())
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(
+            seen,
+            (0..100).collect::<Vec<_>>(),
+            "every record of the line"
         );
     }
 

@@ -477,6 +477,11 @@ impl HttpPollConfig {
                     if cursor.initial.is_none() {
                         return Err(format!("{at}.cursor.step: windows start at `initial`"));
                     }
+                    if stream.pagination == Pagination::None {
+                        return Err(format!(
+                            "{at}.cursor.step: windows need a pagination (one page of an API that caps its pages would be taken for the whole window)"
+                        ));
+                    }
                 }
                 let body = stream.method == Method::Post;
                 if !body && (cursor.inject == Some(Inject::Body)) {

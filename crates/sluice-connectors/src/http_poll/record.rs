@@ -62,13 +62,20 @@ impl CursorValue {
         }
     }
 
-    /// The value moved forward by `step` ms (whole seconds, rounded up, for epoch cursors):
-    /// the end of a window. `None` for kinds without windows.
+    /// The value moved forward by `step` ms, rounded up to a whole second: the end of a
+    /// window. Whole seconds because that is what the end parameter sends ([`param`](Self::param)
+    /// truncates to seconds): the window saved is the window asked for. `None` for kinds
+    /// without windows.
     pub(crate) fn plus(&self, kind: CursorKind, step: u64) -> Option<Self> {
         match self {
-            Self::Time(us) => Some(Self::Time(
-                us.saturating_add((step as i64).saturating_mul(1000)),
-            )),
+            Self::Time(us) => {
+                let end = us.saturating_add((step as i64).saturating_mul(1000));
+                Some(Self::Time(
+                    end.div_euclid(1_000_000)
+                        .saturating_add(i64::from(end.rem_euclid(1_000_000) != 0))
+                        * 1_000_000,
+                ))
+            }
             Self::Int(n) if kind == CursorKind::Epoch => {
                 Some(Self::Int(n.saturating_add(step.div_ceil(1000))))
             }

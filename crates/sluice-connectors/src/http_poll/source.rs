@@ -198,6 +198,9 @@ const ATTEMPTS: u32 = 8;
 /// The longest wait a server may ask for (`Retry-After`, a rate-limit reset) before we retry.
 const MAX_WAIT: Duration = Duration::from_secs(900);
 
+/// How far before now a window may close (ms), at least.
+const WINDOW_SETTLE_MS: u64 = 60_000;
+
 /// Polls HTTP list endpoints. See the [module docs](super).
 #[derive(Debug)]
 pub struct HttpPollSource {
@@ -473,15 +476,19 @@ impl HttpPollSource {
         stream: &StreamConfig,
     ) -> Result<(), SourceError> {
         let (_, from) = Self::start_of(ctx, stream)?;
+        // Windows close only up to a margin before now (the lookback, at least a minute): an
+        // API's index or clock may lag, and a closed window's end becomes the cursor without a
+        // record vouching for it. Past that the last window stays open.
         let windows = stream.cursor.as_ref().and_then(|c| {
-            let now = CursorValue::now(c.kind)?;
-            Some((c.kind, c.step?, now))
+            let margin = c.lookback.max(WINDOW_SETTLE_MS);
+            let closable = CursorValue::now(c.kind)?.minus(c.kind, margin);
+            Some((c.kind, c.step?, closable))
         });
-        let (Some((kind, step, now)), Some(mut start)) = (windows, from) else {
+        let (Some((kind, step, closable)), Some(mut start)) = (windows, from) else {
             return self.sync_window(ctx, stream, None, None).await.map(drop);
         };
         loop {
-            let end = start.plus(kind, step).filter(|end| *end < now);
+            let end = start.plus(kind, step).filter(|end| *end <= closable);
             let last = end.is_none();
             let finished = self
                 .sync_window(ctx, stream, Some(start.clone()), end.clone())
@@ -924,6 +931,25 @@ mod tests {
         assert_eq!(exhausted(&headers), Some(Duration::from_secs(3)));
         headers.insert("x-ratelimit-remaining", HeaderValue::from_static("10"));
         assert_eq!(exhausted(&headers), None);
+    }
+
+    #[test]
+    fn windows_need_pagination_and_a_start() {
+        let mut config: HttpPollConfig = serde_json::from_value(serde_json::json!({
+            "base_url": "http://127.0.0.1:9",
+            "streams": [{
+                "name": "s", "path": "/s", "primary_key": ["id"],
+                "cursor": {"field": "t", "param": "since", "end_param": "until", "step": 60000, "initial": "2026-01-01T00:00:00Z"}
+            }],
+        }))
+        .unwrap();
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("windows need a pagination"), "{error}");
+        config.streams[0].pagination = Pagination::Link { page_size: None };
+        config.validate().unwrap();
+        config.streams[0].cursor.as_mut().unwrap().initial = None;
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("windows start at `initial`"), "{error}");
     }
 
     #[test]

@@ -60,15 +60,18 @@ pub async fn audit_table(
             )));
         };
         for row in &page {
-            let (Some(key), Some(version)) = (row.get(pk), version_of(row)) else {
-                continue;
+            let Some(key) = row.get(pk).filter(|k| !k.is_null()) else {
+                return Err(SourceError::fatal(format!(
+                    "supabase audit: a row of {table} has no {pk:?}"
+                )));
             };
             let key = key_text(pk, key);
-            match stored.get(&key) {
-                None => missing.push(key.clone()),
-                Some(s) if s.deleted => missing.push(key.clone()),
-                Some(s) if s.version < version => stale.push(key.clone()),
-                Some(_) => {}
+            match (stored.get(&key), version_of(row)) {
+                (None, _) => missing.push(key.clone()),
+                (Some(s), _) if s.deleted => missing.push(key.clone()),
+                (Some(s), Some(version)) if s.version < version => stale.push(key.clone()),
+                // Without a version (keyset reads never return one), presence is all it proves.
+                (Some(_), _) => {}
             }
             seen.insert(key);
         }
