@@ -11,7 +11,7 @@ use sluice::{
     Cell, CellWriter, CheckpointCommit, ColumnType, ErrorClass, Record, Sink, SinkError,
     TableSchema,
 };
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// A string literal of a table name (for the advisory lock key).
 fn sluice_table_literal(table: &str) -> String {
@@ -53,7 +53,7 @@ fn sink_error(context: &str, error: tokio_postgres::Error) -> SinkError {
 
 /// Writes records of any [`Record`] type into one Postgres table.
 pub struct PostgresSink {
-    url: String,
+    target: sluice_stores::postgres::PgTarget,
     scope: String,
     schema: TableSchema,
     version: Option<String>,
@@ -124,11 +124,11 @@ impl PostgresSink {
     /// A fatal error when the schema is invalid or `url` is not a Postgres URL.
     pub fn new(url: &str, schema: TableSchema) -> Result<Self, SinkError> {
         schema.validate().map_err(SinkError::fatal)?;
-        let config = sluice_stores::postgres::connect_config(url)
-            .map_err(|e| SinkError::fatal(e.to_string()))?;
-        let scope = sluice_stores::postgres::scope_of(&config);
+        let target =
+            sluice_stores::postgres::target(url).map_err(|e| SinkError::fatal(e.to_string()))?;
+        let scope = sluice_stores::postgres::scope_of(&target.config);
         Ok(Self {
-            url: url.to_owned(),
+            target,
             scope,
             schema,
             version: None,
@@ -159,27 +159,17 @@ impl PostgresSink {
         Ok(self)
     }
 
-    fn connect_config(&self) -> Result<tokio_postgres::Config, SinkError> {
-        sluice_stores::postgres::connect_config(&self.url)
-            .map_err(|e| SinkError::fatal(e.to_string()))
-    }
-
     fn stage(&self) -> String {
         quote(&format!("_sluice_stage_{}", self.schema.table))
     }
 
     async fn connect(&mut self) -> Result<&mut Client, SinkError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) = self
-                .connect_config()?
-                .connect(NoTls)
+            let client = self
+                .target
+                .connect("postgres sink")
                 .await
                 .map_err(|e| sink_error("connect", e))?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::warn!(%error, "postgres sink connection ended");
-                }
-            });
             // The staging table lives as long as the connection; rows as long as a transaction.
             client
                 .batch_execute(&format!(
@@ -257,12 +247,11 @@ impl<R: Record> Sink<R> for PostgresSink {
         let table = self.schema.table.clone();
         {
             // The table first (the staging table is made LIKE it when connecting).
-            let (client, connection) = self
-                .connect_config()?
-                .connect(NoTls)
+            let client = self
+                .target
+                .connect("postgres sink")
                 .await
                 .map_err(|e| sink_error("connect", e))?;
-            let task = tokio::spawn(connection);
             client
                 .batch_execute(&format!(
                     // Two pipelines creating one table at once race in the catalog otherwise.
@@ -272,7 +261,6 @@ impl<R: Record> Sink<R> for PostgresSink {
                 .await
                 .map_err(|e| sink_error(&format!("create table {table}"), e))?;
             drop(client);
-            let _ = task.await;
         }
         self.connect().await?;
         Ok(())

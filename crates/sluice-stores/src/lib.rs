@@ -8,6 +8,8 @@
 //! The memory store for tests lives in the core crate ([`sluice::MemoryStore`]).
 
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

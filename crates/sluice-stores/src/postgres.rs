@@ -11,7 +11,7 @@ use sluice::{
     lease_held_message, lease_lost_message,
 };
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls, error::SqlState};
+use tokio_postgres::{Client, error::SqlState};
 
 /// The tables, created under an advisory lock: two stores connecting at once would otherwise
 /// race in `CREATE TABLE IF NOT EXISTS` (a unique violation in the catalog).
@@ -62,21 +62,15 @@ fn parse_position(text: &str) -> Result<Position, StoreError> {
     })
 }
 
-/// The connection settings of `url`, with timeouts: a server that stops answering fails the
-/// connection (and the operation) instead of holding it for the TCP default of hours.
+pub use crate::pg_tls::PgTarget;
+
+/// The server of `url`: its settings with timeouts (a server that stops answering fails the
+/// connection instead of holding it for the TCP default of hours) and its TLS (`sslmode`).
 ///
 /// # Errors
-/// A fatal error when `url` is not a Postgres URL.
-pub fn connect_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|_| StoreError::fatal("postgres: the url is not a postgres:// url"))?;
-    config
-        .connect_timeout(Duration::from_secs(10))
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(15))
-        .tcp_user_timeout(Duration::from_secs(30));
-    Ok(config)
+/// A fatal error when `url` is not a Postgres URL or its TLS settings are wrong.
+pub fn target(url: &str) -> Result<PgTarget, StoreError> {
+    PgTarget::parse(url)
 }
 
 /// The transaction domain of a database: hosts, ports and database name.
@@ -162,7 +156,7 @@ pub async fn already_saved(
 
 /// The Postgres checkpoint store. One connection, opened again when it breaks.
 pub struct PostgresStore {
-    url: String,
+    target: PgTarget,
     client: Mutex<Option<Client>>,
     scope: String,
 }
@@ -193,10 +187,10 @@ impl PostgresStore {
     /// # Errors
     /// A fatal error when `url` is not a Postgres URL.
     pub fn new(url: &str) -> Result<Self, StoreError> {
-        let config = connect_config(url)?;
-        let scope = scope_of(&config);
+        let target = target(url)?;
+        let scope = scope_of(&target.config);
         Ok(Self {
-            url: url.to_owned(),
+            target,
             client: Mutex::new(None),
             scope,
         })
@@ -206,15 +200,11 @@ impl PostgresStore {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) = connect_config(&self.url)?
-                .connect(NoTls)
+            let client = self
+                .target
+                .connect("postgres store")
                 .await
                 .map_err(|e| store_error("connect", e))?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::warn!(%error, "postgres store connection ended");
-                }
-            });
             client
                 .batch_execute(SCHEMA)
                 .await

@@ -93,3 +93,61 @@ async fn a_live_lease_keeps_others_out_and_a_fenced_writer_is_refused() {
     assert!(next.token > new.token);
     first.release(&next).await.unwrap();
 }
+
+async fn encrypted(url: &str) -> bool {
+    let client = sluice_stores::postgres::target(url)
+        .unwrap()
+        .connect("test")
+        .await
+        .unwrap();
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// TLS as libpq's `sslmode` says: `verify-full` with the server's CA (`sslrootcert`) connects
+/// encrypted and the store works over it; `verify-full` without that CA is refused for the
+/// certificate; `require` encrypts without verifying; `disable` is plain.
+#[tokio::test]
+async fn tls_verifies_the_server_when_asked_and_encrypts_when_required() {
+    let (Some(url), Some(ca)) = (url(), sluice::testing::service_env("SLUICE_TEST_PG_CA")) else {
+        return;
+    };
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+    assert!(encrypted(&verified).await, "verify-full is encrypted");
+    let store = PostgresStore::connect(&verified).await.unwrap();
+    let id = pipeline("pg-tls");
+    let lease = store
+        .acquire(&id, "elsewhere:1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    store
+        .save(&lease, &[Checkpoint::new("a", 7u64)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&id).await.unwrap().get("a"),
+        Some(&Position::Int(7))
+    );
+    store.release(&lease).await.unwrap();
+
+    let error = PostgresStore::connect(&format!("{url}?sslmode=verify-full"))
+        .await
+        .unwrap_err();
+    let text = format!("{error:?}");
+    assert!(
+        text.to_lowercase().contains("certificate") || text.contains("UnknownIssuer"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("sluice:sluice"),
+        "the password leaked: {text}"
+    );
+    assert!(encrypted(&format!("{url}?sslmode=require")).await);
+    assert!(!encrypted(&format!("{url}?sslmode=disable")).await);
+}

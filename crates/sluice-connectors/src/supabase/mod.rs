@@ -21,7 +21,7 @@
 
 mod audit;
 pub mod codegen;
-mod config;
+pub mod config;
 pub mod connector;
 pub mod phoenix;
 pub mod record;
