@@ -55,16 +55,6 @@ fn query(db: &Path, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
 }
 
-fn sigterm(child: &Child) {
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 /// SIGKILL the process at several points while trades flow (with faults on), restart it each
 /// time, then stop cleanly: every trade of the simulator's log is stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +112,7 @@ async fn sigkill_at_several_points_with_restarts_loses_and_repeats_nothing() {
         query(&db, "SELECT count(*) FROM coinbase_trades") >= generated
     })
     .await;
-    sigterm(&child);
+    support::sigterm(&child);
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
@@ -312,7 +302,7 @@ async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    sigterm(&child);
+    support::sigterm(&child);
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
@@ -397,7 +387,7 @@ async fn the_audit_finds_exactly_the_trades_removed_from_the_destination() {
         query(&db, "SELECT count(*) FROM coinbase_trades") >= generated
     })
     .await;
-    sigterm(&child);
+    support::sigterm(&child);
     let mut child = child;
     child.wait().unwrap();
 

@@ -322,13 +322,7 @@ async fn cdc_with_sigkills_loses_and_repeats_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    support::sigterm(&child);
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
@@ -535,13 +529,7 @@ async fn sluice_run_supabase_survives_sigkill_and_misses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    support::sigterm(&child);
     let output = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{log}");
@@ -769,6 +757,57 @@ resources.rows = {{ sink = "db", table = "rows", key = ["id"], columns = [{{ nam
     let size = std::fs::metadata(&input).unwrap().len();
     let saved: String = pg.query_one(query, &[&pipeline]).await.unwrap().get(0);
     assert_eq!(saved, size.to_string());
+
+    // The operator's commands work on the Postgres store too: a rewind, recorded; a pause that
+    // keeps the next run from reading; a resume.
+    let operate = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let partition = input.to_str().unwrap();
+    let set = operate(&["checkpoints", "set", &pipeline, partition, "0"]);
+    assert!(set.contains(&format!("{size} -> 0")), "{set}");
+    let shown = operate(&["checkpoints", "show", &pipeline]);
+    assert!(shown.contains(&format!("{partition}\t0")), "{shown}");
+    assert!(shown.contains("-> 0 by "), "{shown}");
+    operate(&["pause", &pipeline]);
+    assert!(operate(&["checkpoints", "show", &pipeline]).contains("# paused"));
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM rows", [])
+        .unwrap();
+    // Paused: `run` starts no session; SIGTERM it after a moment, nothing read.
+    let mut paused_run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    support::sigterm(&paused_run);
+    assert!(paused_run.wait().unwrap().success());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rows"),
+        0,
+        "a paused pipeline reads nothing"
+    );
+    operate(&["resume", &pipeline]);
+    run();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rows"),
+        60,
+        "rewound to 0: every line again"
+    );
 }
 
 /// A Postgres sink beside a Postgres store in the same database: records and cursors commit in

@@ -142,6 +142,27 @@ fn start(
     }
 }
 
+/// A pipeline of `config` with an empty store and fresh sinks.
+fn start_fresh(config: HttpPollConfig) -> Running {
+    start(
+        config,
+        Arc::new(MemoryStore::new()),
+        RecordingSink::new(),
+        RecordingSink::new(),
+    )
+}
+
+/// Waits for `running` to fail fatally; its error with the cause chain.
+async fn fatal(running: Running) -> String {
+    let error = tokio::time::timeout(Duration::from_secs(20), running.handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.class(), sluice::ErrorClass::Fatal);
+    format!("{error:#} {error:?}")
+}
+
 /// The newest version stored of each item.
 fn stored(sink: &RecordingSink<Row>) -> BTreeMap<u64, u64> {
     let mut newest = BTreeMap::new();
@@ -333,12 +354,7 @@ async fn short_pages_do_not_end_the_listing() {
             size: 200,
         },
     };
-    let running = start(
-        config,
-        Arc::new(MemoryStore::new()),
-        RecordingSink::new(),
-        RecordingSink::new(),
-    );
+    let running = start_fresh(config);
     converged(&sim, &running.sink, Duration::from_secs(30)).await;
     running.shutdown.cancel();
     running.handle.await.unwrap().unwrap();
@@ -381,12 +397,7 @@ fn with_oauth(
 async fn oauth_tokens_are_refreshed_and_a_revoked_one_replaced() {
     let sim = HttpApiSim::start(oauth_sim("s3cret-value")).await.unwrap();
     let (config, _secret) = with_oauth(keyset(&sim), &sim, "s3cret-value");
-    let running = start(
-        config,
-        Arc::new(MemoryStore::new()),
-        RecordingSink::new(),
-        RecordingSink::new(),
-    );
+    let running = start_fresh(config);
     converged(&sim, &running.sink, Duration::from_secs(30)).await;
     sim.revoke_tokens();
     sim.insert(20);
@@ -412,19 +423,8 @@ async fn oauth_tokens_are_refreshed_and_a_revoked_one_replaced() {
 async fn a_wrong_client_secret_is_fatal_and_not_shown() {
     let sim = HttpApiSim::start(oauth_sim("s3cret-value")).await.unwrap();
     let (config, _secret) = with_oauth(keyset(&sim), &sim, "not-the-secret");
-    let running = start(
-        config,
-        Arc::new(MemoryStore::new()),
-        RecordingSink::new(),
-        RecordingSink::new(),
-    );
-    let error = tokio::time::timeout(Duration::from_secs(20), running.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(error.class(), sluice::ErrorClass::Fatal);
-    let text = format!("{error:#} {error:?}");
+    let running = start_fresh(config);
+    let text = fatal(running).await;
     assert!(text.contains("invalid_client"), "{text}");
     assert!(
         !text.contains("not-the-secret"),
@@ -587,12 +587,7 @@ async fn rules_ignore_a_gone_endpoint_and_fail_on_an_error_body() {
         serde_json::json!({"status": [404], "action": "ignore"}),
     )];
     config.streams.insert(0, gone);
-    let running = start(
-        config,
-        Arc::new(MemoryStore::new()),
-        RecordingSink::new(),
-        RecordingSink::new(),
-    );
+    let running = start_fresh(config);
     converged(&sim, &running.sink, Duration::from_secs(20)).await;
     assert!(!running.handle.is_finished(), "an ignored 404 is not fatal");
     running.shutdown.cancel();
@@ -612,19 +607,8 @@ async fn rules_ignore_a_gone_endpoint_and_fail_on_an_error_body() {
     config.rules = vec![rule(
         serde_json::json!({"body_path": "object", "equals": "error", "action": "fail"}),
     )];
-    let running = start(
-        config,
-        Arc::new(MemoryStore::new()),
-        RecordingSink::new(),
-        RecordingSink::new(),
-    );
-    let error = tokio::time::timeout(Duration::from_secs(20), running.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(error.class(), sluice::ErrorClass::Fatal);
-    let text = format!("{error:#} {error:?}");
+    let running = start_fresh(config);
+    let text = fatal(running).await;
     assert!(
         text.contains("rule says to fail") && text.contains("busy"),
         "{text}"

@@ -31,6 +31,20 @@ CREATE TABLE IF NOT EXISTS sluice_leases (
     token bigint NOT NULL,
     expires_at timestamptz NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sluice_checkpoint_changes (
+    pipeline text NOT NULL,
+    partition text NOT NULL,
+    from_position text,
+    to_position text NOT NULL,
+    changed_by text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS sluice_controls (
+    pipeline text PRIMARY KEY,
+    paused boolean NOT NULL,
+    changed_by text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
 COMMIT;";
 
 /// What a Postgres error means for the store: lost connections, serialization failures,
@@ -152,6 +166,209 @@ pub async fn already_saved(
         }
     }
     Ok(true)
+}
+
+/// What operators do to a pipeline through the store (`sluice checkpoints`, `pause`,
+/// `resume`): the same rules as the SQLite store's.
+impl PostgresStore {
+    /// The holder of `pipeline`'s lease while it is live (by the server's clock).
+    ///
+    /// # Errors
+    /// Postgres errors by class.
+    pub async fn live_holder(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
+        let guard = self.client().await?;
+        let client = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::transient("no connection"))?;
+        let row = client
+            .query_opt(
+                "SELECT holder FROM sluice_leases WHERE pipeline = $1 AND expires_at > now()",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| store_error("read lease", e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Sets a cursor whatever it was, recording who, when, from and to, and fencing a writer
+    /// that took the lease after the caller checked (the token is bumped, the lease expired).
+    /// Refused while the lease is live.
+    ///
+    /// # Errors
+    /// A fatal error while a holder is live; Postgres errors by class.
+    pub async fn set_checkpoint(
+        &self,
+        pipeline: &str,
+        partition: &str,
+        position: &Position,
+        by: &str,
+    ) -> Result<Option<Position>, StoreError> {
+        let mut guard = self.client().await?;
+        let client = guard
+            .as_mut()
+            .ok_or_else(|| StoreError::transient("no connection"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| store_error("begin", e))?;
+        let live = tx
+            .query_opt(
+                "SELECT holder FROM sluice_leases WHERE pipeline = $1 AND expires_at > now() FOR UPDATE",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| store_error("read lease", e))?;
+        if let Some(row) = live {
+            let holder: String = row.get(0);
+            return Err(StoreError::fatal(format!(
+                "pipeline {pipeline} is running ({holder}); stop it before setting its cursor"
+            )));
+        }
+        let before: Option<String> = tx
+            .query_opt(
+                "SELECT position FROM sluice_checkpoints WHERE pipeline = $1 AND partition = $2",
+                &[&pipeline, &partition],
+            )
+            .await
+            .map_err(|e| store_error("read cursor", e))?
+            .map(|r| r.get(0));
+        let to = position.to_string();
+        tx.execute(
+            "INSERT INTO sluice_checkpoints (pipeline, partition, position) VALUES ($1, $2, $3)
+             ON CONFLICT (pipeline, partition) DO UPDATE SET position = excluded.position, updated_at = now()",
+            &[&pipeline, &partition, &to],
+        )
+        .await
+        .map_err(|e| store_error("set cursor", e))?;
+        tx.execute(
+            "INSERT INTO sluice_checkpoint_changes (pipeline, partition, from_position, to_position, changed_by)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&pipeline, &partition, &before, &to, &by],
+        )
+        .await
+        .map_err(|e| store_error("record cursor change", e))?;
+        tx.execute(
+            "UPDATE sluice_leases SET expires_at = now(), token = token + 1 WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await
+        .map_err(|e| store_error("fence lease", e))?;
+        tx.commit().await.map_err(|e| store_error("commit", e))?;
+        before.as_deref().map(parse_position).transpose()
+    }
+
+    /// The recorded cursor changes of `pipeline`, oldest first: (partition, from, to, by, at).
+    ///
+    /// # Errors
+    /// Postgres errors by class.
+    #[allow(clippy::type_complexity)]
+    pub async fn checkpoint_changes(
+        &self,
+        pipeline: &str,
+    ) -> Result<Vec<(String, Option<String>, String, String, String)>, StoreError> {
+        let guard = self.client().await?;
+        let client = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::transient("no connection"))?;
+        let rows = client
+            .query(
+                "SELECT partition, from_position, to_position, changed_by,
+                        to_char(changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                 FROM sluice_checkpoint_changes WHERE pipeline = $1 ORDER BY changed_at",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| store_error("read cursor changes", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect())
+    }
+
+    /// Pauses (or resumes) `pipeline`: a flag every process running it on this store follows.
+    ///
+    /// # Errors
+    /// Postgres errors by class.
+    pub async fn set_paused(
+        &self,
+        pipeline: &str,
+        paused: bool,
+        by: &str,
+    ) -> Result<(), StoreError> {
+        let guard = self.client().await?;
+        let client = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::transient("no connection"))?;
+        client
+            .execute(
+                "INSERT INTO sluice_controls (pipeline, paused, changed_by) VALUES ($1, $2, $3)
+                 ON CONFLICT (pipeline) DO UPDATE SET paused = excluded.paused, changed_by = excluded.changed_by, changed_at = now()",
+                &[&pipeline, &paused, &by],
+            )
+            .await
+            .map_err(|e| store_error("set pause", e))?;
+        Ok(())
+    }
+
+    /// The pipelines paused in this store.
+    ///
+    /// # Errors
+    /// Postgres errors by class.
+    pub async fn paused(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let guard = self.client().await?;
+        let client = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::transient("no connection"))?;
+        let rows = client
+            .query("SELECT pipeline FROM sluice_controls WHERE paused", &[])
+            .await
+            .map_err(|e| store_error("read pauses", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Deletes `pipeline`'s cursors and expires its lease with a new token (fencing older
+    /// writers); refused while the lease is live. How many cursors went.
+    ///
+    /// # Errors
+    /// A fatal error while a holder is live; Postgres errors by class.
+    pub async fn reset(&self, pipeline: &str) -> Result<u64, StoreError> {
+        let mut guard = self.client().await?;
+        let client = guard
+            .as_mut()
+            .ok_or_else(|| StoreError::transient("no connection"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| store_error("begin", e))?;
+        let live = tx
+            .query_opt(
+                "SELECT holder FROM sluice_leases WHERE pipeline = $1 AND expires_at > now() FOR UPDATE",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| store_error("read lease", e))?;
+        if let Some(row) = live {
+            let holder: String = row.get(0);
+            return Err(StoreError::fatal(format!(
+                "pipeline {pipeline} is running ({holder}); stop it before resetting its cursors"
+            )));
+        }
+        let deleted = tx
+            .execute(
+                "DELETE FROM sluice_checkpoints WHERE pipeline = $1",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| store_error("reset cursors", e))?;
+        tx.execute(
+            "UPDATE sluice_leases SET expires_at = now(), token = token + 1 WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await
+        .map_err(|e| store_error("fence lease", e))?;
+        tx.commit().await.map_err(|e| store_error("commit", e))?;
+        Ok(deleted)
+    }
 }
 
 /// The Postgres checkpoint store. One connection, opened again when it breaks.

@@ -269,19 +269,19 @@ async fn the_watchdog_fires_even_when_the_lease_renews_more_often() {
     assert_eq!(stats.snapshot().reconnects, 1);
 }
 
-/// An operator's pause: the session stops, what it sent is written and saved, nothing more is
-/// written, the lease stays held (no one else takes the pipeline) and it is not ready; a resume
-/// starts a session from the saved cursor — nothing lost, nothing twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pause_writes_and_saves_keeps_the_lease_and_a_resume_goes_on() {
-    use sluice::CheckpointStore as _;
-    let memory = Arc::new(MemoryStore::new());
-    let sink = RecordingSink::new();
-    let (pause, paused) = tokio::sync::watch::channel(false);
+/// Runs an endless pipeline that `paused` pauses: its stats, its shutdown, its task.
+fn run_pausable(
+    memory: &Arc<MemoryStore>,
+    sink: &RecordingSink<Value>,
+    emitted: Arc<AtomicU64>,
+    paused: tokio::sync::watch::Receiver<bool>,
+) -> (
+    Arc<sluice::PipelineStats>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<PipelineExit, PipelineError>>,
+) {
     let run = pipeline(
-        Endless {
-            emitted: Arc::default(),
-        },
+        Endless { emitted },
         memory.clone(),
         sink.clone(),
         RecordingSink::new(),
@@ -291,6 +291,19 @@ async fn a_pause_writes_and_saves_keeps_the_lease_and_a_resume_goes_on() {
     let stats = run.stats();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run.run(shutdown.clone()));
+    (stats, shutdown, handle)
+}
+
+/// An operator's pause: the session stops, what it sent is written and saved, nothing more is
+/// written, the lease stays held (no one else takes the pipeline) and it is not ready; a resume
+/// starts a session from the saved cursor — nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_writes_and_saves_keeps_the_lease_and_a_resume_goes_on() {
+    use sluice::CheckpointStore as _;
+    let memory = Arc::new(MemoryStore::new());
+    let sink = RecordingSink::new();
+    let (pause, paused) = tokio::sync::watch::channel(false);
+    let (stats, shutdown, handle) = run_pausable(&memory, &sink, Arc::default(), paused);
     sluice::testing::eventually("records", Duration::from_secs(10), || {
         sink.rows().len() > 1000
     })
@@ -344,19 +357,7 @@ async fn a_pipeline_paused_from_the_start_stays_paused_when_its_controller_goes(
     let sink = RecordingSink::new();
     let emitted = Arc::new(AtomicU64::new(0));
     let (pause, paused) = tokio::sync::watch::channel(true);
-    let run = pipeline(
-        Endless {
-            emitted: emitted.clone(),
-        },
-        memory.clone(),
-        sink.clone(),
-        RecordingSink::new(),
-        100,
-    )
-    .pausable(paused);
-    let stats = run.stats();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(run.run(shutdown.clone()));
+    let (stats, shutdown, handle) = run_pausable(&memory, &sink, emitted.clone(), paused);
     sluice::testing::eventually("paused", Duration::from_secs(10), || {
         stats.snapshot().paused
     })

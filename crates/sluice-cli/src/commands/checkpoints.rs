@@ -1,20 +1,120 @@
 //! `sluice checkpoints show|reset|set` (a pipeline's saved cursors) and `sluice pause|resume`
-//! (its pause flag, which the running process follows).
+//! (its pause flag, which the running process follows), on the SQLite store or the Postgres one.
 
-use std::process::ExitCode;
+use std::{collections::BTreeSet, process::ExitCode};
+
+use sluice::{CheckpointStore as _, Checkpoints, Position};
+use sluice_stores::{postgres::PostgresStore, sqlite, sqlite::SqliteDb};
 
 use crate::{
     cli::{CheckpointArgs, SetCheckpointArgs},
     config::Config,
 };
 
-/// Prints the cursors (and the holder, while the pipeline runs).
-pub(crate) fn show(args: &CheckpointArgs) -> anyhow::Result<ExitCode> {
-    let db = store_of(args)?;
-    let conn = db.lock();
+/// The store a pipeline's cursors, lease and pause flag live in, for operators.
+pub(crate) enum OperatorStore {
+    Sqlite(SqliteDb),
+    Postgres(Box<PostgresStore>),
+}
+
+/// A recorded cursor change: partition, from, to, by, at (RFC 3339).
+type Change = (String, Option<String>, String, String, String);
+
+impl OperatorStore {
+    /// The store of `config`: its Postgres URL, or its SQLite file.
+    pub(crate) async fn of(config: &Config) -> anyhow::Result<Self> {
+        Ok(match &config.store_url {
+            Some(url) => Self::Postgres(Box::new(PostgresStore::connect(url).await?)),
+            None => Self::Sqlite(SqliteDb::open(&config.store_path)?),
+        })
+    }
+
+    async fn cursors(&self, pipeline: &str) -> anyhow::Result<Checkpoints> {
+        Ok(match self {
+            Self::Sqlite(db) => sqlite::load_checkpoints(&db.lock(), pipeline)?,
+            Self::Postgres(store) => store.load(pipeline).await?,
+        })
+    }
+
+    async fn live_holder(&self, pipeline: &str) -> anyhow::Result<Option<String>> {
+        Ok(match self {
+            Self::Sqlite(db) => sqlite::live_holder(&db.lock(), pipeline)?,
+            Self::Postgres(store) => store.live_holder(pipeline).await?,
+        })
+    }
+
+    /// The pipelines paused in this store.
+    pub(crate) async fn paused(&self) -> anyhow::Result<BTreeSet<String>> {
+        Ok(match self {
+            Self::Sqlite(db) => sqlite::paused(&db.lock())?,
+            Self::Postgres(store) => store.paused().await?,
+        })
+    }
+
+    async fn changes(&self, pipeline: &str) -> anyhow::Result<Vec<Change>> {
+        Ok(match self {
+            Self::Sqlite(db) => sqlite::checkpoint_changes(&db.lock(), pipeline)?
+                .into_iter()
+                .map(|(partition, from, to, by, at_ms)| (partition, from, to, by, rfc3339(at_ms)))
+                .collect(),
+            Self::Postgres(store) => store.checkpoint_changes(pipeline).await?,
+        })
+    }
+
+    async fn set(
+        &self,
+        pipeline: &str,
+        partition: &str,
+        position: &Position,
+    ) -> anyhow::Result<Option<Position>> {
+        Ok(match self {
+            Self::Sqlite(db) => {
+                let mut conn = db.lock();
+                if let Some(holder) = sqlite::live_holder(&conn, pipeline)? {
+                    anyhow::bail!(
+                        "pipeline {pipeline} is running ({holder}); stop it before setting its cursor"
+                    );
+                }
+                sqlite::set_checkpoint(&mut conn, pipeline, partition, position, &operator())?
+            }
+            Self::Postgres(store) => {
+                store
+                    .set_checkpoint(pipeline, partition, position, &operator())
+                    .await?
+            }
+        })
+    }
+
+    async fn reset(&self, pipeline: &str) -> anyhow::Result<u64> {
+        Ok(match self {
+            Self::Sqlite(db) => {
+                let conn = db.lock();
+                if let Some(holder) = sqlite::live_holder(&conn, pipeline)? {
+                    anyhow::bail!(
+                        "pipeline {pipeline} is running ({holder}); stop it before resetting its cursors"
+                    );
+                }
+                sqlite::reset_checkpoints(&conn, pipeline)? as u64
+            }
+            Self::Postgres(store) => store.reset(pipeline).await?,
+        })
+    }
+
+    async fn set_paused(&self, pipeline: &str, paused: bool) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite(db) => sqlite::set_paused(&db.lock(), pipeline, paused, &operator())?,
+            Self::Postgres(store) => store.set_paused(pipeline, paused, &operator()).await?,
+        }
+        Ok(())
+    }
+}
+
+/// Prints the cursors, the holder while the pipeline runs, its pause, and the recorded changes.
+pub(crate) async fn show(args: &CheckpointArgs) -> anyhow::Result<ExitCode> {
+    let store = store_of(args).await?;
     let pipeline = &args.pipeline;
-    let cursors = sluice_stores::sqlite::load_checkpoints(&conn, pipeline)?;
-    if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, pipeline)? {
+    let cursors = store.cursors(pipeline).await?;
+    if let Some(holder) = store.live_holder(pipeline).await? {
         println!("# running: {holder}");
     }
     if cursors.is_empty() {
@@ -23,37 +123,35 @@ pub(crate) fn show(args: &CheckpointArgs) -> anyhow::Result<ExitCode> {
     for (partition, position) in cursors {
         println!("{partition}\t{position}");
     }
-    if sluice_stores::sqlite::paused(&conn)?.contains(pipeline) {
+    if store.paused().await?.contains(pipeline) {
         println!("# paused (`sluice resume {pipeline}`)");
     }
-    for (partition, from, to, by, at_ms) in
-        sluice_stores::sqlite::checkpoint_changes(&conn, pipeline)?
-    {
-        let at = chrono_like(at_ms);
+    for (partition, from, to, by, at) in store.changes(pipeline).await? {
         let from = from.as_deref().unwrap_or("(none)");
         println!("# set {partition}: {from} -> {to} by {by} at {at}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Deletes the cursors; refused while another process runs the pipeline.
+pub(crate) async fn reset(args: &CheckpointArgs) -> anyhow::Result<ExitCode> {
+    let store = store_of(args).await?;
+    let deleted = store.reset(&args.pipeline).await?;
+    println!("{}: {deleted} cursor(s) deleted", args.pipeline);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Sets one cursor; refused while another process holds the pipeline's lease.
-pub(crate) fn set(args: &SetCheckpointArgs) -> anyhow::Result<ExitCode> {
-    let db = store_of(&args.target)?;
-    let mut conn = db.lock();
+pub(crate) async fn set(args: &SetCheckpointArgs) -> anyhow::Result<ExitCode> {
+    let store = store_of(&args.target).await?;
     let pipeline = &args.target.pipeline;
-    if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, pipeline)? {
-        anyhow::bail!(
-            "pipeline {pipeline} is running ({holder}); stop it before setting its cursor"
-        );
-    }
     // JSON (`1234`, `"text"`, `["v", 7]`), else the word as text.
-    let position: sluice::Position = serde_json::from_str(&args.position)
+    let position: Position = serde_json::from_str(&args.position)
         .or_else(|_| serde_json::from_value(serde_json::Value::String(args.position.clone())))
         .map_err(|e| anyhow::anyhow!("position {:?}: {e}", args.position))?;
     // A cursor keeps its kind: positions order by kind first, so a text cursor where an
     // integer was would never move again (every later save looks older).
-    let current = sluice_stores::sqlite::load_checkpoints(&conn, pipeline)?;
-    if let Some(old) = current.get(args.partition.as_str())
+    if let Some(old) = store.cursors(pipeline).await?.get(args.partition.as_str())
         && std::mem::discriminant(old) != std::mem::discriminant(&position)
     {
         anyhow::bail!(
@@ -61,26 +159,18 @@ pub(crate) fn set(args: &SetCheckpointArgs) -> anyhow::Result<ExitCode> {
             args.partition
         );
     }
-    let before = sluice_stores::sqlite::set_checkpoint(
-        &mut conn,
-        pipeline,
-        &args.partition,
-        &position,
-        &operator(),
-    )?;
+    let before = store.set(pipeline, &args.partition, &position).await?;
     let from = before.map_or_else(|| "(none)".to_owned(), |p| p.to_string());
     println!("{pipeline} {}: {from} -> {position}", args.partition);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Sets or clears the pause flag of a pipeline.
-pub(crate) fn pause(args: &CheckpointArgs, paused: bool) -> anyhow::Result<ExitCode> {
-    let db = store_of(args)?;
-    let conn = db.lock();
-    sluice_stores::sqlite::set_paused(&conn, &args.pipeline, paused, &operator())?;
-    let running = sluice_stores::sqlite::live_holder(&conn, &args.pipeline)?;
+pub(crate) async fn pause(args: &CheckpointArgs, paused: bool) -> anyhow::Result<ExitCode> {
+    let store = store_of(args).await?;
+    store.set_paused(&args.pipeline, paused).await?;
     let what = if paused { "paused" } else { "resumed" };
-    match running {
+    match store.live_holder(&args.pipeline).await? {
         Some(holder) => println!(
             "{}: {what} (the running process, {holder}, follows within a second)",
             args.pipeline
@@ -100,41 +190,21 @@ fn operator() -> String {
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC (seconds).
-fn chrono_like(ms: i64) -> String {
+fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map_or_else(
         || ms.to_string(),
         |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
     )
 }
 
-/// Deletes the cursors; refused while another process runs the pipeline.
-pub(crate) fn reset(args: &CheckpointArgs) -> anyhow::Result<ExitCode> {
-    let db = store_of(args)?;
-    let conn = db.lock();
-    let pipeline = &args.pipeline;
-    if let Some(holder) = sluice_stores::sqlite::live_holder(&conn, pipeline)? {
-        anyhow::bail!(
-            "pipeline {pipeline} is running ({holder}); stop it before resetting its cursors"
-        );
-    }
-    let deleted = sluice_stores::sqlite::reset_checkpoints(&conn, pipeline)?;
-    println!("{pipeline}: {deleted} cursor(s) deleted");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The store of a pipeline: the config's, or --db.
-fn store_of(args: &CheckpointArgs) -> anyhow::Result<sluice_stores::sqlite::SqliteDb> {
-    let path = match &args.config {
+/// The store of a pipeline: the config's (SQLite or Postgres), or --db.
+async fn store_of(args: &CheckpointArgs) -> anyhow::Result<OperatorStore> {
+    match &args.config {
         Some(config) => {
             let config = Config::load(config, &args.db)?;
             config.select(std::slice::from_ref(&args.pipeline))?;
-            anyhow::ensure!(
-                config.store_url.is_none(),
-                "checkpoints show/reset/set and pause/resume work on a SQLite store; for a postgres store, query table sluice_checkpoints in its database"
-            );
-            config.store_path.clone()
+            OperatorStore::of(&config).await
         }
-        None => args.db.clone(),
-    };
-    Ok(sluice_stores::sqlite::SqliteDb::open(&path)?)
+        None => Ok(OperatorStore::Sqlite(SqliteDb::open(&args.db)?)),
+    }
 }

@@ -94,13 +94,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut watched = Vec::new();
     let mut pauses = Vec::new();
     // Read once before the first session, so a pipeline paused in the store never starts one.
-    let paused_now = if config.store_url.is_none() {
-        let db = sluice_stores::sqlite::SqliteDb::open(&config.store_path)?;
-        let conn = db.lock();
-        sluice_stores::sqlite::paused(&conn)?
-    } else {
-        Default::default()
-    };
+    let controls = crate::commands::checkpoints::OperatorStore::of(&config).await?;
+    let paused_now = controls.paused().await?;
     for id in &ids {
         let stats = Arc::new(PipelineStats::new(id));
         watched.push(serve::Watched {
@@ -127,13 +122,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    if config.store_url.is_none() {
-        tokio::spawn(follow_pauses(
-            config.store_path.clone(),
-            pauses,
-            shutdown.clone(),
-        ));
-    }
+    tokio::spawn(follow_pauses(controls, pauses, shutdown.clone()));
     if let (Some(addr), Some(prometheus)) = (metrics_addr, prometheus) {
         let (health, token) = (supervisor.health(), shutdown.clone());
         tokio::spawn(async move {
@@ -162,32 +151,20 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Applies `sluice pause|resume` to the running pipelines: polls the store's pause flags once a
-/// second (a paused pipeline starts paused too).
+/// second (a paused pipeline starts paused too: the flags were read before it started).
 async fn follow_pauses(
-    store: std::path::PathBuf,
+    store: crate::commands::checkpoints::OperatorStore,
     pauses: Vec<(String, tokio::sync::watch::Sender<bool>)>,
     shutdown: CancellationToken,
 ) {
-    let db = match sluice_stores::sqlite::SqliteDb::open(&store) {
-        Ok(db) => db,
-        Err(error) => {
-            tracing::warn!(%error, "pause flags cannot be followed: the store does not open");
-            return;
-        }
-    };
-    let read = move || -> anyhow::Result<std::collections::BTreeSet<String>> {
-        let conn = db.lock();
-        Ok(sluice_stores::sqlite::paused(&conn)?)
-    };
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let read = read.clone();
-        match tokio::task::spawn_blocking(read).await {
-            Ok(Ok(paused)) => {
+        match store.paused().await {
+            Ok(paused) => {
                 for (id, pause) in &pauses {
                     pause.send_if_modified(|p| {
                         let now = paused.contains(id);
@@ -195,10 +172,9 @@ async fn follow_pauses(
                     });
                 }
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "reading pause flags failed");
             }
-            Err(_) => return,
         }
     }
 }

@@ -25,3 +25,15 @@ pub(crate) fn audit_env(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, s
     });
     (output.status.code(), json)
 }
+
+/// Sends SIGTERM to `child` (a graceful stop: drain, save, exit 0).
+#[allow(dead_code)] // not every test binary stops a process
+pub(crate) fn sigterm(child: &std::process::Child) {
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
