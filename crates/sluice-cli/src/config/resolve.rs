@@ -353,9 +353,11 @@ impl Config {
             limits: if remote {
                 // Network sinks pay a round trip per batch and ClickHouse a part per INSERT
                 // (too many small parts fail with TOO_MANY_PARTS): fewer, larger batches.
+                // Kafka batches on its own side: 5,000 records keep the memory a batch holds
+                // (its records and librdkafka's copies) small.
                 BatchLimits {
                     linger: Duration::from_millis(50),
-                    max_records: 20_000,
+                    max_records: if kafka_topic.is_some() { 5_000 } else { 20_000 },
                     ..BatchLimits::default()
                 }
             } else {
