@@ -36,7 +36,8 @@ fn sql_type(kind: ColumnType) -> &'static str {
 /// connections, serialization failures and exhausted resources pass, the rest is fatal.
 fn classify(error: &tokio_postgres::Error) -> ErrorClass {
     match error.code().map(|c| &c.code()[..2]) {
-        None => ErrorClass::Transient,
+        // Without a SQL state: the connection's (lost: transient; a refused certificate: fatal).
+        None => sluice_stores::postgres::classify(error),
         Some("22" | "23") => ErrorClass::Data,
         Some("08" | "40" | "53" | "57" | "58") => ErrorClass::Transient,
         Some(_) => ErrorClass::Fatal,

@@ -41,8 +41,17 @@ impl PgTarget {
     /// A fatal error when `url` is not a Postgres URL, names an unknown `sslmode`, or its root
     /// certificates cannot be read. The URL itself is never in the message.
     pub fn parse(url: &str) -> Result<Self, StoreError> {
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut mode = "prefer".to_owned();
+        // The query starts after the credentials (a password may hold a `?`), as
+        // tokio-postgres reads them: up to the first `@`.
+        let authority = url.find("://").map_or(0, |i| i + 3);
+        let host_part = url[authority..]
+            .find('@')
+            .map_or(authority, |i| authority + i + 1);
+        let (base, query) = match url[host_part..].find('?') {
+            Some(i) => (&url[..host_part + i], &url[host_part + i + 1..]),
+            None => (url, ""),
+        };
+        let mut mode = std::env::var("PGSSLMODE").unwrap_or_else(|_| "prefer".to_owned());
         let mut root_file = std::env::var("PGSSLROOTCERT").ok();
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -53,7 +62,9 @@ impl PgTarget {
             }
         }
         let verify = match mode.as_str() {
-            "disable" | "allow" | "prefer" | "require" => false,
+            // libpq: `require` with a root certificate file verifies the CA.
+            "require" => root_file.is_some(),
+            "disable" | "allow" | "prefer" => false,
             "verify-ca" | "verify-full" => true,
             other => {
                 return Err(StoreError::fatal(format!(
@@ -79,7 +90,17 @@ impl PgTarget {
             .keepalives(true)
             .keepalives_idle(std::time::Duration::from_secs(15))
             .tcp_user_timeout(std::time::Duration::from_secs(30));
-        let tls = (sent_mode != "disable")
+        // libpq never uses TLS on a Unix socket (and the socket has no host name to check).
+        let sockets_only = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        if sockets_only && verify {
+            return Err(StoreError::fatal(
+                "postgres: sslmode verify-ca/verify-full needs a TCP host (a Unix socket has no TLS)",
+            ));
+        }
+        let tls = (sent_mode != "disable" && !sockets_only)
             .then(|| client_config(verify, root_file.as_deref()))
             .transpose()?
             .map(MakeRustlsConnect::new);
@@ -112,6 +133,27 @@ impl PgTarget {
             }
         }
     }
+}
+
+/// Whether `error` is the server's certificate refused by the checks `verify-ca`/`verify-full`
+/// asked for.
+pub(crate) fn certificate_refused(error: &tokio_postgres::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(rustls::Error::InvalidCertificate(_)) =
+                inner.downcast_ref::<rustls::Error>()
+        {
+            return true;
+        }
+        if let Some(rustls::Error::InvalidCertificate(_)) = current.downcast_ref::<rustls::Error>()
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -234,5 +276,13 @@ mod tests {
             PgTarget::parse("postgres://u:p@h:5/db?sslmode=verify-ca&sslrootcert=/nonexistent")
                 .unwrap_err();
         assert!(error.to_string().contains("/nonexistent"), "{error}");
+        // A `?` in the password is not the query.
+        let odd = PgTarget::parse("postgres://u:p?ss@h:5/db?sslmode=disable").unwrap();
+        assert_eq!(odd.config.get_dbname(), Some("db"));
+        assert_eq!(odd.config.get_password(), Some(&b"p?ss"[..]));
+        assert!(odd.tls.is_none());
+        // A Unix socket: no TLS, as libpq.
+        let socket = PgTarget::parse("postgres://u@%2Fvar%2Frun%2Fpostgresql/db").unwrap();
+        assert!(socket.tls.is_none());
     }
 }

@@ -48,10 +48,12 @@ CREATE TABLE IF NOT EXISTS sluice_controls (
 COMMIT;";
 
 /// What a Postgres error means for the store: lost connections, serialization failures,
-/// exhausted resources and shutdowns are transient; the rest (permissions, a missing database)
-/// fatal.
-fn classify(error: &tokio_postgres::Error) -> ErrorClass {
+/// exhausted resources and shutdowns are transient; the rest (permissions, a missing database,
+/// a server certificate refused) fatal.
+pub fn classify(error: &tokio_postgres::Error) -> ErrorClass {
     match error.code() {
+        // A server certificate refused (verify-ca, verify-full): configuration, not weather.
+        None if crate::pg_tls::certificate_refused(error) => ErrorClass::Fatal,
         None => ErrorClass::Transient, // I/O, a closed connection
         Some(code) => {
             let class = &code.code()[..2];
@@ -211,6 +213,11 @@ impl PostgresStore {
             .transaction()
             .await
             .map_err(|e| store_error("begin", e))?;
+        // Serialized with `acquire` (the same lock): a pipeline starting meanwhile either
+        // takes its lease before (and this is refused) or after (and loads what this wrote).
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&pipeline])
+            .await
+            .map_err(|e| store_error("lock", e))?;
         let live = tx
             .query_opt(
                 "SELECT holder FROM sluice_leases WHERE pipeline = $1 AND expires_at > now() FOR UPDATE",
@@ -340,6 +347,11 @@ impl PostgresStore {
             .transaction()
             .await
             .map_err(|e| store_error("begin", e))?;
+        // Serialized with `acquire` (the same lock): a pipeline starting meanwhile either
+        // takes its lease before (and this is refused) or after (and loads what this wrote).
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&pipeline])
+            .await
+            .map_err(|e| store_error("lock", e))?;
         let live = tx
             .query_opt(
                 "SELECT holder FROM sluice_leases WHERE pipeline = $1 AND expires_at > now() FOR UPDATE",

@@ -144,6 +144,11 @@ async fn tls_verifies_the_server_when_asked_and_encrypts_when_required() {
         text.to_lowercase().contains("certificate") || text.contains("UnknownIssuer"),
         "{text}"
     );
+    assert_eq!(
+        error.class(),
+        ErrorClass::Fatal,
+        "a refused certificate is configuration: not retried"
+    );
     assert!(
         !text.contains("sluice:sluice"),
         "the password leaked: {text}"

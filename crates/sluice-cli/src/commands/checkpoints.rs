@@ -29,6 +29,15 @@ impl OperatorStore {
         })
     }
 
+    /// The store of `config`, connecting to Postgres on first use (a server down now is not an
+    /// error yet).
+    pub(crate) fn lazy(config: &Config) -> anyhow::Result<Self> {
+        Ok(match &config.store_url {
+            Some(url) => Self::Postgres(Box::new(PostgresStore::new(url)?)),
+            None => Self::Sqlite(SqliteDb::open(&config.store_path)?),
+        })
+    }
+
     async fn cursors(&self, pipeline: &str) -> anyhow::Result<Checkpoints> {
         Ok(match self {
             Self::Sqlite(db) => sqlite::load_checkpoints(&db.lock(), pipeline)?,

@@ -94,8 +94,16 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut watched = Vec::new();
     let mut pauses = Vec::new();
     // Read once before the first session, so a pipeline paused in the store never starts one.
-    let controls = crate::commands::checkpoints::OperatorStore::of(&config).await?;
-    let paused_now = controls.paused().await?;
+    // A store that cannot be read yet holds every pipeline paused until the first read (the
+    // pipelines would wait for their store anyway).
+    let controls = crate::commands::checkpoints::OperatorStore::lazy(&config)?;
+    let paused_now = match controls.paused().await {
+        Ok(paused) => Some(paused),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "pause flags not readable yet; pipelines wait for them");
+            None
+        }
+    };
     for id in &ids {
         let stats = Arc::new(PipelineStats::new(id));
         watched.push(serve::Watched {
@@ -103,7 +111,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             stats: stats.clone(),
             max_cursor_age: config.pipelines.get(id).and_then(|p| p.max_cursor_age),
         });
-        let (pause, paused) = tokio::sync::watch::channel(paused_now.contains(id));
+        let (pause, paused) =
+            tokio::sync::watch::channel(paused_now.as_ref().is_none_or(|p| p.contains(id)));
         pauses.push((id.clone(), pause));
         let (config, databases, id) = (config.clone(), databases.clone(), id.clone());
         supervisor.spawn(id.clone(), move |token| {
