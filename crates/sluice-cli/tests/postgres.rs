@@ -882,3 +882,142 @@ resources.rows = {{ sink = "pg", table = "{table}", key = ["id"], columns = [{{ 
         .await
         .unwrap();
 }
+
+/// The fleet's failure model, without Temporal: two `sluice run` processes on one Postgres
+/// store and sink. The first is SIGSTOPped (cut off, not dead) with work in flight; the second
+/// starts once its lease expired, takes the pipeline over with a new token and writes
+/// everything; the
+/// first, woken with SIGCONT, is fenced — its late writes and saves are refused — and a
+/// keyless table (where a write twice would show) holds every line exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_stopped_past_its_lease_is_fenced_when_it_wakes() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let append = |range: std::ops::Range<u32>| {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&input)
+            .unwrap();
+        for i in range {
+            writeln!(file, "{{\"id\":{i}}}").unwrap();
+        }
+    };
+    append(0..200);
+    let config = dir.path().join("fence.toml");
+    let pipeline = format!("fence-{}", std::process::id());
+    let table = format!("fence_{}", std::process::id());
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+kind = "postgres"
+url = "{url}"
+path = "{db}"
+
+[sinks.pg]
+kind = "postgres"
+url = "{url}"
+
+[pipelines.{pipeline}]
+source = {{ kind = "file", path = "{input}", resource = "rows", follow = true, poll_ms = 20 }}
+batch = {{ max_records = 7, linger_ms = 5 }}
+resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", type = "integer", nullable = false }}] }}
+"#,
+            db = dir.path().join("local.db").display(),
+            input = input.display()
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let signal = |child: &std::process::Child, sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let mut first = spawn();
+    wait_rows(&pg, &table, 100, "the first writer's rows").await;
+    // Cut off mid-stream: lines keep coming, batches are in flight.
+    signal(&first, "-STOP");
+    append(200..400);
+    // A second process is refused while the lease is live (single writer); once the stopped
+    // one has missed its renewals for the lease's 15 s, it takes over.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let mut second = spawn();
+    wait_rows(
+        &pg,
+        &table,
+        400,
+        "the second writer, after the lease expired",
+    )
+    .await;
+    let token: i64 = pg
+        .query_one(
+            "SELECT token FROM sluice_leases WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(token >= 2, "the second writer holds a new token ({token})");
+    // The first wakes up with its old token and work in flight; more lines arrive.
+    signal(&first, "-CONT");
+    append(400..450);
+    wait_rows(&pg, &table, 450, "every line").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    support::sigterm(&second);
+    assert!(second.wait().unwrap().success());
+    signal(&first, "-TERM");
+    let _ = first.wait();
+    assert_eq!(
+        rows(&pg, &table).await,
+        (450, 450),
+        "every line exactly once: the woken writer's late writes were refused"
+    );
+    pg.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// Rows, and distinct ids, of `table`.
+async fn rows(pg: &tokio_postgres::Client, table: &str) -> (i64, i64) {
+    pg.query_one(
+        &format!("SELECT count(*), count(DISTINCT id) FROM {table}"),
+        &[],
+    )
+    .await
+    .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+    .unwrap_or((0, 0))
+}
+
+/// Waits (up to a minute) until `table` has `want` rows.
+async fn wait_rows(pg: &tokio_postgres::Client, table: &str, want: i64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (count, _) = rows(pg, table).await;
+        if count >= want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {count} of {want} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
