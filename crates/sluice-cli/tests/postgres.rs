@@ -836,21 +836,12 @@ async fn a_postgres_sink_and_store_commit_records_and_cursors_together() {
     std::fs::write(
         &config,
         format!(
-            r#"
-[store]
-kind = "postgres"
-url = "{url}"
-path = "{db}"
-
-[sinks.pg]
-kind = "postgres"
-url = "{url}"
-
+            r#"{head}
 [pipelines.{pipeline}]
 source = {{ kind = "file", path = "{input}", resource = "rows" }}
 resources.rows = {{ sink = "pg", table = "{table}", key = ["id"], columns = [{{ name = "id", type = "integer", nullable = false }}, {{ name = "amount", type = "decimal" }}] }}
 "#,
-            db = dir.path().join("local.db").display(),
+            head = store_and_sink(&url, &dir.path().join("local.db")),
             input = input.display()
         ),
     )
@@ -913,22 +904,13 @@ async fn a_writer_stopped_past_its_lease_is_fenced_when_it_wakes() {
     std::fs::write(
         &config,
         format!(
-            r#"
-[store]
-kind = "postgres"
-url = "{url}"
-path = "{db}"
-
-[sinks.pg]
-kind = "postgres"
-url = "{url}"
-
+            r#"{head}
 [pipelines.{pipeline}]
 source = {{ kind = "file", path = "{input}", resource = "rows", follow = true, poll_ms = 20 }}
 batch = {{ max_records = 7, linger_ms = 5 }}
 resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", type = "integer", nullable = false }}] }}
 "#,
-            db = dir.path().join("local.db").display(),
+            head = store_and_sink(&url, &dir.path().join("local.db")),
             input = input.display()
         ),
     )
@@ -1020,4 +1002,22 @@ async fn wait_rows(pg: &tokio_postgres::Client, table: &str, want: i64, what: &s
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The `[store]` and `[sinks.pg]` of a config whose cursors and records both go to Postgres
+/// at `url` (the SQLite file `db` for what stays local).
+fn store_and_sink(url: &str, db: &Path) -> String {
+    format!(
+        r#"
+[store]
+kind = "postgres"
+url = "{url}"
+path = "{db}"
+
+[sinks.pg]
+kind = "postgres"
+url = "{url}"
+"#,
+        db = db.display()
+    )
 }

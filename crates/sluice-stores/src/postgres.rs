@@ -170,6 +170,48 @@ pub async fn already_saved(
     Ok(true)
 }
 
+/// A transaction holding `pipeline`'s advisory lock: the one lock that serializes acquiring
+/// its lease with the operator's changes to it.
+async fn locked_transaction<'c>(
+    client: &'c mut Client,
+    pipeline: &str,
+) -> Result<tokio_postgres::Transaction<'c>, StoreError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| store_error("begin", e))?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&pipeline])
+        .await
+        .map_err(|e| store_error("lock", e))?;
+    Ok(tx)
+}
+
+/// A transaction on `pipeline` that no running process can race: serialized with `acquire`
+/// (the same advisory lock: a pipeline starting meanwhile either takes its lease before, and
+/// this is refused, or after, and loads what the transaction wrote), refused while a lease is
+/// live, naming what the operator wanted (`doing`).
+async fn idle_transaction<'c>(
+    client: &'c mut Client,
+    pipeline: &str,
+    doing: &str,
+) -> Result<tokio_postgres::Transaction<'c>, StoreError> {
+    let tx = locked_transaction(client, pipeline).await?;
+    let live = tx
+        .query_opt(
+            "SELECT holder FROM sluice_leases WHERE pipeline = $1 AND expires_at > now() FOR UPDATE",
+            &[&pipeline],
+        )
+        .await
+        .map_err(|e| store_error("read lease", e))?;
+    if let Some(row) = live {
+        let holder: String = row.get(0);
+        return Err(StoreError::fatal(format!(
+            "pipeline {pipeline} is running ({holder}); stop it before {doing}"
+        )));
+    }
+    Ok(tx)
+}
+
 /// What operators do to a pipeline through the store (`sluice checkpoints`, `pause`,
 /// `resume`): the same rules as the SQLite store's.
 impl PostgresStore {
@@ -209,28 +251,7 @@ impl PostgresStore {
         let client = guard
             .as_mut()
             .ok_or_else(|| StoreError::transient("no connection"))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| store_error("begin", e))?;
-        // Serialized with `acquire` (the same lock): a pipeline starting meanwhile either
-        // takes its lease before (and this is refused) or after (and loads what this wrote).
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&pipeline])
-            .await
-            .map_err(|e| store_error("lock", e))?;
-        let live = tx
-            .query_opt(
-                "SELECT holder FROM sluice_leases WHERE pipeline = $1 AND expires_at > now() FOR UPDATE",
-                &[&pipeline],
-            )
-            .await
-            .map_err(|e| store_error("read lease", e))?;
-        if let Some(row) = live {
-            let holder: String = row.get(0);
-            return Err(StoreError::fatal(format!(
-                "pipeline {pipeline} is running ({holder}); stop it before setting its cursor"
-            )));
-        }
+        let tx = idle_transaction(client, pipeline, "setting its cursor").await?;
         let before: Option<String> = tx
             .query_opt(
                 "SELECT position FROM sluice_checkpoints WHERE pipeline = $1 AND partition = $2",
@@ -343,28 +364,7 @@ impl PostgresStore {
         let client = guard
             .as_mut()
             .ok_or_else(|| StoreError::transient("no connection"))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| store_error("begin", e))?;
-        // Serialized with `acquire` (the same lock): a pipeline starting meanwhile either
-        // takes its lease before (and this is refused) or after (and loads what this wrote).
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&pipeline])
-            .await
-            .map_err(|e| store_error("lock", e))?;
-        let live = tx
-            .query_opt(
-                "SELECT holder FROM sluice_leases WHERE pipeline = $1 AND expires_at > now() FOR UPDATE",
-                &[&pipeline],
-            )
-            .await
-            .map_err(|e| store_error("read lease", e))?;
-        if let Some(row) = live {
-            let holder: String = row.get(0);
-            return Err(StoreError::fatal(format!(
-                "pipeline {pipeline} is running ({holder}); stop it before resetting its cursors"
-            )));
-        }
+        let tx = idle_transaction(client, pipeline, "resetting its cursors").await?;
         let deleted = tx
             .execute(
                 "DELETE FROM sluice_checkpoints WHERE pipeline = $1",
@@ -492,14 +492,8 @@ impl CheckpointStore for PostgresStore {
     ) -> Result<Lease, StoreError> {
         let mut guard = self.client().await?;
         let client = guard.as_mut().expect("connected above");
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| store_error("begin", e))?;
         // One acquirer at a time per pipeline, even before its lease row exists.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&pipeline])
-            .await
-            .map_err(|e| store_error("lock lease", e))?;
+        let tx = locked_transaction(client, pipeline).await?;
         let current = tx
             .query_opt(
                 "SELECT holder, token, expires_at > now() FROM sluice_leases WHERE pipeline = $1 FOR UPDATE",
