@@ -40,6 +40,13 @@ fn classify(error: &tokio_postgres::Error) -> ErrorClass {
         None => sluice_stores::postgres::classify(error),
         Some("22" | "23") => ErrorClass::Data,
         Some("08" | "40" | "53" | "57" | "58") => ErrorClass::Transient,
+        // The server ended an idle transaction (a writer that stalled): retry.
+        Some(_)
+            if error.code()
+                == Some(&tokio_postgres::error::SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT) =>
+        {
+            ErrorClass::Transient
+        }
         Some(_) => ErrorClass::Fatal,
     }
 }

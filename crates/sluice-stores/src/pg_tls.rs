@@ -90,16 +90,6 @@ impl PgTarget {
             .keepalives(true)
             .keepalives_idle(std::time::Duration::from_secs(15))
             .tcp_user_timeout(std::time::Duration::from_secs(30));
-        // A writer that stops mid-transaction (SIGSTOP, a hung process) keeps its row locks
-        // for as long as its connection lives, and a stopped process's kernel still answers
-        // keepalives: the server ends such a session after 10 s idle in a transaction — before
-        // its lease (15 s by default) can expire — so the next writer is not blocked behind
-        // it. Our transactions never wait on anything but the server.
-        let options = match config.get_options() {
-            Some(user) => format!("{user} -c idle_in_transaction_session_timeout=10000"),
-            None => "-c idle_in_transaction_session_timeout=10000".to_owned(),
-        };
-        config.options(&options);
         // libpq never uses TLS on a Unix socket (and the socket has no host name to check).
         let sockets_only = config
             .get_hosts()
@@ -122,6 +112,20 @@ impl PgTarget {
     /// # Errors
     /// The driver's error (unreachable, refused, TLS failure).
     pub async fn connect(&self, what: &'static str) -> Result<Client, tokio_postgres::Error> {
+        let client = self.open(what).await?;
+        // A writer that stops mid-transaction (SIGSTOP, a hung process) keeps its row locks
+        // for as long as its connection lives, and a stopped process's kernel still answers
+        // keepalives: the server ends such a session after 10 s idle in a transaction —
+        // before a default lease (15 s) can expire — so the next writer is not blocked behind
+        // it. Our transactions never wait on anything but the server. A statement, not a
+        // startup option: poolers (PgBouncer) refuse startup options.
+        client
+            .batch_execute("SET idle_in_transaction_session_timeout = '10s'")
+            .await?;
+        Ok(client)
+    }
+
+    async fn open(&self, what: &'static str) -> Result<Client, tokio_postgres::Error> {
         match &self.tls {
             Some(tls) => {
                 let (client, connection) = self.config.connect(tls.clone()).await?;

@@ -58,6 +58,8 @@ pub fn classify(error: &tokio_postgres::Error) -> ErrorClass {
         Some(code) => {
             let class = &code.code()[..2];
             if matches!(class, "08" | "40" | "53" | "57" | "58")
+                // The server ended an idle transaction (a writer that stalled): retry.
+                || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
                 || *code == SqlState::LOCK_NOT_AVAILABLE
             {
                 ErrorClass::Transient
