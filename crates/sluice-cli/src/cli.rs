@@ -44,6 +44,145 @@ pub(crate) enum Command {
     Pause(CheckpointArgs),
     /// Resume a paused pipeline: a new session from its saved cursors.
     Resume(CheckpointArgs),
+    /// Run a Temporal worker: it runs the workflows and pipelines the fleet gives it, each as
+    /// a heartbeating activity, fenced by the store's lease (docs/fleet.md).
+    #[cfg(feature = "temporal")]
+    Worker(WorkerArgs),
+    /// Start one long-running workflow per pipeline on the fleet (idempotent: a pipeline
+    /// already deployed is left as it is).
+    #[cfg(feature = "temporal")]
+    Deploy(DeployArgs),
+    /// Cancel pipelines' workflows: each drains, saves and ends.
+    #[cfg(feature = "temporal")]
+    Undeploy(UndeployArgs),
+    /// Operate pipelines on the fleet: pause, resume and rewind signals, and the fleet status.
+    #[cfg(feature = "temporal")]
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+#[cfg(feature = "temporal")]
+/// Where the fleet's Temporal is.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct TemporalArgs {
+    /// The Temporal frontend, HOST:PORT.
+    #[arg(long = "temporal", env = "SLUICE_TEMPORAL", value_name = "HOST:PORT")]
+    pub(crate) address: String,
+    /// The Temporal namespace.
+    #[arg(long, env = "SLUICE_TEMPORAL_NAMESPACE", default_value = "default")]
+    pub(crate) namespace: String,
+    /// The task queue the workers poll and the workflows run on.
+    #[arg(long, env = "SLUICE_TASK_QUEUE", default_value = "sluice")]
+    pub(crate) task_queue: String,
+}
+
+#[cfg(feature = "temporal")]
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    pub(crate) temporal: TemporalArgs,
+    /// The pipelines file, the same on every worker (its store should be Postgres).
+    #[arg(long, short)]
+    pub(crate) config: PathBuf,
+    /// The SQLite file for SQLite destinations of the config.
+    #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
+    pub(crate) db: PathBuf,
+    /// How many pipelines this worker runs at once (activity slots).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) max_pipelines: usize,
+}
+
+#[cfg(feature = "temporal")]
+#[derive(Debug, Args)]
+pub(crate) struct DeployArgs {
+    #[command(flatten)]
+    pub(crate) temporal: TemporalArgs,
+    /// The pipelines file.
+    #[arg(long, short)]
+    pub(crate) config: PathBuf,
+    /// The SQLite file for SQLite destinations of the config.
+    #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
+    pub(crate) db: PathBuf,
+    /// The pipelines to deploy (all of the file's when none).
+    pub(crate) pipelines: Vec<String>,
+    /// How long a worker may go silent before its pipelines are given to another (seconds).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) heartbeat_timeout_s: u64,
+    /// Continue-as-new once a workflow's history holds this many events.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) history_limit: u32,
+    /// Deploy paused (`sluice fleet resume` starts them).
+    #[arg(long)]
+    pub(crate) paused: bool,
+}
+
+#[cfg(feature = "temporal")]
+#[derive(Debug, Args)]
+pub(crate) struct UndeployArgs {
+    #[command(flatten)]
+    pub(crate) temporal: TemporalArgs,
+    /// The pipelines to undeploy.
+    #[arg(required = true)]
+    pub(crate) pipelines: Vec<String>,
+    /// Wait until each has drained, saved and ended.
+    #[arg(long)]
+    pub(crate) wait: bool,
+}
+
+#[cfg(feature = "temporal")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum FleetCommand {
+    /// Signal `pause`: the pipeline stops its session, writes and saves what it read, keeps
+    /// its lease; it stays paused until resumed.
+    Pause(FleetTarget),
+    /// Signal `resume`.
+    Resume(FleetTarget),
+    /// Signal `rewind`: the run is stopped (drained, saved), the cursor set (and recorded, as
+    /// `sluice checkpoints set` does), the run started again from it.
+    Rewind(FleetRewindArgs),
+    /// Each pipeline's workflow, state, lease holder and epoch, and cursors.
+    Status(FleetStatusArgs),
+}
+
+#[cfg(feature = "temporal")]
+#[derive(Debug, Args)]
+pub(crate) struct FleetTarget {
+    #[command(flatten)]
+    pub(crate) temporal: TemporalArgs,
+    /// The pipeline id.
+    pub(crate) pipeline: String,
+}
+
+#[cfg(feature = "temporal")]
+#[derive(Debug, Args)]
+pub(crate) struct FleetRewindArgs {
+    #[command(flatten)]
+    pub(crate) target: FleetTarget,
+    /// The partition (a product, a file, a table, a stream).
+    pub(crate) partition: String,
+    /// The position, as `sluice checkpoints set` takes it.
+    pub(crate) position: String,
+}
+
+#[cfg(feature = "temporal")]
+#[derive(Debug, Args)]
+pub(crate) struct FleetStatusArgs {
+    #[command(flatten)]
+    pub(crate) temporal: TemporalArgs,
+    /// The pipelines file (its store holds the cursors and leases).
+    #[arg(long, short)]
+    pub(crate) config: PathBuf,
+    /// The SQLite file for SQLite destinations of the config.
+    #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
+    pub(crate) db: PathBuf,
+    /// The pipelines (all of the file's when none).
+    pub(crate) pipelines: Vec<String>,
+    /// Keep showing it: redrawn in place on a terminal, stamped blocks when piped.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// Refresh interval of --watch, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) interval_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,8 @@
 mod cli;
 mod commands;
 mod config;
+#[cfg(feature = "temporal")]
+mod fleet;
 mod registry;
 mod serve;
 
@@ -23,7 +25,8 @@ fn main() -> ExitCode {
     let default_level = if matches!(cli.command, Command::Demo(_)) {
         "error"
     } else {
-        "info"
+        // Postgres's notices (a schema that already exists) are not news.
+        "info,tokio_postgres=warn"
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,5 +69,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::demo(args).await,
         Command::Codegen(args) => codegen::codegen(args).await,
         Command::Audit(args) => audit::audit(args).await,
+        #[cfg(feature = "temporal")]
+        Command::Worker(args) => fleet::worker(args).await,
+        #[cfg(feature = "temporal")]
+        Command::Deploy(args) => fleet::deploy(args).await,
+        #[cfg(feature = "temporal")]
+        Command::Undeploy(args) => fleet::undeploy(args).await,
+        #[cfg(feature = "temporal")]
+        Command::Fleet(command) => fleet::fleet(command).await,
     }
 }

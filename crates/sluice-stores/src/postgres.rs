@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice::{
     Checkpoint, CheckpointStore, Checkpoints, ErrorClass, Lease, Position, StoreError,
-    lease_held_message, lease_lost_message,
+    lease_lost_message,
 };
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, error::SqlState};
@@ -222,18 +222,26 @@ impl PostgresStore {
     /// # Errors
     /// Postgres errors by class.
     pub async fn live_holder(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.live_lease(pipeline).await?.map(|(holder, _)| holder))
+    }
+
+    /// The holder and token (the fencing epoch) of `pipeline`'s lease while it is live.
+    ///
+    /// # Errors
+    /// Postgres errors by class.
+    pub async fn live_lease(&self, pipeline: &str) -> Result<Option<(String, i64)>, StoreError> {
         let guard = self.client().await?;
         let client = guard
             .as_ref()
             .ok_or_else(|| StoreError::transient("no connection"))?;
         let row = client
             .query_opt(
-                "SELECT holder FROM sluice_leases WHERE pipeline = $1 AND expires_at > now()",
+                "SELECT holder, token FROM sluice_leases WHERE pipeline = $1 AND expires_at > now()",
                 &[&pipeline],
             )
             .await
             .map_err(|e| store_error("read lease", e))?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     /// Sets a cursor whatever it was, recording who, when, from and to, and fencing a writer
@@ -508,7 +516,7 @@ impl CheckpointStore for PostgresStore {
                 let (current, token, live): (String, i64, bool) =
                     (row.get(0), row.get(1), row.get(2));
                 if live && current != holder && crate::holder_alive(&current) {
-                    return Err(StoreError::fatal(lease_held_message(pipeline, &current)));
+                    return Err(StoreError::lease_held(pipeline, &current));
                 }
                 token
             }

@@ -17,7 +17,7 @@ use std::{
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sluice::{
     Checkpoint, CheckpointStore, Checkpoints, ErrorClass, Lease, Position, StoreError,
-    lease_held_message, lease_lost_message,
+    lease_lost_message,
 };
 
 /// A shared connection to one SQLite file. Cloning shares the connection, so the store and the
@@ -493,17 +493,25 @@ pub fn paused(conn: &Connection) -> Result<std::collections::BTreeSet<String>, S
 /// # Errors
 /// SQLite errors by class.
 pub fn live_holder(conn: &Connection, pipeline: &str) -> Result<Option<String>, StoreError> {
-    let row: Option<(String, i64)> = conn
+    Ok(live_lease(conn, pipeline)?.map(|(holder, _)| holder))
+}
+
+/// The holder and token (the fencing epoch) of `pipeline`'s lease while it is live.
+///
+/// # Errors
+/// A transient error when the file cannot be read.
+pub fn live_lease(conn: &Connection, pipeline: &str) -> Result<Option<(String, i64)>, StoreError> {
+    let row: Option<(String, i64, i64)> = conn
         .query_row(
-            "SELECT holder, expires_at_ms FROM sluice_leases WHERE pipeline = ?1",
+            "SELECT holder, expires_at_ms, token FROM sluice_leases WHERE pipeline = ?1",
             [pipeline],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
         .map_err(|e| store_error("read lease", e))?;
     Ok(row
-        .filter(|(holder, expires)| *expires > now_ms() && crate::holder_alive(holder))
-        .map(|(h, _)| h))
+        .filter(|(holder, expires, _)| *expires > now_ms() && crate::holder_alive(holder))
+        .map(|(holder, _, token)| (holder, token)))
 }
 
 /// The SQLite checkpoint store.
@@ -540,7 +548,7 @@ impl CheckpointStore for SqliteStore {
                 if let Some(current) = live_holder(&tx, &pipeline)?
                     && current != holder
                 {
-                    return Err(StoreError::fatal(lease_held_message(&pipeline, &current)));
+                    return Err(StoreError::lease_held(&pipeline, &current));
                 }
                 let last: Option<i64> = tx
                     .query_row("SELECT token FROM sluice_leases WHERE pipeline = ?1", [&pipeline], |r| r.get(0))

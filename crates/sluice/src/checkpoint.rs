@@ -224,7 +224,7 @@ impl CheckpointStore for MemoryStore {
                 && current != holder
                 && *expires > now
             {
-                return Err(StoreError::fatal(lease_held_message(pipeline, current)));
+                return Err(StoreError::lease_held(pipeline, current));
             }
             state.last_token += 1;
             state.holder = Some((holder.to_owned(), state.last_token, now + ttl));

@@ -131,6 +131,31 @@ classified_error!(
     /// An error of a checkpoint store: load, save, or lease.
     StoreError
 );
+impl StoreError {
+    /// Another holder's lease on `pipeline` is live: fatal for a single process (the operator
+    /// started it twice), a wait for a fleet worker (`PipelineOptions::wait_for_lease`).
+    pub fn lease_held(pipeline: &str, holder: &str) -> Self {
+        StoreError::fatal(crate::lease_held_message(pipeline, holder)).with_source(LeaseHeld {
+            holder: holder.to_owned(),
+        })
+    }
+
+    /// The live holder, if this error is a [`lease_held`](Self::lease_held) refusal.
+    pub fn lease_holder(&self) -> Option<&str> {
+        let source = std::error::Error::source(self)?;
+        source
+            .downcast_ref::<LeaseHeld>()
+            .map(|held| held.holder.as_str())
+    }
+}
+
+/// The cause of a [`StoreError::lease_held`]: who holds the lease.
+#[derive(Debug, thiserror::Error)]
+#[error("lease held by {holder}")]
+pub struct LeaseHeld {
+    /// The live holder.
+    pub holder: String,
+}
 
 /// A transform could not map a payload: always a data error, never retried.
 #[derive(Debug, thiserror::Error)]

@@ -40,6 +40,11 @@ pub struct PipelineOptions {
     pub holder: String,
     /// Overrides the source's idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// When another holder's lease is live: `false` (a single process) stops with a fatal
+    /// error, the operator started the pipeline twice; `true` (a fleet worker, which was given
+    /// the pipeline because its last holder is presumed dead) waits until that lease expires or
+    /// is released, then takes it with a new token, which fences the old holder.
+    pub wait_for_lease: bool,
 }
 
 impl Default for PipelineOptions {
@@ -58,6 +63,7 @@ impl Default for PipelineOptions {
             lease_ttl: Duration::from_secs(15),
             holder: default_holder(),
             idle_timeout: None,
+            wait_for_lease: false,
         }
     }
 }
@@ -193,6 +199,11 @@ where
         self
     }
 
+    /// The options, to change one of them after building (`options_mut().wait_for_lease`).
+    pub fn options_mut(&mut self) -> &mut PipelineOptions {
+        &mut self.options
+    }
+
     /// The source (for its own counters).
     pub fn source(&self) -> &Src {
         &self.source
@@ -288,11 +299,7 @@ where
         }
 
         let store = &self.store;
-        let Some(lease) = retry_store(&id, &options, &shutdown, || {
-            store.acquire(&id, &options.holder, options.lease_ttl)
-        })
-        .await?
-        else {
+        let Some(lease) = acquire_lease(store, &id, &options, &shutdown).await? else {
             return Ok(PipelineExit::Stopped);
         };
         tracing::info!(pipeline = %id, holder = %lease.holder, token = lease.token, "lease acquired");
@@ -421,6 +428,39 @@ where
                     source,
                 });
             }
+        }
+    }
+}
+
+/// Takes the pipeline's lease, retrying a store that is down; with `wait_for_lease`, also
+/// waits out another holder's live lease (polled every third of a lease time to live).
+/// `Ok(None)`: shutdown came first.
+async fn acquire_lease<C: CheckpointStore>(
+    store: &C,
+    id: &str,
+    options: &PipelineOptions,
+    shutdown: &CancellationToken,
+) -> Result<Option<Lease>, PipelineError> {
+    loop {
+        let acquired = retry_store(id, options, shutdown, || {
+            store.acquire(id, &options.holder, options.lease_ttl)
+        })
+        .await;
+        match acquired {
+            Err(PipelineError::Store { source, .. })
+                if options.wait_for_lease && source.lease_holder().is_some() =>
+            {
+                tracing::info!(
+                    pipeline = id,
+                    holder = source.lease_holder().unwrap_or_default(),
+                    "lease held by another worker; waiting for it to expire"
+                );
+                let poll = (options.lease_ttl / 3).max(Duration::from_millis(10));
+                if !sleep_or_cancel(poll, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            other => return other,
         }
     }
 }

@@ -2,7 +2,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use sluice::{
-    BackoffPolicy, CheckpointStore, ErrorClass, MemoryStore, PipelineOptions,
+    BackoffPolicy, CheckpointStore, ErrorClass, MemoryStore, PipelineExit, PipelineOptions,
     testing::{RecordingSink, ScriptedSource, SessionScript, json_log},
 };
 use tokio_util::sync::CancellationToken;
@@ -191,4 +191,60 @@ async fn a_pipeline_id_runs_in_one_place_at_a_time() {
     shutdown.cancel();
     handle.await.unwrap().unwrap();
     second().run(CancellationToken::new()).await.unwrap();
+}
+
+/// A fleet worker given a pipeline whose lease is still live waits for it instead of failing,
+/// and takes it (a new token) once the holder lets go.
+#[tokio::test]
+async fn a_waiting_worker_takes_the_pipeline_when_the_live_lease_ends() {
+    let store = Arc::new(MemoryStore::new());
+    let shutdown = CancellationToken::new();
+    let first = pipeline(
+        ScriptedSource::new(json_log("r", 3, 1)).sessions([], SessionScript::Hold),
+        store.clone(),
+        RecordingSink::new(),
+        RecordingSink::new(),
+        10,
+    )
+    .options(PipelineOptions {
+        holder: "host:1".into(),
+        ..fast_options()
+    });
+    let handle = tokio::spawn(first.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let sink = RecordingSink::new();
+    let second = pipeline(
+        ScriptedSource::new(json_log("r", 6, 1)),
+        store.clone(),
+        sink.clone(),
+        RecordingSink::new(),
+        10,
+    )
+    .options(PipelineOptions {
+        holder: "host:2".into(),
+        wait_for_lease: true,
+        ..fast_options()
+    });
+    let waiting = tokio::spawn(second.run(CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the waiting worker must neither fail nor run while the lease is live"
+    );
+    assert!(sink.rows().is_empty());
+
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting worker takes the released lease")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, PipelineExit::Completed);
+    assert_eq!(
+        sink.rows().len(),
+        3,
+        "it resumes from the first holder's durable cursor"
+    );
 }

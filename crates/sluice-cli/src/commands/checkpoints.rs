@@ -12,6 +12,7 @@ use crate::{
 };
 
 /// The store a pipeline's cursors, lease and pause flag live in, for operators.
+#[derive(Debug)]
 pub(crate) enum OperatorStore {
     Sqlite(SqliteDb),
     Postgres(Box<PostgresStore>),
@@ -38,17 +39,22 @@ impl OperatorStore {
         })
     }
 
-    async fn cursors(&self, pipeline: &str) -> anyhow::Result<Checkpoints> {
+    pub(crate) async fn cursors(&self, pipeline: &str) -> anyhow::Result<Checkpoints> {
         Ok(match self {
             Self::Sqlite(db) => sqlite::load_checkpoints(&db.lock(), pipeline)?,
             Self::Postgres(store) => store.load(pipeline).await?,
         })
     }
 
-    async fn live_holder(&self, pipeline: &str) -> anyhow::Result<Option<String>> {
+    pub(crate) async fn live_holder(&self, pipeline: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.lease(pipeline).await?.map(|(holder, _)| holder))
+    }
+
+    /// The live lease of `pipeline`: holder and token (the fencing epoch).
+    pub(crate) async fn lease(&self, pipeline: &str) -> anyhow::Result<Option<(String, i64)>> {
         Ok(match self {
-            Self::Sqlite(db) => sqlite::live_holder(&db.lock(), pipeline)?,
-            Self::Postgres(store) => store.live_holder(pipeline).await?,
+            Self::Sqlite(db) => sqlite::live_lease(&db.lock(), pipeline)?,
+            Self::Postgres(store) => store.live_lease(pipeline).await?,
         })
     }
 
@@ -94,6 +100,25 @@ impl OperatorStore {
         })
     }
 
+    /// Sets one cursor after checking that it keeps its kind: positions order by kind first,
+    /// so a text cursor where an integer was would never move again (every later save looks
+    /// older). Refused while the pipeline's lease is live. Returns the position it replaced.
+    pub(crate) async fn set_checked(
+        &self,
+        pipeline: &str,
+        partition: &str,
+        position: &Position,
+    ) -> anyhow::Result<Option<Position>> {
+        if let Some(old) = self.cursors(pipeline).await?.get(partition)
+            && std::mem::discriminant(old) != std::mem::discriminant(position)
+        {
+            anyhow::bail!(
+                "partition {partition} holds {old}; {position} is not the same kind of position (an integer, a text or a list)"
+            );
+        }
+        self.set(pipeline, partition, position).await
+    }
+
     async fn reset(&self, pipeline: &str) -> anyhow::Result<u64> {
         Ok(match self {
             Self::Sqlite(db) => {
@@ -109,7 +134,7 @@ impl OperatorStore {
         })
     }
 
-    async fn set_paused(&self, pipeline: &str, paused: bool) -> anyhow::Result<()> {
+    pub(crate) async fn set_paused(&self, pipeline: &str, paused: bool) -> anyhow::Result<()> {
         match self {
             Self::Sqlite(db) => sqlite::set_paused(&db.lock(), pipeline, paused, &operator())?,
             Self::Postgres(store) => store.set_paused(pipeline, paused, &operator()).await?,
@@ -154,24 +179,21 @@ pub(crate) async fn reset(args: &CheckpointArgs) -> anyhow::Result<ExitCode> {
 pub(crate) async fn set(args: &SetCheckpointArgs) -> anyhow::Result<ExitCode> {
     let store = store_of(&args.target).await?;
     let pipeline = &args.target.pipeline;
-    // JSON (`1234`, `"text"`, `["v", 7]`), else the word as text.
-    let position: Position = serde_json::from_str(&args.position)
-        .or_else(|_| serde_json::from_value(serde_json::Value::String(args.position.clone())))
-        .map_err(|e| anyhow::anyhow!("position {:?}: {e}", args.position))?;
-    // A cursor keeps its kind: positions order by kind first, so a text cursor where an
-    // integer was would never move again (every later save looks older).
-    if let Some(old) = store.cursors(pipeline).await?.get(args.partition.as_str())
-        && std::mem::discriminant(old) != std::mem::discriminant(&position)
-    {
-        anyhow::bail!(
-            "partition {} holds {old}; {position} is not the same kind of position (an integer, a text or a list)",
-            args.partition
-        );
-    }
-    let before = store.set(pipeline, &args.partition, &position).await?;
+    let position = parse_position(&args.position)?;
+    let before = store
+        .set_checked(pipeline, &args.partition, &position)
+        .await?;
     let from = before.map_or_else(|| "(none)".to_owned(), |p| p.to_string());
     println!("{pipeline} {}: {from} -> {position}", args.partition);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A position as an operator types it: JSON (`1234`, `"text"`, `["v", 7]`), else the word as
+/// text.
+pub(crate) fn parse_position(text: &str) -> anyhow::Result<Position> {
+    serde_json::from_str(text)
+        .or_else(|_| serde_json::from_value(serde_json::Value::String(text.to_owned())))
+        .map_err(|e| anyhow::anyhow!("position {text:?}: {e}"))
 }
 
 /// Sets or clears the pause flag of a pipeline.

@@ -19,7 +19,6 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
-    let terminal = std::io::stdout().is_terminal();
     let mut drawn = 0usize;
     loop {
         let page: Value = http
@@ -39,17 +38,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             println!("{}", serde_json::to_string(&page)?);
         } else {
-            let lines = render(&page);
-            if terminal && drawn > 0 {
-                // Back to the first line of the last view, and clear below it.
-                print!("\x1b[{drawn}A\x1b[J");
-            }
-            let stamp = (!terminal && args.watch)
-                .then(|| format!("{} ", chrono::Utc::now().format("%H:%M:%S")));
-            for line in &lines {
-                println!("{}{line}", stamp.as_deref().unwrap_or(""));
-            }
-            drawn = lines.len();
+            draw(&render(&page), args.watch, &mut drawn);
         }
         if !args.watch {
             return Ok(ExitCode::SUCCESS);
@@ -59,6 +48,21 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// Prints a view: on a terminal it replaces the last one (`drawn` lines) in place; piped under
+/// `watch`, each line is stamped with the time, so a log keeps every view.
+pub(crate) fn draw(lines: &[String], watch: bool, drawn: &mut usize) {
+    let terminal = std::io::stdout().is_terminal();
+    if terminal && *drawn > 0 {
+        // Back to the first line of the last view, and clear below it.
+        print!("\x1b[{drawn}A\x1b[J");
+    }
+    let stamp = (!terminal && watch).then(|| format!("{} ", chrono::Utc::now().format("%H:%M:%S")));
+    for line in lines {
+        println!("{}{line}", stamp.as_deref().unwrap_or(""));
+    }
+    *drawn = lines.len();
 }
 
 /// The table of a status document: a header and one line per pipeline, then one per cursor.

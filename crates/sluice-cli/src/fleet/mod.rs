@@ -1,0 +1,308 @@
+//! Pipelines on a fleet of workers, run by Temporal (feature `temporal`; docs/fleet.md).
+//!
+//! `sluice worker` polls a task queue and runs whatever pipelines Temporal gives it;
+//! `sluice deploy` starts one long-running workflow per pipeline; `sluice undeploy` cancels it
+//! (the pipeline drains and saves); `sluice fleet pause|resume|rewind|status` signal and query
+//! the workflows. The workers share one config file and one Postgres checkpoint store.
+
+mod workflow;
+
+use std::{process::ExitCode, str::FromStr as _, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use temporalio_client::{
+    Client, ClientOptions, Connection, ConnectionOptions, Url, WorkflowCancelOptions,
+    WorkflowDescribeOptions, WorkflowExecutionStatus, WorkflowGetResultOptions,
+    WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowQueryOptions, WorkflowSignalOptions,
+    WorkflowStartOptions, errors::WorkflowStartError,
+};
+use temporalio_sdk::{
+    Runtime, Worker, WorkerOptions,
+    runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder},
+};
+use tokio_util::sync::CancellationToken;
+
+use self::workflow::{FleetActivities, FleetInput, FleetStatus, PipelineWorkflow, Rewind};
+use crate::{
+    cli::{DeployArgs, FleetCommand, TemporalArgs, UndeployArgs, WorkerArgs},
+    commands::checkpoints::{OperatorStore, parse_position},
+    config::{Config, Databases},
+};
+
+/// The workflow id of a pipeline: one per pipeline per namespace, which makes deploy idempotent.
+fn workflow_id(pipeline: &str) -> String {
+    format!("sluice/{pipeline}")
+}
+
+/// A client of the namespace of `args`.
+async fn connect(args: &TemporalArgs) -> anyhow::Result<Client> {
+    let address = if args.address.contains("://") {
+        args.address.clone()
+    } else {
+        format!("http://{}", args.address)
+    };
+    let url = Url::from_str(&address).with_context(|| format!("--temporal {address}"))?;
+    let connection = Connection::connect(
+        ConnectionOptions::new(url)
+            .identity(sluice::default_holder())
+            .build(),
+    )
+    .await
+    .with_context(|| format!("connecting to Temporal at {address}"))?;
+    Ok(Client::new(
+        connection,
+        ClientOptions::new(args.namespace.clone()).build(),
+    )?)
+}
+
+/// `sluice worker`: runs the fleet's workflows and pipelines until SIGTERM/SIGINT, then stops
+/// polling, drains its pipelines (each saves what it wrote) and exits; Temporal hands them to
+/// the other workers.
+pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(Config::load(&args.config, &args.db)?);
+    if config.store_url.is_none() {
+        tracing::warn!(
+            "the config's store is a local SQLite file: workers on other machines will not see its cursors or leases; use [store] kind = \"postgres\""
+        );
+    }
+    let client = connect(&args.temporal).await?;
+    let runtime = Runtime::from_current_tokio(Default::default())
+        .map_err(|e| anyhow::anyhow!("temporal runtime: {e}"))?;
+    let shutdown = CancellationToken::new();
+    let activities = FleetActivities {
+        store: OperatorStore::lazy(&config)?,
+        config,
+        databases: Arc::new(Databases::default()),
+        shutdown: shutdown.clone(),
+    };
+    let slots = |n: usize| FixedSizeSlotSupplier::new(n.max(1));
+    let options = WorkerOptions::new(args.temporal.task_queue.clone())
+        .register_workflow::<PipelineWorkflow>()?
+        .register_activities(activities)
+        // Each running pipeline holds one activity slot for its whole life.
+        .tuner(
+            TunerHolder::builder()
+                .workflow_task_slot_supplier(slots(100))
+                .activity_task_slot_supplier(slots(args.max_pipelines))
+                .local_activity_task_slot_supplier(slots(100))
+                .nexus_task_slot_supplier(slots(1))
+                .build(),
+        )
+        .graceful_shutdown_period(Duration::from_secs(30))
+        .build();
+    let mut worker = Worker::new(&runtime, client, options)
+        .map_err(|e| anyhow::anyhow!("temporal worker: {e}"))?;
+    let stop_polling = worker.shutdown_handle();
+    let on_signal = CancellationToken::new();
+    crate::commands::run::spawn_signal_handler(on_signal.clone());
+    tokio::spawn(async move {
+        on_signal.cancelled().await;
+        stop_polling();
+        shutdown.cancel();
+    });
+    tracing::info!(
+        task_queue = %args.temporal.task_queue,
+        namespace = %args.temporal.namespace,
+        max_pipelines = args.max_pipelines,
+        "worker polling"
+    );
+    worker
+        .run()
+        .await
+        .map_err(|e| anyhow::anyhow!("temporal worker: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice deploy`: one workflow per pipeline; a pipeline already deployed is left as it is.
+pub(crate) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config, &args.db)?;
+    let ids = config.select(&args.pipelines)?;
+    let client = connect(&args.temporal).await?;
+    for id in ids {
+        let input = FleetInput {
+            pipeline: id.clone(),
+            paused: args.paused,
+            heartbeat_timeout_s: args.heartbeat_timeout_s,
+            history_limit: args.history_limit,
+            generation: 0,
+        };
+        let options = WorkflowStartOptions::new(args.temporal.task_queue.clone(), workflow_id(&id))
+            .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
+            .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
+            .build();
+        match client
+            .start_workflow(PipelineWorkflow::run, input, options)
+            .await
+        {
+            Ok(handle) => println!(
+                "{id}: deployed (workflow {}, run {})",
+                workflow_id(&id),
+                handle.run_id().unwrap_or_default()
+            ),
+            Err(WorkflowStartError::AlreadyStarted { .. }) => {
+                println!("{id}: already deployed (workflow {})", workflow_id(&id));
+            }
+            Err(error) => return Err(error).with_context(|| format!("deploying {id}")),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice undeploy`: cancels the workflows; each pipeline drains and saves, then its workflow
+/// ends. With `--wait`, returns when it has.
+pub(crate) async fn undeploy(args: UndeployArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&args.temporal).await?;
+    for id in &args.pipelines {
+        let handle = client.get_workflow_handle::<PipelineWorkflow>(workflow_id(id));
+        handle
+            .cancel(
+                WorkflowCancelOptions::builder()
+                    .reason("sluice undeploy".to_owned())
+                    .build(),
+            )
+            .await
+            .with_context(|| format!("undeploying {id}"))?;
+        if args.wait {
+            let ended = handle.get_result(WorkflowGetResultOptions::default()).await;
+            println!("{id}: {}", ended.unwrap_or_else(|e| format!("ended: {e}")));
+        } else {
+            println!("{id}: undeploy requested (it drains and saves, then ends)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice fleet pause|resume|rewind|status`.
+pub(crate) async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        FleetCommand::Pause(args) => {
+            let client = connect(&args.temporal).await?;
+            client
+                .get_workflow_handle::<PipelineWorkflow>(workflow_id(&args.pipeline))
+                .signal(
+                    PipelineWorkflow::pause,
+                    (),
+                    WorkflowSignalOptions::default(),
+                )
+                .await
+                .with_context(|| format!("pausing {}", args.pipeline))?;
+            println!("{}: pause signalled", args.pipeline);
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCommand::Resume(args) => {
+            let client = connect(&args.temporal).await?;
+            client
+                .get_workflow_handle::<PipelineWorkflow>(workflow_id(&args.pipeline))
+                .signal(
+                    PipelineWorkflow::resume,
+                    (),
+                    WorkflowSignalOptions::default(),
+                )
+                .await
+                .with_context(|| format!("resuming {}", args.pipeline))?;
+            println!("{}: resume signalled", args.pipeline);
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCommand::Rewind(args) => {
+            let rewind = Rewind {
+                partition: args.partition.clone(),
+                position: parse_position(&args.position)?,
+            };
+            let client = connect(&args.target.temporal).await?;
+            client
+                .get_workflow_handle::<PipelineWorkflow>(workflow_id(&args.target.pipeline))
+                .signal(
+                    PipelineWorkflow::rewind,
+                    rewind,
+                    WorkflowSignalOptions::default(),
+                )
+                .await
+                .with_context(|| format!("rewinding {}", args.target.pipeline))?;
+            println!(
+                "{} {}: rewind to {} signalled (the run stops, the cursor is set, the run starts again)",
+                args.target.pipeline, args.partition, args.position
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCommand::Status(args) => {
+            let config = Config::load(&args.config, &args.db)?;
+            let ids = config.select(&args.pipelines)?;
+            let client = connect(&args.temporal).await?;
+            let store = OperatorStore::of(&config).await?;
+            let mut drawn = 0usize;
+            loop {
+                let mut lines = vec![format!(
+                    "{:<28} {:<11} {:<9} {:>5} {:<26} cursors",
+                    "pipeline", "workflow", "state", "epoch", "holder"
+                )];
+                for id in &ids {
+                    lines.push(status_line(&client, &store, id).await?);
+                }
+                crate::commands::status::draw(&lines, args.watch, &mut drawn);
+                if !args.watch {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(args.interval_ms.max(100))) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        }
+    }
+}
+
+/// One pipeline's line: the workflow's status and query answer, the store's holder, epoch and
+/// cursors.
+async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow::Result<String> {
+    let handle = client.get_workflow_handle::<PipelineWorkflow>(workflow_id(id));
+    let (workflow, answer) = match handle.describe(WorkflowDescribeOptions::default()).await {
+        Err(_) => ("-".to_owned(), None),
+        Ok(description) => {
+            let status = description.status();
+            let answer = if status == WorkflowExecutionStatus::Running {
+                handle
+                    .query(
+                        PipelineWorkflow::status,
+                        (),
+                        WorkflowQueryOptions::default(),
+                    )
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            (format!("{status:?}").to_lowercase(), answer)
+        }
+    };
+    let answer: Option<FleetStatus> = answer;
+    let state = answer.as_ref().map_or("-", |a| a.state.as_str()).to_owned();
+    let state = if store.paused().await?.contains(id) && state == "running" {
+        "paused".to_owned()
+    } else {
+        state
+    };
+    let (holder, epoch) = store
+        .lease(id)
+        .await?
+        .map_or(("-".to_owned(), "-".to_owned()), |(h, t)| {
+            (h, t.to_string())
+        });
+    let cursors = store
+        .cursors(id)
+        .await?
+        .into_iter()
+        .map(|(partition, position)| format!("{partition}={position}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut line = format!("{id:<28} {workflow:<11} {state:<9} {epoch:>5} {holder:<26} {cursors}");
+    if let Some(answer) = answer {
+        line.push_str(&format!(
+            " gen={} runs={} rewinds={}",
+            answer.generation, answer.runs, answer.rewinds
+        ));
+        if let Some(error) = answer.last_error {
+            line.push_str(&format!("\n    last control refused: {error}"));
+        }
+    }
+    Ok(line)
+}

@@ -1,0 +1,488 @@
+//! The workflow and activities of a pipeline on the fleet.
+//!
+//! One long-running workflow per pipeline (id `sluice/PIPELINE`) runs the pipeline as one
+//! heartbeating activity on whichever worker polls it. The workflow owns nothing durable: the
+//! cursors and the lease live in the checkpoint store, and every write is fenced by the lease
+//! token there. Temporal decides where the pipeline runs and restarts it elsewhere when a worker
+//! stops heartbeating; the store decides who may write.
+//!
+//! Workflow code is replayed: it must be deterministic (no clock, no I/O, no randomness outside
+//! the context). Everything that touches the world is an activity.
+
+use std::{collections::VecDeque, pin::pin, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use sluice::{ErrorClass, PipelineError, PipelineExit, PipelineStats, Position};
+use temporalio_common::RetryPolicy;
+use temporalio_macros::{activities, workflow, workflow_methods};
+use temporalio_sdk::{
+    ActivityCancellationType, ActivityExecutionError, ActivityOptions, ContinueAsNewOptions,
+    LocalActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView,
+    WorkflowResult,
+    activities::{ActivityContext, ActivityError},
+};
+use temporalio_workflow::CancellableFuture as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    commands::checkpoints::OperatorStore,
+    config::{Config, Databases},
+};
+
+/// The error type of a fatal pipeline error: listed as non-retryable in the run activity's retry
+/// policy, so Temporal stops retrying and the workflow fails with the message.
+pub(crate) const FATAL: &str = "sluice.fatal";
+
+/// What `sluice deploy` starts a workflow with (and what continue-as-new carries over).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct FleetInput {
+    /// The pipeline id, as in the workers' config file.
+    pub(crate) pipeline: String,
+    /// Paused (carried across continue-as-new).
+    pub(crate) paused: bool,
+    /// The run activity's heartbeat timeout: how long a silent worker keeps the pipeline before
+    /// Temporal gives it to another.
+    pub(crate) heartbeat_timeout_s: u64,
+    /// Continue as new once the history holds this many events (bounded history).
+    pub(crate) history_limit: u32,
+    /// Runs of earlier generations (for status).
+    pub(crate) generation: u32,
+}
+
+/// A `rewind` signal: set one cursor of the pipeline (backwards or forwards).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Rewind {
+    /// The partition.
+    pub(crate) partition: String,
+    /// The new position, as `sluice checkpoints set` takes it.
+    pub(crate) position: Position,
+}
+
+/// The `status` query's answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct FleetStatus {
+    /// The pipeline id.
+    pub(crate) pipeline: String,
+    /// running, paused, rewinding, completed.
+    pub(crate) state: String,
+    /// Whether an operator paused it (the store flag follows within a second).
+    pub(crate) paused: bool,
+    /// Run activities started by this workflow run (Temporal's retries of one are not counted).
+    pub(crate) runs: u32,
+    /// Continue-as-new generation.
+    pub(crate) generation: u32,
+    /// Rewinds applied.
+    pub(crate) rewinds: u32,
+    /// The last control that failed (a rewind to another kind of position, say).
+    pub(crate) last_error: Option<String>,
+}
+
+/// What the run activity heartbeats: the durable cursor and the lease epoch, visible in
+/// Temporal's UI and handed to the next attempt.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Progress {
+    /// The lease holder (`host:pid` of the worker).
+    pub(crate) holder: String,
+    /// The lease token: the fencing epoch every save checks.
+    pub(crate) epoch: u64,
+    /// Partition → durable position (JSON text).
+    pub(crate) cursors: Vec<(String, String)>,
+    /// Records acknowledged by destinations in this attempt.
+    pub(crate) records_written: u64,
+    /// Paused by an operator.
+    pub(crate) paused: bool,
+}
+
+/// How a run activity ended without an error.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum RunOutcome {
+    /// The source finished (a file read to its end) and everything was written and saved.
+    Completed,
+}
+
+/// The workflow's state: signals change it, the run loop and the query read it.
+#[workflow]
+#[derive(Default)]
+pub(crate) struct PipelineWorkflow {
+    pipeline: String,
+    /// What the operator asked for.
+    paused: bool,
+    /// What the store's flag was last set to by this workflow.
+    applied_pause: Option<bool>,
+    rewinds: VecDeque<Rewind>,
+    status: FleetStatus,
+}
+
+impl PipelineWorkflow {
+    fn control_pending(&self) -> bool {
+        !self.rewinds.is_empty() || self.applied_pause != Some(self.paused)
+    }
+}
+
+#[workflow_methods]
+impl PipelineWorkflow {
+    /// Runs the pipeline until it completes (a finite source), fails fatally, or the workflow is
+    /// cancelled (`sluice undeploy`).
+    #[run]
+    pub(crate) async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: FleetInput,
+    ) -> WorkflowResult<String> {
+        ctx.state_mut(|s| {
+            s.pipeline.clone_from(&input.pipeline);
+            s.paused = input.paused;
+            s.status.pipeline.clone_from(&input.pipeline);
+            s.status.generation = input.generation;
+        });
+        loop {
+            apply_controls(ctx).await?;
+            ctx.state_mut(|s| {
+                s.status.state = if s.paused { "paused" } else { "running" }.into();
+                s.status.runs += 1;
+            });
+            let run = ctx.execute_activity(
+                FleetActivities::run_pipeline,
+                input.pipeline.clone(),
+                run_options(&input),
+            );
+            let mut run = pin!(run);
+            // Serve controls while the pipeline runs; a rewind (or a history grown past its
+            // limit) stops the run first.
+            let stop_run = loop {
+                let control = ctx.wait_condition(PipelineWorkflow::control_pending);
+                let mut control = pin!(control);
+                futures::select_biased! {
+                    outcome = run.as_mut() => {
+                        return match outcome {
+                            Ok(RunOutcome::Completed) => {
+                                ctx.state_mut(|s| s.status.state = "completed".into());
+                                Ok(format!("pipeline {} completed", input.pipeline))
+                            }
+                            Err(ActivityExecutionError::Cancelled(_)) => {
+                                // Only the workflow's own cancellation (undeploy) cancels a run
+                                // this branch sees; a rewind awaits its cancelled run below.
+                                ctx.state_mut(|s| s.status.state = "undeployed".into());
+                                Ok(format!("pipeline {} undeployed", input.pipeline))
+                            }
+                            Err(error) => Err(error.into()),
+                        };
+                    }
+                    cancelled = control.as_mut() => {
+                        if cancelled.is_err() {
+                            // Undeployed: the run was cancelled with the workflow; wait for it
+                            // to drain and save.
+                            let _ = run.as_mut().await;
+                            ctx.state_mut(|s| s.status.state = "undeployed".into());
+                            return Ok(format!("pipeline {} undeployed", input.pipeline));
+                        }
+                        let rewind = ctx.state(|s| !s.rewinds.is_empty());
+                        let long = ctx.continue_as_new_suggested()
+                            || ctx.history_length() >= input.history_limit;
+                        if rewind || long {
+                            break long;
+                        }
+                        apply_controls(ctx).await?;
+                        ctx.state_mut(|s| {
+                            s.status.state = if s.paused { "paused" } else { "running" }.into();
+                        });
+                    }
+                }
+            };
+            // Stop the run cleanly (source stopped, drained, saved, lease released) and wait
+            // for it: a rewind while it runs would be refused, and continuing as new with an
+            // activity in flight would leave it orphaned.
+            ctx.state_mut(|s| s.status.state = "rewinding".into());
+            run.cancel();
+            match run.as_mut().await {
+                Ok(RunOutcome::Completed) => {
+                    return Ok(format!("pipeline {} completed", input.pipeline));
+                }
+                Err(ActivityExecutionError::Cancelled(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+            if stop_run {
+                apply_controls(ctx).await?;
+                let next = FleetInput {
+                    paused: ctx.state(|s| s.paused),
+                    generation: input.generation + 1,
+                    ..input.clone()
+                };
+                ctx.continue_as_new(next, ContinueAsNewOptions::default())?;
+            }
+        }
+    }
+
+    /// Pause: the running pipeline stops its session, writes and saves what it read, keeps its
+    /// lease; it stays paused across workers and restarts until resumed.
+    #[signal]
+    pub(crate) fn pause(&mut self, _ctx: &mut SyncWorkflowContext<Self>) {
+        self.paused = true;
+    }
+
+    /// Resume a paused pipeline: a new session from its saved cursors.
+    #[signal]
+    pub(crate) fn resume(&mut self, _ctx: &mut SyncWorkflowContext<Self>) {
+        self.paused = false;
+    }
+
+    /// Set one cursor safely while the pipeline runs: the run is stopped (drained, saved,
+    /// released), the cursor set and recorded, the run started again from it.
+    #[signal]
+    pub(crate) fn rewind(&mut self, _ctx: &mut SyncWorkflowContext<Self>, rewind: Rewind) {
+        self.rewinds.push_back(rewind);
+    }
+
+    /// The pipeline's state as this workflow sees it (the store holds cursors and lease).
+    #[query]
+    pub(crate) fn status(&self, _ctx: &WorkflowContextView) -> FleetStatus {
+        let mut status = self.status.clone();
+        status.paused = self.paused;
+        status
+    }
+}
+
+/// Applies the pending controls through local activities (short store writes on the workflow's
+/// worker: they need no activity slot, which long-running pipelines may all hold): the pause
+/// flag, then each rewind in order. A rewind that is refused for good is recorded in the status
+/// and dropped; the pipeline goes on from its cursor.
+async fn apply_controls(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<()> {
+    loop {
+        let (pipeline, paused, applied) =
+            ctx.state(|s| (s.pipeline.clone(), s.paused, s.applied_pause));
+        if applied != Some(paused) {
+            ctx.execute_local_activity(
+                FleetActivities::set_paused,
+                (pipeline, paused),
+                control_options(),
+            )
+            .await?;
+            ctx.state_mut(|s| s.applied_pause = Some(paused));
+            continue;
+        }
+        let Some(rewind) = ctx.state(|s| s.rewinds.front().cloned()) else {
+            return Ok(());
+        };
+        let outcome = ctx
+            .execute_local_activity(
+                FleetActivities::rewind,
+                (pipeline, rewind),
+                control_options(),
+            )
+            .await;
+        ctx.state_mut(|s| {
+            s.rewinds.pop_front();
+            match outcome {
+                Ok(()) => {
+                    s.status.rewinds += 1;
+                    s.status.last_error = None;
+                }
+                Err(error) => s.status.last_error = Some(error.to_string()),
+            }
+        });
+    }
+}
+
+/// The run activity: a heartbeat timeout (a worker silent that long loses the pipeline), no
+/// practical end, retries forever with backoff except for fatal errors, and a cancel that waits
+/// for the pipeline to drain and save.
+fn run_options(input: &FleetInput) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(365 * 24 * 3600))
+        .heartbeat_timeout(Duration::from_secs(input.heartbeat_timeout_s.max(1)))
+        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_secs(1))
+                .backoff_coefficient(2.0)
+                .maximum_interval(Duration::from_secs(30))
+                .non_retryable_error_types([FATAL])
+                .build(),
+        )
+        .build()
+}
+
+/// Controls: short store writes, retried for a minute (a store down now, a lease not yet
+/// released), then reported.
+fn control_options() -> LocalActivityOptions {
+    LocalActivityOptions::builder()
+        .schedule_to_close_timeout(Duration::from_secs(60))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(500))
+                .backoff_coefficient(2.0)
+                .maximum_interval(Duration::from_secs(5))
+                .non_retryable_error_types([FATAL])
+                .build(),
+        )
+        .build()
+}
+
+/// The activities of a worker: they build pipelines from the worker's config file.
+#[derive(Debug)]
+pub(crate) struct FleetActivities {
+    pub(crate) config: Arc<Config>,
+    pub(crate) databases: Arc<Databases>,
+    /// The config's store, for the pause flags and the controls (one connection per worker).
+    pub(crate) store: OperatorStore,
+    /// The worker's shutdown: running pipelines drain and save when it fires.
+    pub(crate) shutdown: CancellationToken,
+}
+
+#[activities]
+impl FleetActivities {
+    /// Runs one pipeline until it completes, fails or is cancelled, heartbeating its progress.
+    /// It waits out another holder's live lease (the worker Temporal took the pipeline from may
+    /// only be cut off); it then holds a new token, which fences that worker's late writes.
+    #[activity]
+    pub(crate) async fn run_pipeline(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        pipeline: String,
+    ) -> Result<RunOutcome, ActivityError> {
+        if let Ok(Some(last)) = ctx.heartbeat_details().deserialize::<Progress>() {
+            tracing::info!(%pipeline, attempt = ctx.info().attempt, last_holder = %last.holder, last_epoch = last.epoch, "taking the pipeline over");
+        }
+        let stats = Arc::new(PipelineStats::new(&pipeline));
+        let store = &self.store;
+        let paused_now = store.paused().await.map_err(retryable)?.contains(&pipeline);
+        let (pause, paused) = tokio::sync::watch::channel(paused_now);
+        let mut built = self
+            .config
+            .build(&pipeline, &self.databases)
+            .map_err(fatal)?
+            .with_stats(stats.clone())
+            .pausable(paused);
+        built.options_mut().wait_for_lease = true;
+        let stop = self.shutdown.child_token();
+        let mut task = tokio::spawn(built.run(stop.clone()));
+        let every = ctx
+            .info()
+            .heartbeat_timeout
+            .map_or(Duration::from_secs(3), |t| t / 3)
+            .max(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(every);
+        let joined = loop {
+            tokio::select! {
+                joined = &mut task => break joined,
+                _ = tick.tick() => {
+                    // The pause flag: `sluice pause` and the pause signal both set it.
+                    match store.paused().await {
+                        Ok(set) => {
+                            pause.send_if_modified(|p| {
+                                let now = set.contains(&pipeline);
+                                std::mem::replace(p, now) != now
+                            });
+                        }
+                        Err(error) => tracing::warn!(%pipeline, error = %format!("{error:#}"), "reading the pause flag failed"),
+                    }
+                    if let Err(error) = ctx.record_heartbeat(progress(&stats)).await {
+                        tracing::warn!(%pipeline, %error, "heartbeat not recorded");
+                    }
+                }
+                () = ctx.cancelled() => {
+                    // Cancelled by the workflow (rewind, undeploy) or lost to another worker
+                    // (the server no longer knows this attempt): stop, drain, save.
+                    stop.cancel();
+                    let joined = task.await;
+                    tracing::info!(%pipeline, "run cancelled; drained and saved");
+                    return match joined {
+                        Ok(Err(error)) if error.class() == ErrorClass::Fatal => Err(pipeline_failure(&error)),
+                        _ => Err(ActivityError::cancelled()),
+                    };
+                }
+            }
+        };
+        match joined {
+            Ok(Ok(PipelineExit::Completed)) => Ok(RunOutcome::Completed),
+            // Stopped without being cancelled: the worker shuts down, or the lease was lost to
+            // a newer attempt. Either way another attempt goes on from the store.
+            Ok(Ok(PipelineExit::Stopped)) => Err(retryable(anyhow::anyhow!(
+                "pipeline {pipeline} stopped on this worker (shutdown or lease lost); it goes on elsewhere"
+            ))),
+            Ok(Err(error)) => Err(pipeline_failure(&error)),
+            Err(join) => Err(retryable(anyhow::anyhow!(
+                "pipeline {pipeline} panicked: {join}; restarting from the saved cursors"
+            ))),
+        }
+    }
+
+    /// Sets or clears the pipeline's pause flag in the store (the running pipeline follows).
+    #[activity]
+    pub(crate) async fn set_paused(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: (String, bool),
+    ) -> Result<(), ActivityError> {
+        let (pipeline, paused) = input;
+        let store = &self.store;
+        store
+            .set_paused(&pipeline, paused)
+            .await
+            .map_err(retryable)?;
+        Ok(())
+    }
+
+    /// Sets one cursor, as `sluice checkpoints set` does: refused (and retried) while a lease
+    /// is live, refused for good for another kind of position; recorded in the audit table.
+    #[activity]
+    pub(crate) async fn rewind(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: (String, Rewind),
+    ) -> Result<(), ActivityError> {
+        let (pipeline, rewind) = input;
+        let store = &self.store;
+        if let Some(holder) = store.live_holder(&pipeline).await.map_err(retryable)? {
+            return Err(retryable(anyhow::anyhow!(
+                "pipeline {pipeline} still held by {holder}; waiting for its release"
+            )));
+        }
+        store
+            .set_checked(&pipeline, &rewind.partition, &rewind.position)
+            .await
+            .map_err(fatal)?;
+        tracing::info!(%pipeline, partition = %rewind.partition, position = %rewind.position, "cursor set by the rewind signal");
+        Ok(())
+    }
+}
+
+/// The heartbeat's details now.
+fn progress(stats: &PipelineStats) -> Progress {
+    let (holder, epoch) = stats.lease().unwrap_or_default();
+    let snapshot = stats.snapshot();
+    Progress {
+        holder,
+        epoch,
+        cursors: stats
+            .cursors()
+            .into_iter()
+            .map(|c| (c.partition, c.position))
+            .collect(),
+        records_written: snapshot.records_written,
+        paused: snapshot.paused,
+    }
+}
+
+/// A pipeline's error as an activity failure: fatal ones (and data ones that stopped it under
+/// `on_error = fail`) are not retried; the rest are, from the saved cursors.
+fn pipeline_failure(error: &PipelineError) -> ActivityError {
+    let message = sluice::report(error);
+    match error.class() {
+        ErrorClass::Transient => retryable(anyhow::anyhow!(message)),
+        ErrorClass::Fatal | ErrorClass::Data => fatal(anyhow::anyhow!(message)),
+    }
+}
+
+fn fatal(error: anyhow::Error) -> ActivityError {
+    ActivityError::application(
+        temporalio_sdk::ApplicationFailure::builder(format!("{error:#}"))
+            .type_name(FATAL.to_owned())
+            .non_retryable(true)
+            .build(),
+    )
+}
+
+fn retryable(error: anyhow::Error) -> ActivityError {
+    ActivityError::application(temporalio_sdk::ApplicationFailure::new(format!(
+        "{error:#}"
+    )))
+}

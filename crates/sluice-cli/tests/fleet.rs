@@ -1,0 +1,489 @@
+//! The fleet (`sluice worker`, `deploy`, `undeploy`, `fleet …`) against the real Temporal dev
+//! server and the real Postgres of `scripts/services`: workers are `sluice worker` processes,
+//! killed and frozen with real signals; what reached Postgres is counted in keyless tables, where
+//! a row written twice would show. Timeouts are the defaults a user gets (heartbeat 10 s, lease
+//! 15 s): a test with shorter ones would hide the gap between them.
+#![cfg(feature = "temporal")]
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+/// Postgres and Temporal, or `None` (the test is skipped) unless SLUICE_REQUIRE_SERVICES.
+fn services() -> Option<(String, String)> {
+    let postgres = sluice::testing::service_env("SLUICE_TEST_POSTGRES_URL")?;
+    let temporal = sluice::testing::service_env("SLUICE_TEST_TEMPORAL")?;
+    Some((postgres, temporal))
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// One test's fleet: its config, its own task queue, its workers.
+struct Fleet {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    temporal: String,
+    queue: String,
+    workers: Vec<Child>,
+}
+
+impl Fleet {
+    /// A config with `pipelines` (TOML tables after the store and the sink).
+    fn new(pg: &str, temporal: &str, name: &str, pipelines: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("fleet.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nkind = \"postgres\"\nurl = \"{pg}\"\npath = \"{local}\"\n\n[sinks.pg]\nkind = \"postgres\"\nurl = \"{pg}\"\n\n{pipelines}",
+                local = dir.path().join("local.db").display()
+            ),
+        )
+        .unwrap();
+        Self {
+            dir,
+            config,
+            temporal: temporal.to_owned(),
+            queue: format!("{name}-{}", std::process::id()),
+            workers: Vec::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn temporal_args(&self) -> [&str; 4] {
+        ["--temporal", &self.temporal, "--task-queue", &self.queue]
+    }
+
+    /// Starts a worker that runs at most `max` pipelines.
+    fn start_worker(&mut self, max: usize) {
+        let log =
+            std::fs::File::create(self.path(&format!("worker{}.log", self.workers.len()))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("worker")
+            .args(self.temporal_args())
+            .args(["--config", self.config.to_str().unwrap()])
+            .args(["--max-pipelines", &max.to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.workers.push(child);
+    }
+
+    /// `sluice ARGS` with this fleet's Temporal flags after them; must succeed.
+    fn sluice(&self, args: &[&str], config: bool) -> String {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.args(args).args(self.temporal_args());
+        if config {
+            command.args(["--config", self.config.to_str().unwrap()]);
+        }
+        let output: Output = command.env("RUST_LOG", "warn").output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "sluice {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// The worker (index) running each pipeline now, by the lease holder's pid.
+    async fn holders(&self, pg: &tokio_postgres::Client, pipelines: &[String]) -> Vec<usize> {
+        let mut held = Vec::new();
+        for row in pg
+            .query(
+                "SELECT pipeline, holder FROM sluice_leases WHERE pipeline = ANY($1) AND expires_at > now()",
+                &[&pipelines],
+            )
+            .await
+            .unwrap()
+        {
+            let holder: String = row.get(1);
+            let pid: u32 = holder.rsplit(':').next().unwrap().parse().unwrap();
+            if let Some(index) = self.workers.iter().position(|w| w.id() == pid) {
+                held.push(index);
+            }
+        }
+        held
+    }
+
+    fn signal(&self, worker: usize, signal: &str) {
+        assert!(
+            Command::new("kill")
+                .args([signal, &self.workers[worker].id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..self.workers.len() {
+                let log = std::fs::read_to_string(self.path(&format!("worker{i}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("--- worker {i}, last lines:");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        for worker in &mut self.workers {
+            let _ = Command::new("kill")
+                .args(["-CONT", &worker.id().to_string()])
+                .status();
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+    }
+}
+
+/// Appends lines `{"id": i}` for `range` to `file`.
+fn append(file: &Path, range: std::ops::Range<u32>) {
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .unwrap();
+    for i in range {
+        writeln!(out, "{{\"id\":{i}}}").unwrap();
+    }
+}
+
+/// A file pipeline into keyless table `table`.
+fn file_pipeline(id: &str, input: &Path, table: &str) -> String {
+    format!(
+        "[pipelines.{id}]\nsource = {{ kind = \"file\", path = \"{}\", resource = \"rows\", follow = true, poll_ms = 20 }}\nbatch = {{ max_records = 25, linger_ms = 5 }}\nresources.rows = {{ sink = \"pg\", table = \"{table}\", columns = [{{ name = \"id\", type = \"integer\", nullable = false }}] }}\n\n",
+        input.display()
+    )
+}
+
+/// Rows and distinct ids of `table` (0, 0 before it exists).
+async fn rows(pg: &tokio_postgres::Client, table: &str) -> (i64, i64) {
+    pg.query_one(
+        &format!("SELECT count(*), count(DISTINCT id) FROM {table}"),
+        &[],
+    )
+    .await
+    .map(|r| (r.get(0), r.get(1)))
+    .unwrap_or((0, 0))
+}
+
+/// Waits (up to `secs`) until every table has at least `want` rows.
+async fn wait_rows(
+    pg: &tokio_postgres::Client,
+    tables: &[String],
+    want: i64,
+    secs: u64,
+    what: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let mut counts = BTreeMap::new();
+        for table in tables {
+            counts.insert(table.clone(), rows(pg, table).await.0);
+        }
+        if counts.values().all(|&n| n >= want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: want {want} rows in each of {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Three workers, six pipelines (five files and the simulated Coinbase) into one Postgres sink
+/// and store. A worker is SIGKILLed: its pipelines resume on the others from their durable
+/// cursors. Another is SIGSTOPped past the heartbeat timeout: its pipelines are taken over with
+/// a new lease token, and when it is SIGCONTed its late writes are refused. Every line is in
+/// its table exactly once; the Coinbase table holds a gap-free run of trade ids, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_survives_a_killed_worker_and_fences_a_frozen_one() {
+    let Some((url, temporal)) = services() else {
+        return;
+    };
+    let pg = connect(&url).await;
+    let tag = std::process::id();
+    // The simulated Coinbase, on a port of its own.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "sim",
+            "coinbase",
+            "--port",
+            &port.to_string(),
+            "--rate",
+            "40",
+        ])
+        .args(["--products", "BTC-USD"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipelines = String::new();
+    let mut ids = Vec::new();
+    let mut tables = Vec::new();
+    let mut inputs = Vec::new();
+    for i in 0..5 {
+        let (id, table) = (format!("fleet-{tag}-f{i}"), format!("fleet_{tag}_f{i}"));
+        let input = dir.path().join(format!("in{i}.jsonl"));
+        append(&input, 0..200);
+        pipelines.push_str(&file_pipeline(&id, &input, &table));
+        ids.push(id);
+        tables.push(table);
+        inputs.push(input);
+    }
+    let coinbase = format!("fleet-{tag}-cb");
+    let trades = format!("fleet_{tag}_trades");
+    pipelines.push_str(&format!(
+        "[pipelines.{coinbase}]\nsource = {{ kind = \"coinbase\", products = [\"BTC-USD\"], ws_url = \"ws://127.0.0.1:{port}/\", rest_url = \"http://127.0.0.1:{port}\" }}\nresources.matches = {{ sink = \"pg\", table = \"{trades}\", columns = [{{ name = \"product_id\", type = \"text\", nullable = false }}, {{ name = \"trade_id\", type = \"integer\", nullable = false }}, {{ name = \"price\", type = \"decimal\" }}] }}\n"
+    ));
+    ids.push(coinbase.clone());
+    let mut fleet = Fleet::new(&url, &temporal, "kill", &pipelines);
+    for _ in 0..3 {
+        fleet.start_worker(6);
+    }
+    let deployed = fleet.sluice(&["deploy"], true);
+    assert_eq!(deployed.matches(": deployed").count(), 6, "{deployed}");
+    let again = fleet.sluice(&["deploy"], true);
+    assert_eq!(
+        again.matches("already deployed").count(),
+        6,
+        "deploying twice starts nothing: {again}"
+    );
+
+    wait_rows(&pg, &tables, 200, 90, "the first lines").await;
+    // Kill a worker that runs pipelines, mid-stream.
+    let held = fleet.holders(&pg, &ids).await;
+    assert_eq!(held.len(), 6, "every pipeline runs somewhere: {held:?}");
+    let killed = held[0];
+    fleet.signal(killed, "-KILL");
+    for input in &inputs {
+        append(input, 200..400);
+    }
+    wait_rows(&pg, &tables, 400, 120, "after a worker was killed").await;
+    let held = fleet.holders(&pg, &ids).await;
+    assert!(
+        held.len() == 6 && !held.contains(&killed),
+        "the killed worker's pipelines run on the others: {held:?}"
+    );
+
+    // Freeze a worker that runs pipelines, past the heartbeat timeout and the lease.
+    let frozen = held[0];
+    let tokens_before: i64 = pg
+        .query_one(
+            "SELECT sum(token)::bigint FROM sluice_leases WHERE pipeline = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    fleet.signal(frozen, "-STOP");
+    for input in &inputs {
+        append(input, 400..600);
+    }
+    wait_rows(&pg, &tables, 600, 150, "after a worker froze").await;
+    let held = fleet.holders(&pg, &ids).await;
+    assert!(
+        !held.contains(&frozen),
+        "the frozen worker's pipelines were taken over: {held:?}"
+    );
+    let tokens_after: i64 = pg
+        .query_one(
+            "SELECT sum(token)::bigint FROM sluice_leases WHERE pipeline = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tokens_after > tokens_before, "takeovers took new tokens");
+    // It wakes with its old tokens and work in flight; more lines arrive.
+    fleet.signal(frozen, "-CONT");
+    for input in &inputs {
+        append(input, 600..650);
+    }
+    wait_rows(&pg, &tables, 650, 90, "every line").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for table in &tables {
+        assert_eq!(
+            rows(&pg, table).await,
+            (650, 650),
+            "{table}: every line exactly once"
+        );
+    }
+    let (count, distinct, low, high): (i64, i64, i64, i64) = pg
+        .query_one(
+            &format!(
+                "SELECT count(*), count(DISTINCT trade_id), min(trade_id)::bigint, max(trade_id)::bigint FROM {trades}"
+            ),
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .unwrap();
+    assert!(count > 100, "the Coinbase pipeline wrote trades ({count})");
+    assert_eq!(count, distinct, "no trade twice");
+    assert_eq!(
+        high - low + 1,
+        count,
+        "no trade missing between {low} and {high}"
+    );
+
+    let status = fleet.sluice(&["fleet", "status"], true);
+    assert_eq!(
+        status.lines().filter(|l| l.contains(" running ")).count(),
+        6,
+        "{status}"
+    );
+    for id in &ids {
+        let out = fleet.sluice(&["undeploy", "--wait", id], false);
+        assert!(out.contains("undeployed"), "{out}");
+    }
+    let _ = sim.kill();
+    let _ = sim.wait();
+    for table in tables.iter().chain([&trades]) {
+        pg.batch_execute(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap();
+    }
+}
+
+/// Signals on a running pipeline: pause stops its writes (status says so), resume starts them
+/// again, rewind sets its cursor safely (the run is stopped, the cursor set and recorded, the
+/// run restarted from it); a rewind to another kind of position is refused and reported, and
+/// the pipeline goes on. A short history limit makes the workflow continue as new, paused state
+/// and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_pause_resume_and_rewind_a_running_pipeline() {
+    let Some((url, temporal)) = services() else {
+        return;
+    };
+    let pg = connect(&url).await;
+    let tag = std::process::id();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    append(&input, 0..100);
+    let (id, table) = (format!("signals-{tag}"), format!("signals_{tag}"));
+    let mut fleet = Fleet::new(
+        &url,
+        &temporal,
+        "signals",
+        &file_pipeline(&id, &input, &table),
+    );
+    fleet.start_worker(4);
+    fleet.sluice(&["deploy", "--history-limit", "40"], true);
+    let tables = [table.clone()];
+    wait_rows(&pg, &tables, 100, 60, "the first lines").await;
+
+    fleet.sluice(&["fleet", "pause", &id], false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !fleet
+        .sluice(&["fleet", "status"], true)
+        .contains(" paused ")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The store flag is followed within a heartbeat tick (a third of the timeout).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    append(&input, 100..150);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rows(&pg, &table).await.0, 100, "paused: nothing written");
+
+    fleet.sluice(&["fleet", "resume", &id], false);
+    wait_rows(&pg, &tables, 150, 60, "after resume").await;
+
+    // Rewind to the start: the file is read again (a keyless table shows it twice).
+    fleet.sluice(
+        &["fleet", "rewind", &id, input.to_str().unwrap(), "0"],
+        false,
+    );
+    wait_rows(&pg, &tables, 300, 60, "after the rewind").await;
+    let shown = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["checkpoints", "show", &id, "--config"])
+        .arg(&fleet.config)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("-> 0 by"), "the rewind is recorded: {shown}");
+
+    // A text position where an integer is: refused, reported, the pipeline goes on.
+    fleet.sluice(
+        &["fleet", "rewind", &id, input.to_str().unwrap(), "abc"],
+        false,
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = fleet.sluice(&["fleet", "status"], true);
+        if status.contains("not the same kind") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refusal not reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    append(&input, 150..160);
+    wait_rows(&pg, &tables, 310, 60, "after a refused rewind").await;
+    // Pause and resume until the history passes its limit: the workflow continues as new.
+    for _ in 0..6 {
+        fleet.sluice(&["fleet", "pause", &id], false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        fleet.sluice(&["fleet", "resume", &id], false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The run is stopped first (its cancel reaches it with a heartbeat), then the workflow
+    // continues as new and starts it again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = fleet.sluice(&["fleet", "status"], true);
+        let generation: u32 = status
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("gen="))
+            .and_then(|g| g.parse().ok())
+            .unwrap_or_default();
+        if generation >= 1 && status.contains(" running ") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never continued as new: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    append(&input, 160..170);
+    wait_rows(&pg, &tables, 320, 60, "after continue-as-new").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rows(&pg, &table).await.0, 320, "nothing lost or doubled");
+
+    let out = fleet.sluice(&["undeploy", "--wait", &id], false);
+    assert!(out.contains("undeployed"), "{out}");
+    pg.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
