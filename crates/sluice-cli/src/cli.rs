@@ -87,6 +87,8 @@ pub(crate) struct WorkerArgs {
     /// The SQLite file for SQLite destinations of the config.
     #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
     pub(crate) db: PathBuf,
+    #[command(flatten)]
+    pub(crate) store: StoreArg,
     /// How many pipelines this worker runs at once (activity slots).
     #[arg(long, default_value_t = 100)]
     pub(crate) max_pipelines: usize,
@@ -175,6 +177,8 @@ pub(crate) struct FleetStatusArgs {
     /// The SQLite file for SQLite destinations of the config.
     #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
     pub(crate) db: PathBuf,
+    #[command(flatten)]
+    pub(crate) store: StoreArg,
     /// The pipelines (all of the file's when none).
     pub(crate) pipelines: Vec<String>,
     /// Keep showing it: redrawn in place on a terminal, stamped blocks when piped.
@@ -259,7 +263,18 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "SLUICE_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
+    pub(crate) store: StoreArg,
+    #[command(flatten)]
     pub(crate) coinbase: CoinbaseArgs,
+}
+
+/// The checkpoint store, over the config's `[store]`.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArg {
+    /// The checkpoint store: `postgres://user@host/db` (shared by several processes or
+    /// machines), or `sqlite:PATH`; overrides the config's `[store]`.
+    #[arg(long = "store", env = "SLUICE_STORE", hide_env_values = true)]
+    pub(crate) url: Option<String>,
 }
 
 /// Options of the built-in `coinbase` pipeline.
@@ -302,6 +317,8 @@ pub(crate) struct SetCheckpointArgs {
 pub(crate) struct CheckpointArgs {
     /// The pipeline id (`coinbase-trades-listener` for `sluice run coinbase`).
     pub(crate) pipeline: String,
+    #[command(flatten)]
+    pub(crate) store: StoreArg,
     /// The pipelines file whose store to use; without it, --db.
     #[arg(long, short)]
     pub(crate) config: Option<PathBuf>,

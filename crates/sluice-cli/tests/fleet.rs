@@ -487,3 +487,69 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
         .await
         .unwrap();
 }
+
+/// A rewind signalled while the worker running the pipeline is frozen: the cancelled run never
+/// answers (it times out), which must not fail the workflow. The cursor is set once the frozen
+/// worker's lease has expired, the run starts again on the other worker from it, and the frozen
+/// worker, woken, is fenced: the file is in the table exactly twice (once before the rewind,
+/// once after), then the new lines once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_while_the_running_worker_is_frozen_goes_through_on_another() {
+    let Some((url, temporal)) = services() else {
+        return;
+    };
+    let pg = connect(&url).await;
+    let tag = std::process::id();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    append(&input, 0..100);
+    let (id, table) = (format!("frozen-{tag}"), format!("frozen_{tag}"));
+    let mut fleet = Fleet::new(
+        &url,
+        &temporal,
+        "frozen",
+        &file_pipeline(&id, &input, &table),
+    );
+    fleet.start_worker(2);
+    fleet.sluice(&["deploy"], true);
+    let tables = [table.clone()];
+    wait_rows(&pg, &tables, 100, 60, "the first lines").await;
+    fleet.start_worker(2);
+    let ids = [id.clone()];
+    let running = fleet.holders(&pg, &ids).await;
+    assert_eq!(running, [0], "the first worker runs it");
+
+    fleet.signal(0, "-STOP");
+    fleet.sluice(
+        &["fleet", "rewind", &id, input.to_str().unwrap(), "0"],
+        false,
+    );
+    wait_rows(
+        &pg,
+        &tables,
+        200,
+        120,
+        "the rewound run on the other worker",
+    )
+    .await;
+    assert_eq!(fleet.holders(&pg, &ids).await, [1]);
+    fleet.signal(0, "-CONT");
+    append(&input, 100..110);
+    wait_rows(&pg, &tables, 210, 60, "the new lines").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        rows(&pg, &table).await,
+        (210, 110),
+        "each line twice up to the rewind, the new ones once"
+    );
+    let status = fleet.sluice(&["fleet", "status"], true);
+    assert!(
+        status.contains(" running ") && status.contains("rewinds=1"),
+        "the workflow lives on: {status}"
+    );
+    let out = fleet.sluice(&["undeploy", "--wait", &id], false);
+    assert!(out.contains("undeployed"), "{out}");
+    pg.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}

@@ -1021,3 +1021,77 @@ url = "{url}"
         db = db.display()
     )
 }
+
+/// `--store URL` puts a config's cursors in Postgres over its `[store]` (none here: SQLite by
+/// default), `checkpoints show --store URL` reads them there, and a bad URL is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_flag_moves_a_configs_cursors_to_postgres() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\":1}\n{\"id\":2}\n").unwrap();
+    let local = dir.path().join("local.db");
+    let config = dir.path().join("flag.toml");
+    let pipeline = format!("storeflag-{}", std::process::id());
+    std::fs::write(
+        &config,
+        format!(
+            "[sinks.db]\nkind = \"sqlite\"\n\n[pipelines.{pipeline}]\nsource = {{ kind = \"file\", path = \"{}\", resource = \"rows\" }}\nresources.rows = {{ sink = \"db\", table = \"rows\", columns = [{{ name = \"id\", type = \"integer\", nullable = false }}] }}\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    let sluice = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--db", local.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let ran = sluice(&["run", "--config", config.to_str().unwrap(), "--store", &url]);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let size = std::fs::metadata(&input).unwrap().len();
+    let saved: String = pg
+        .query_one(
+            "SELECT position FROM sluice_checkpoints WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(saved, size.to_string(), "the cursor is in Postgres");
+    let local_cursors: i64 = rusqlite::Connection::open(&local)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM sluice_checkpoints WHERE pipeline = ?1",
+            [&pipeline],
+            |r| r.get(0),
+        )
+        .unwrap_or(0);
+    assert_eq!(local_cursors, 0, "and not in the SQLite file");
+    let shown = sluice(&["checkpoints", "show", &pipeline, "--store", &url]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!("{}\t{size}", input.display())),
+        "{shown}"
+    );
+    let bad = sluice(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        "mysql://x",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--store: must be postgres://"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -21,6 +21,8 @@ pub(crate) fn holder_alive(holder: &str) -> bool {
     let Some((host, pid)) = holder.rsplit_once(':') else {
         return true;
     };
+    // A fleet attempt's holder is `attempt@host:pid`.
+    let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
     let our_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();

@@ -6,10 +6,7 @@
 
 use std::time::Duration;
 
-use sluice::{
-    Checkpoint, CheckpointStore, Checkpoints, ErrorClass, Lease, Position, StoreError,
-    lease_lost_message,
-};
+use sluice::{Checkpoint, CheckpointStore, Checkpoints, ErrorClass, Lease, Position, StoreError};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, error::SqlState};
 
@@ -126,7 +123,7 @@ async fn check_lease(
     if token == Some(lease.token as i64) {
         Ok(())
     } else {
-        Err(StoreError::fatal(lease_lost_message(&lease.pipeline)))
+        Err(StoreError::lease_lost(&lease.pipeline))
     }
 }
 
@@ -551,7 +548,7 @@ impl CheckpointStore for PostgresStore {
             .await
             .map_err(|e| store_error("renew lease", e))?;
         if updated == 0 {
-            return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
+            return Err(StoreError::lease_lost(&lease.pipeline));
         }
         Ok(())
     }

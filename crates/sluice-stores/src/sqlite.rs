@@ -15,10 +15,7 @@ use std::{
 };
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use sluice::{
-    Checkpoint, CheckpointStore, Checkpoints, ErrorClass, Lease, Position, StoreError,
-    lease_lost_message,
-};
+use sluice::{Checkpoint, CheckpointStore, Checkpoints, ErrorClass, Lease, Position, StoreError};
 
 /// A shared connection to one SQLite file. Cloning shares the connection, so the store and the
 /// sink of one file write through the same handle and can share a transaction.
@@ -292,7 +289,7 @@ pub fn save_in_tx(
         .optional()
         .map_err(|e| store_error("read lease", e))?;
     if token != Some(lease.token as i64) {
-        return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
+        return Err(StoreError::lease_lost(&lease.pipeline));
     }
     let mut read = tx
         .prepare_cached(
@@ -578,7 +575,7 @@ impl CheckpointStore for SqliteStore {
                     )
                     .map_err(|e| store_error("renew lease", e))?;
                 if updated == 0 {
-                    return Err(StoreError::fatal(lease_lost_message(&lease.pipeline)));
+                    return Err(StoreError::lease_lost(&lease.pipeline));
                 }
                 Ok(())
             })

@@ -206,7 +206,7 @@ impl MemoryStore {
     fn check(state: &MemoryPipeline, lease: &Lease) -> Result<(), StoreError> {
         match &state.holder {
             Some((_, token, _)) if *token == lease.token => Ok(()),
-            _ => Err(StoreError::fatal(lease_lost_message(&lease.pipeline))),
+            _ => Err(StoreError::lease_lost(&lease.pipeline)),
         }
     }
 }

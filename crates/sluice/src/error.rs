@@ -140,6 +140,18 @@ impl StoreError {
         })
     }
 
+    /// This writer's lease was taken by another (its token is stale): it must stop writing.
+    /// Fatal for the pipeline that lost it; a fleet retries it later (the new holder may itself
+    /// be a stale attempt that lets go).
+    pub fn lease_lost(pipeline: &str) -> Self {
+        StoreError::fatal(crate::lease_lost_message(pipeline)).with_source(LeaseLost)
+    }
+
+    /// Whether this error is a [`lease_lost`](Self::lease_lost) refusal.
+    pub fn is_lease_lost(&self) -> bool {
+        std::error::Error::source(self).is_some_and(|s| s.is::<LeaseLost>())
+    }
+
     /// The live holder, if this error is a [`lease_held`](Self::lease_held) refusal.
     pub fn lease_holder(&self) -> Option<&str> {
         let source = std::error::Error::source(self)?;
@@ -148,6 +160,11 @@ impl StoreError {
             .map(|held| held.holder.as_str())
     }
 }
+
+/// The cause of a [`StoreError::lease_lost`].
+#[derive(Debug, thiserror::Error)]
+#[error("the lease's token is stale")]
+pub struct LeaseLost;
 
 /// The cause of a [`StoreError::lease_held`]: who holds the lease.
 #[derive(Debug, thiserror::Error)]

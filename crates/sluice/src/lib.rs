@@ -113,8 +113,8 @@ pub use checkpoint::{
 };
 pub use envelope::{Checkpoint, Checkpoints, Envelope, EnvelopeMeta, Position, ResourceName};
 pub use error::{
-    BoxError, ErrorClass, LeaseHeld, PartialWrite, PipelineError, SinkError, SourceError,
-    StoreError, TransformError,
+    BoxError, ErrorClass, LeaseHeld, LeaseLost, PartialWrite, PipelineError, SinkError,
+    SourceError, StoreError, TransformError,
 };
 #[cfg(feature = "jq")]
 pub use jq::JqTransform;

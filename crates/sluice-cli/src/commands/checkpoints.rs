@@ -1,7 +1,7 @@
 //! `sluice checkpoints show|reset|set` (a pipeline's saved cursors) and `sluice pause|resume`
 //! (its pause flag, which the running process follows), on the SQLite store or the Postgres one.
 
-use std::{collections::BTreeSet, process::ExitCode};
+use std::{collections::BTreeSet, path::Path, process::ExitCode};
 
 use sluice::{CheckpointStore as _, Checkpoints, Position};
 use sluice_stores::{postgres::PostgresStore, sqlite, sqlite::SqliteDb};
@@ -230,12 +230,21 @@ fn rfc3339(ms: i64) -> String {
 
 /// The store of a pipeline: the config's (SQLite or Postgres), or --db.
 async fn store_of(args: &CheckpointArgs) -> anyhow::Result<OperatorStore> {
+    let store = args.store.url.as_deref();
     match &args.config {
         Some(config) => {
-            let config = Config::load(config, &args.db)?;
+            let config = Config::load(config, &args.db)?.with_store(store)?;
             config.select(std::slice::from_ref(&args.pipeline))?;
             OperatorStore::of(&config).await
         }
-        None => Ok(OperatorStore::Sqlite(SqliteDb::open(&args.db)?)),
+        None => match store {
+            Some(url) if !url.starts_with("sqlite:") => Ok(OperatorStore::Postgres(Box::new(
+                PostgresStore::connect(url).await?,
+            ))),
+            Some(path) => Ok(OperatorStore::Sqlite(SqliteDb::open(Path::new(
+                &path["sqlite:".len()..],
+            ))?)),
+            None => Ok(OperatorStore::Sqlite(SqliteDb::open(&args.db)?)),
+        },
     }
 }

@@ -76,7 +76,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ),
         },
     };
-    let config = Arc::new(config);
+    let config = Arc::new(config.with_store(args.store.url.as_deref())?);
     let databases = Arc::new(Databases::default());
     // Build once up front so that configuration errors (unopenable files) fail fast with exit 2.
     for id in &ids {

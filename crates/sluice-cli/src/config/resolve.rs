@@ -124,6 +124,22 @@ impl Config {
         Self::resolve(raw, default_store).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }
 
+    /// The `--store` of the command line, over the file's `[store]`: a `postgres://` URL, or
+    /// `sqlite:PATH`.
+    pub(crate) fn with_store(mut self, store: Option<&str>) -> anyhow::Result<Self> {
+        match store {
+            None => {}
+            Some(path) if path.starts_with("sqlite:") => {
+                self.store_url = None;
+                self.store_path = PathBuf::from(&path["sqlite:".len()..]);
+            }
+            Some(url) => {
+                self.store_url = Some(check_store_url(url).map_err(|e| anyhow!("--store: {e}"))?);
+            }
+        }
+        Ok(self)
+    }
+
     fn resolve(raw: RawConfig, default_store: &Path) -> anyhow::Result<Self> {
         let store_url = match raw.store.kind.as_deref() {
             None | Some("sqlite") => {
@@ -140,12 +156,7 @@ impl Config {
                     })?,
                     _ => bail!("store: a postgres store needs url or url_env (one of them)"),
                 };
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    bail!("store.url: must start with postgres://");
-                }
-                sluice_stores::postgres::PostgresStore::new(&url)
-                    .map_err(|e| anyhow!("store.url: {e}"))?;
-                Some(url)
+                Some(check_store_url(&url).map_err(|e| anyhow!("store.url: {e}"))?)
             }
             Some(other) => bail!("store.kind: {other:?} is not sqlite or postgres"),
         };
@@ -555,4 +566,13 @@ fn resolve_pipeline(
         drain_timeout,
         max_cursor_age,
     })
+}
+
+/// A Postgres store URL, checked (scheme and syntax) without connecting.
+fn check_store_url(url: &str) -> anyhow::Result<String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("must be postgres://… (or sqlite:PATH on the command line)");
+    }
+    sluice_stores::postgres::PostgresStore::new(url).map_err(|e| anyhow!("{e}"))?;
+    Ok(url.to_owned())
 }

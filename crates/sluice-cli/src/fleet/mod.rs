@@ -59,7 +59,8 @@ async fn connect(args: &TemporalArgs) -> anyhow::Result<Client> {
 /// polling, drains its pipelines (each saves what it wrote) and exits; Temporal hands them to
 /// the other workers.
 pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let config = Arc::new(Config::load(&args.config, &args.db)?);
+    let config =
+        Arc::new(Config::load(&args.config, &args.db)?.with_store(args.store.url.as_deref())?);
     if config.store_url.is_none() {
         tracing::warn!(
             "the config's store is a local SQLite file: workers on other machines will not see its cursors or leases; use [store] kind = \"postgres\""
@@ -69,8 +70,16 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::from_current_tokio(Default::default())
         .map_err(|e| anyhow::anyhow!("temporal runtime: {e}"))?;
     let shutdown = CancellationToken::new();
+    let store = Arc::new(OperatorStore::lazy(&config)?);
+    let (flags, paused) = tokio::sync::watch::channel(None);
+    tokio::spawn(workflow::follow_pauses(
+        store.clone(),
+        flags,
+        shutdown.clone(),
+    ));
     let activities = FleetActivities {
-        store: OperatorStore::lazy(&config)?,
+        store,
+        paused,
         config,
         databases: Arc::new(Databases::default()),
         shutdown: shutdown.clone(),
@@ -225,7 +234,8 @@ pub(crate) async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Status(args) => {
-            let config = Config::load(&args.config, &args.db)?;
+            let config =
+                Config::load(&args.config, &args.db)?.with_store(args.store.url.as_deref())?;
             let ids = config.select(&args.pipelines)?;
             let client = connect(&args.temporal).await?;
             let store = OperatorStore::of(&config).await?;

@@ -9,16 +9,21 @@
 //! Workflow code is replayed: it must be deterministic (no clock, no I/O, no randomness outside
 //! the context). Everything that touches the world is an activity.
 
-use std::{collections::VecDeque, pin::pin, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, VecDeque},
+    pin::pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use sluice::{ErrorClass, PipelineError, PipelineExit, PipelineStats, Position};
-use temporalio_common::RetryPolicy;
+use temporalio_common::{RetryPolicy, protos::temporal::api::failure::v1::failure::FailureInfo};
 use temporalio_macros::{activities, workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, ContinueAsNewOptions,
     LocalActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView,
-    WorkflowResult,
+    WorkflowResult, WorkflowTermination,
     activities::{ActivityContext, ActivityError},
 };
 use temporalio_workflow::CancellableFuture as _;
@@ -135,7 +140,8 @@ impl PipelineWorkflow {
             s.status.generation = input.generation;
         });
         loop {
-            apply_controls(ctx).await?;
+            apply_pause(ctx).await?;
+            apply_rewinds(ctx).await?;
             ctx.state_mut(|s| {
                 s.status.state = if s.paused { "paused" } else { "running" }.into();
                 s.status.runs += 1;
@@ -146,9 +152,9 @@ impl PipelineWorkflow {
                 run_options(&input),
             );
             let mut run = pin!(run);
-            // Serve controls while the pipeline runs; a rewind (or a history grown past its
-            // limit) stops the run first.
-            let stop_run = loop {
+            // Serve controls while the pipeline runs: a pause is a store flag the run follows;
+            // a rewind (or a history grown past its limit) stops the run first.
+            let long = loop {
                 let control = ctx.wait_condition(PipelineWorkflow::control_pending);
                 let mut control = pin!(control);
                 futures::select_biased! {
@@ -181,7 +187,7 @@ impl PipelineWorkflow {
                         if rewind || long {
                             break long;
                         }
-                        apply_controls(ctx).await?;
+                        apply_pause(ctx).await?;
                         ctx.state_mut(|s| {
                             s.status.state = if s.paused { "paused" } else { "running" }.into();
                         });
@@ -190,18 +196,27 @@ impl PipelineWorkflow {
             };
             // Stop the run cleanly (source stopped, drained, saved, lease released) and wait
             // for it: a rewind while it runs would be refused, and continuing as new with an
-            // activity in flight would leave it orphaned.
+            // activity in flight would leave it orphaned. Whatever ends it now (cancelled, timed
+            // out because its worker died, failed because that worker was shutting down), the
+            // run is over: the store's lease, not this workflow, keeps a straggler from writing,
+            // and the next run waits for that lease. Only a fatal error ends the workflow.
             ctx.state_mut(|s| s.status.state = "rewinding".into());
             run.cancel();
             match run.as_mut().await {
-                Ok(RunOutcome::Completed) => {
+                Ok(RunOutcome::Completed) if !ctx.state(|s| !s.rewinds.is_empty()) => {
+                    ctx.state_mut(|s| s.status.state = "completed".into());
                     return Ok(format!("pipeline {} completed", input.pipeline));
                 }
-                Err(ActivityExecutionError::Cancelled(_)) => {}
-                Err(error) => return Err(error.into()),
+                Err(error) if is_fatal(&error) => return Err(error.into()),
+                Err(error) => {
+                    let message = error.to_string();
+                    ctx.state_mut(|s| s.status.last_error = Some(message));
+                }
+                Ok(RunOutcome::Completed) => {}
             }
-            if stop_run {
-                apply_controls(ctx).await?;
+            if long {
+                apply_pause(ctx).await?;
+                apply_rewinds(ctx).await?;
                 let next = FleetInput {
                     paused: ctx.state(|s| s.paused),
                     generation: input.generation + 1,
@@ -241,45 +256,90 @@ impl PipelineWorkflow {
     }
 }
 
-/// Applies the pending controls through local activities (short store writes on the workflow's
-/// worker: they need no activity slot, which long-running pipelines may all hold): the pause
-/// flag, then each rewind in order. A rewind that is refused for good is recorded in the status
-/// and dropped; the pipeline goes on from its cursor.
-async fn apply_controls(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<()> {
+/// Sets the store's pause flag to what the operator asked, through a local activity (a short
+/// store write on the workflow's worker: it needs no activity slot, which long-running pipelines
+/// may all hold). A store that is down does not fail the workflow: the error is shown in the
+/// status and the write retried after a durable timer. `Err` only when the workflow is cancelled.
+async fn apply_pause(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<()> {
     loop {
         let (pipeline, paused, applied) =
             ctx.state(|s| (s.pipeline.clone(), s.paused, s.applied_pause));
-        if applied != Some(paused) {
-            ctx.execute_local_activity(
+        if applied == Some(paused) {
+            return Ok(());
+        }
+        match ctx
+            .execute_local_activity(
                 FleetActivities::set_paused,
                 (pipeline, paused),
                 control_options(),
             )
-            .await?;
-            ctx.state_mut(|s| s.applied_pause = Some(paused));
-            continue;
+            .await
+        {
+            Ok(()) => ctx.state_mut(|s| s.applied_pause = Some(paused)),
+            Err(error) => retry_later(ctx, &error).await?,
         }
-        let Some(rewind) = ctx.state(|s| s.rewinds.front().cloned()) else {
-            return Ok(());
-        };
-        let outcome = ctx
+    }
+}
+
+/// Applies the queued rewinds in order, while no run is active. A rewind refused for good
+/// (another kind of position) is shown in the status and dropped; one that failed otherwise (the
+/// store down, the last run's lease not yet released) is retried after a durable timer.
+async fn apply_rewinds(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<()> {
+    while let Some(rewind) = ctx.state(|s| s.rewinds.front().cloned()) {
+        let pipeline = ctx.state(|s| s.pipeline.clone());
+        match ctx
             .execute_local_activity(
                 FleetActivities::rewind,
                 (pipeline, rewind),
                 control_options(),
             )
-            .await;
-        ctx.state_mut(|s| {
-            s.rewinds.pop_front();
-            match outcome {
-                Ok(()) => {
-                    s.status.rewinds += 1;
-                    s.status.last_error = None;
-                }
-                Err(error) => s.status.last_error = Some(error.to_string()),
+            .await
+        {
+            Ok(()) => ctx.state_mut(|s| {
+                s.rewinds.pop_front();
+                s.status.rewinds += 1;
+                s.status.last_error = None;
+            }),
+            Err(error) if is_fatal(&error) => {
+                let message = error.to_string();
+                ctx.state_mut(|s| {
+                    s.rewinds.pop_front();
+                    s.status.last_error = Some(message);
+                });
             }
-        });
+            Err(error) => retry_later(ctx, &error).await?,
+        }
     }
+    Ok(())
+}
+
+/// Records a control's failure and waits before it is tried again; `Err` when the workflow was
+/// cancelled meanwhile (undeploy).
+async fn retry_later(
+    ctx: &WorkflowContext<PipelineWorkflow>,
+    error: &ActivityExecutionError,
+) -> WorkflowResult<()> {
+    let message = error.to_string();
+    ctx.state_mut(|s| s.status.last_error = Some(message));
+    ctx.timer(Duration::from_secs(5)).await;
+    if ctx.cancellation_token().is_cancelled() {
+        return Err(WorkflowTermination::cancelled());
+    }
+    Ok(())
+}
+
+/// Whether an activity failed with a fatal (non-retryable) sluice error.
+fn is_fatal(error: &ActivityExecutionError) -> bool {
+    let mut failure = error.failure();
+    while let Some(f) = failure {
+        if let Some(FailureInfo::ApplicationFailureInfo(info)) = &f.failure_info
+            && info.r#type == FATAL
+        {
+            return true;
+        }
+        failure = f.cause.as_deref();
+    }
+    false
 }
 
 /// The run activity: a heartbeat timeout (a worker silent that long loses the pipeline), no
@@ -321,10 +381,42 @@ fn control_options() -> LocalActivityOptions {
 pub(crate) struct FleetActivities {
     pub(crate) config: Arc<Config>,
     pub(crate) databases: Arc<Databases>,
-    /// The config's store, for the pause flags and the controls (one connection per worker).
-    pub(crate) store: OperatorStore,
+    /// The config's store, for the controls (one connection per worker).
+    pub(crate) store: Arc<OperatorStore>,
+    /// The pipelines paused in the store, read by one task per worker (`follow_pauses`), so that
+    /// no heartbeat waits on Postgres.
+    pub(crate) paused: tokio::sync::watch::Receiver<Option<BTreeSet<String>>>,
     /// The worker's shutdown: running pipelines drain and save when it fires.
     pub(crate) shutdown: CancellationToken,
+}
+
+/// Reads the store's pause flags once a second for every pipeline of the worker (`None` until
+/// the first read succeeds), each read bounded so that a stuck connection only delays it.
+pub(crate) async fn follow_pauses(
+    store: Arc<OperatorStore>,
+    flags: tokio::sync::watch::Sender<Option<BTreeSet<String>>>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match tokio::time::timeout(Duration::from_secs(5), store.paused()).await {
+            Ok(Ok(paused)) => {
+                flags.send_if_modified(|now| {
+                    let changed = now.as_ref() != Some(&paused);
+                    *now = Some(paused);
+                    changed
+                });
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %format!("{error:#}"), "reading pause flags failed");
+            }
+            Err(_) => tracing::warn!("reading pause flags timed out"),
+        }
+    }
 }
 
 #[activities]
@@ -332,19 +424,40 @@ impl FleetActivities {
     /// Runs one pipeline until it completes, fails or is cancelled, heartbeating its progress.
     /// It waits out another holder's live lease (the worker Temporal took the pipeline from may
     /// only be cut off); it then holds a new token, which fences that worker's late writes.
+    /// Each attempt holds the lease under its own name, so that a stale attempt in the same
+    /// process cannot take the lease back from the current one.
     #[activity]
     pub(crate) async fn run_pipeline(
         self: Arc<Self>,
         ctx: ActivityContext,
         pipeline: String,
     ) -> Result<RunOutcome, ActivityError> {
+        let info = ctx.info();
         if let Ok(Some(last)) = ctx.heartbeat_details().deserialize::<Progress>() {
-            tracing::info!(%pipeline, attempt = ctx.info().attempt, last_holder = %last.holder, last_epoch = last.epoch, "taking the pipeline over");
+            tracing::info!(%pipeline, attempt = info.attempt, last_holder = %last.holder, last_epoch = last.epoch, "taking the pipeline over");
         }
+        if !self.config.pipelines.contains_key(&pipeline) {
+            // A worker with an older config file (a rolling update): another worker may have it.
+            return Err(retryable(anyhow::anyhow!(
+                "pipeline {pipeline} is not in this worker's config file"
+            )));
+        }
+        let run_id = info.workflow_run_id.as_deref().unwrap_or_default();
+        let holder = format!(
+            "{}/{}.{}@{}",
+            &run_id[..run_id.len().min(8)],
+            info.activity_id,
+            info.attempt,
+            sluice::default_holder()
+        );
         let stats = Arc::new(PipelineStats::new(&pipeline));
-        let store = &self.store;
-        let paused_now = store.paused().await.map_err(retryable)?.contains(&pipeline);
-        let (pause, paused) = tokio::sync::watch::channel(paused_now);
+        let mut flags = self.paused.clone();
+        // Until the flags were read once, the pipeline waits paused (it would wait for its store
+        // anyway).
+        let is_paused = |flags: &Option<BTreeSet<String>>| {
+            flags.as_ref().is_none_or(|set| set.contains(&pipeline))
+        };
+        let (pause, paused) = tokio::sync::watch::channel(is_paused(&flags.borrow_and_update()));
         let mut built = self
             .config
             .build(&pipeline, &self.databases)
@@ -352,51 +465,52 @@ impl FleetActivities {
             .with_stats(stats.clone())
             .pausable(paused);
         built.options_mut().wait_for_lease = true;
+        built.options_mut().holder = holder;
         let stop = self.shutdown.child_token();
         let mut task = tokio::spawn(built.run(stop.clone()));
-        let every = ctx
-            .info()
+        let every = info
             .heartbeat_timeout
             .map_or(Duration::from_secs(3), |t| t / 3)
             .max(Duration::from_millis(200));
         let mut tick = tokio::time::interval(every);
+        let mut cancelled = false;
         let joined = loop {
             tokio::select! {
                 joined = &mut task => break joined,
                 _ = tick.tick() => {
-                    // The pause flag: `sluice pause` and the pause signal both set it.
-                    match store.paused().await {
-                        Ok(set) => {
-                            pause.send_if_modified(|p| {
-                                let now = set.contains(&pipeline);
-                                std::mem::replace(p, now) != now
-                            });
-                        }
-                        Err(error) => tracing::warn!(%pipeline, error = %format!("{error:#}"), "reading the pause flag failed"),
-                    }
+                    // Heartbeats go on while the pipeline drains after a cancel: a drain as
+                    // long as the timeout must not look like a dead worker.
                     if let Err(error) = ctx.record_heartbeat(progress(&stats)).await {
                         tracing::warn!(%pipeline, %error, "heartbeat not recorded");
                     }
                 }
-                () = ctx.cancelled() => {
-                    // Cancelled by the workflow (rewind, undeploy) or lost to another worker
-                    // (the server no longer knows this attempt): stop, drain, save.
+                Ok(()) = flags.changed() => {
+                    let now = is_paused(&flags.borrow_and_update());
+                    pause.send_if_modified(|p| std::mem::replace(p, now) != now);
+                }
+                () = ctx.cancelled(), if !cancelled => {
+                    // Cancelled by the workflow (rewind, undeploy) or lost to another attempt
+                    // (the server no longer knows this one): stop, drain, save, release.
+                    cancelled = true;
                     stop.cancel();
-                    let joined = task.await;
-                    tracing::info!(%pipeline, "run cancelled; drained and saved");
-                    return match joined {
-                        Ok(Err(error)) if error.class() == ErrorClass::Fatal => Err(pipeline_failure(&error)),
-                        _ => Err(ActivityError::cancelled()),
-                    };
                 }
             }
         };
+        if cancelled {
+            tracing::info!(%pipeline, "run cancelled; drained and saved");
+            return match joined {
+                Ok(Err(error)) if error.class() == ErrorClass::Fatal && !lease_lost(&error) => {
+                    Err(pipeline_failure(&error))
+                }
+                _ => Err(ActivityError::cancelled()),
+            };
+        }
         match joined {
             Ok(Ok(PipelineExit::Completed)) => Ok(RunOutcome::Completed),
-            // Stopped without being cancelled: the worker shuts down, or the lease was lost to
-            // a newer attempt. Either way another attempt goes on from the store.
+            // Stopped without being cancelled: the worker shuts down, or the lease went to
+            // another attempt. The next attempt goes on from the store (after that lease).
             Ok(Ok(PipelineExit::Stopped)) => Err(retryable(anyhow::anyhow!(
-                "pipeline {pipeline} stopped on this worker (shutdown or lease lost); it goes on elsewhere"
+                "pipeline {pipeline} stopped on this worker (shutdown or lease lost); it goes on from its saved cursors"
             ))),
             Ok(Err(error)) => Err(pipeline_failure(&error)),
             Err(join) => Err(retryable(anyhow::anyhow!(
@@ -413,8 +527,7 @@ impl FleetActivities {
         input: (String, bool),
     ) -> Result<(), ActivityError> {
         let (pipeline, paused) = input;
-        let store = &self.store;
-        store
+        self.store
             .set_paused(&pipeline, paused)
             .await
             .map_err(retryable)?;
@@ -436,10 +549,20 @@ impl FleetActivities {
                 "pipeline {pipeline} still held by {holder}; waiting for its release"
             )));
         }
+        let cursors = store.cursors(&pipeline).await.map_err(retryable)?;
+        if let Some(old) = cursors.get(rewind.partition.as_str())
+            && std::mem::discriminant(old) != std::mem::discriminant(&rewind.position)
+        {
+            return Err(fatal(anyhow::anyhow!(
+                "partition {} holds {old}; {} is not the same kind of position (an integer, a text or a list)",
+                rewind.partition,
+                rewind.position
+            )));
+        }
         store
             .set_checked(&pipeline, &rewind.partition, &rewind.position)
             .await
-            .map_err(fatal)?;
+            .map_err(retryable)?;
         tracing::info!(%pipeline, partition = %rewind.partition, position = %rewind.position, "cursor set by the rewind signal");
         Ok(())
     }
@@ -467,9 +590,16 @@ fn progress(stats: &PipelineStats) -> Progress {
 fn pipeline_failure(error: &PipelineError) -> ActivityError {
     let message = sluice::report(error);
     match error.class() {
+        // A lost lease stops this attempt, not the pipeline: the next attempt waits for the
+        // lease (the attempt that took it may itself be a straggler that lets go).
+        _ if lease_lost(error) => retryable(anyhow::anyhow!(message)),
         ErrorClass::Transient => retryable(anyhow::anyhow!(message)),
         ErrorClass::Fatal | ErrorClass::Data => fatal(anyhow::anyhow!(message)),
     }
+}
+
+fn lease_lost(error: &PipelineError) -> bool {
+    matches!(error, PipelineError::Store { source, .. } if source.is_lease_lost())
 }
 
 fn fatal(error: anyhow::Error) -> ActivityError {
