@@ -1,16 +1,13 @@
 //! Defines the Postgres sink: a table created from a [`TableSchema`], each batch copied
-//! (`COPY … FROM STDIN`, text format) into a temporary staging table and merged with one
+//! (`COPY … FROM STDIN`, binary format) into a temporary staging table and merged with one
 //! statement — an upsert by key that keeps the last record of a key in the batch, and with a
-//! version column never lets an older row overwrite a newer one. Numbers travel as their exact
-//! text. When the checkpoint store is the same database, the cursors commit in the same
+//! version column never lets an older row overwrite a newer one. Numerics are encoded from their
+//! exact text, digit for digit. When the checkpoint store is the same database, the cursors commit in the same
 //! transaction, under the lease (exactly-once), as with SQLite.
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use sluice::{
-    Cell, CellWriter, CheckpointCommit, ColumnType, ErrorClass, Record, Sink, SinkError,
-    TableSchema,
-};
+use sluice::{CheckpointCommit, ColumnType, ErrorClass, Record, Sink, SinkError, TableSchema};
 use tokio_postgres::Client;
 
 /// A string literal of a table name (for the advisory lock key).
@@ -19,6 +16,8 @@ fn sluice_table_literal(table: &str) -> String {
 }
 
 use crate::sql::quote;
+
+mod binary;
 
 fn sql_type(kind: ColumnType) -> &'static str {
     match kind {
@@ -75,53 +74,6 @@ impl std::fmt::Debug for PostgresSink {
             .field("scope", &self.scope)
             .field("table", &self.schema.table)
             .finish_non_exhaustive()
-    }
-}
-
-/// Writes one record's cells as a line of `COPY … (FORMAT text)`.
-struct CopyLine<'a> {
-    out: &'a mut Vec<u8>,
-    /// Which columns are `json` (their cells are written as JSON text).
-    json: &'a [bool],
-    next: usize,
-}
-
-impl CellWriter for CopyLine<'_> {
-    fn cell(&mut self, cell: Cell<'_>) -> Result<(), String> {
-        let Some(&json) = self.json.get(self.next) else {
-            return Err(format!("more cells than the {} columns", self.json.len()));
-        };
-        self.next += 1;
-        match cell {
-            Cell::Null => self.out.extend_from_slice(b"\\N"),
-            // A json column holds the cell's JSON: a string quoted, a number as its digits.
-            other if json => {
-                let mut text = Vec::new();
-                other.write_json(&mut text);
-                escape(self.out, &text);
-            }
-            Cell::Bool(b) => self.out.push(if b { b't' } else { b'f' }),
-            Cell::Int(i) => self.out.extend_from_slice(i.to_string().as_bytes()),
-            Cell::UInt(u) => self.out.extend_from_slice(u.to_string().as_bytes()),
-            Cell::Float(f) => self.out.extend_from_slice(format!("{f:?}").as_bytes()),
-            Cell::Number(text) | Cell::Text(text) => escape(self.out, text.as_bytes()),
-            Cell::Json(value) => escape(self.out, value.to_string().as_bytes()),
-        }
-        self.out.push(b'\t');
-        Ok(())
-    }
-}
-
-/// COPY's text format: backslash, tab, newline and carriage return escaped.
-fn escape(out: &mut Vec<u8>, bytes: &[u8]) {
-    for &b in bytes {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
     }
 }
 
@@ -283,33 +235,32 @@ impl<R: Record> Sink<R> for PostgresSink {
         let columns = self.schema.columns.clone();
         let plan =
             R::plan(&columns).map_err(|why| SinkError::fatal(format!("table {table}: {why}")))?;
-        let json: Vec<bool> = columns.iter().map(|c| c.kind == ColumnType::Json).collect();
-        let mut body = Vec::with_capacity(batch.len() * 64);
+        let kinds: Vec<ColumnType> = columns.iter().map(|c| c.kind).collect();
+        let mut body = Vec::with_capacity(batch.len() * 64 + binary::HEADER.len() + 2);
+        body.extend_from_slice(binary::HEADER);
         for record in batch {
-            let start = body.len();
-            let mut line = CopyLine {
+            binary::BinaryRow::start(&mut body, columns.len())
+                .map_err(|why| SinkError::fatal(format!("table {table}: {why}")))?;
+            let mut row = binary::BinaryRow {
                 out: &mut body,
-                json: &json,
+                kinds: &kinds,
                 next: 0,
             };
             record
-                .write(&plan, &columns, &mut line)
+                .write(&plan, &columns, &mut row)
                 .map_err(|why| SinkError::data(format!("table {table}: {why}")))?;
-            if line.next != columns.len() {
+            if row.next != columns.len() {
                 return Err(SinkError::data(format!(
                     "table {table}: the record wrote {} cells for {} columns",
-                    line.next,
+                    row.next,
                     columns.len()
                 )));
             }
-            if body.len() > start {
-                body.pop(); // the last tab
-            }
-            body.push(b'\n');
         }
+        body.extend_from_slice(binary::TRAILER);
         let names: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
         let copy = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT text)",
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
             self.stage(),
             names.join(", ")
         );

@@ -52,6 +52,10 @@ async fn rows_land_exactly_and_replays_converge_to_the_newest_version() {
     let batch = vec![
         json!({"id": 1, "price": exact, "at": "2026-12-01T00:00:00.000001Z", "meta": {"tab": "a\tb\\c\n"}, "v": 1}),
         json!({"id": 2, "price": "0.10", "v": 5}),
+        // Past 2^64, negative and tiny, exponent form: every digit kept.
+        json!({"id": 5, "price": serde_json::from_str::<Value>("18446744073709551616").unwrap(), "v": 1}),
+        json!({"id": 6, "price": "-0.00000001", "v": 1}),
+        json!({"id": 7, "price": serde_json::from_str::<Value>("1.50E+3").unwrap(), "v": 1}),
         // The same key twice in one batch: the last one wins.
         json!({"id": 1, "price": exact, "at": "2026-12-01T00:00:00.000001Z", "meta": {"tab": "a\tb\\c\n"}, "v": 2}),
     ];
@@ -68,7 +72,12 @@ async fn rows_land_exactly_and_replays_converge_to_the_newest_version() {
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 5);
+    let price = |i: usize| rows[i].get::<_, String>(1);
+    assert_eq!(
+        [price(2), price(3), price(4)],
+        ["18446744073709551616", "-0.00000001", "1500"]
+    );
     assert_eq!(
         rows[0].get::<_, String>(1),
         "999999999999.12345670",
@@ -97,7 +106,7 @@ async fn rows_land_exactly_and_replays_converge_to_the_newest_version() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(count, 2);
+    assert_eq!(count, 5);
     // The connection still works after the failed batch.
     Sink::<Value>::write(&mut sink, &[json!({"id": 3, "v": 1})], None)
         .await
