@@ -76,12 +76,11 @@ pub(crate) struct TemporalArgs {
     pub(crate) task_queue: String,
 }
 
+/// The fleet's pipelines file, the same on every worker (its store should be Postgres).
 #[cfg(feature = "temporal")]
 #[derive(Debug, Args)]
-pub(crate) struct WorkerArgs {
-    #[command(flatten)]
-    pub(crate) temporal: TemporalArgs,
-    /// The pipelines file, the same on every worker (its store should be Postgres).
+pub(crate) struct FleetConfigArgs {
+    /// The pipelines file.
     #[arg(long, short)]
     pub(crate) config: PathBuf,
     /// The SQLite file for SQLite destinations of the config.
@@ -89,6 +88,23 @@ pub(crate) struct WorkerArgs {
     pub(crate) db: PathBuf,
     #[command(flatten)]
     pub(crate) store: StoreArg,
+}
+
+#[cfg(feature = "temporal")]
+impl FleetConfigArgs {
+    /// The config, with `--store` over its `[store]`.
+    pub(crate) fn load(&self) -> anyhow::Result<crate::config::Config> {
+        crate::config::Config::load(&self.config, &self.db)?.with_store(self.store.url.as_deref())
+    }
+}
+
+#[cfg(feature = "temporal")]
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    pub(crate) temporal: TemporalArgs,
+    #[command(flatten)]
+    pub(crate) pipelines: FleetConfigArgs,
     /// How many pipelines this worker runs at once (activity slots).
     #[arg(long, default_value_t = 100)]
     pub(crate) max_pipelines: usize,
@@ -99,12 +115,8 @@ pub(crate) struct WorkerArgs {
 pub(crate) struct DeployArgs {
     #[command(flatten)]
     pub(crate) temporal: TemporalArgs,
-    /// The pipelines file.
-    #[arg(long, short)]
-    pub(crate) config: PathBuf,
-    /// The SQLite file for SQLite destinations of the config.
-    #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
-    pub(crate) db: PathBuf,
+    #[command(flatten)]
+    pub(crate) file: FleetConfigArgs,
     /// The pipelines to deploy (all of the file's when none).
     pub(crate) pipelines: Vec<String>,
     /// How long a worker may go silent before its pipelines are given to another (seconds).
@@ -171,14 +183,8 @@ pub(crate) struct FleetRewindArgs {
 pub(crate) struct FleetStatusArgs {
     #[command(flatten)]
     pub(crate) temporal: TemporalArgs,
-    /// The pipelines file (its store holds the cursors and leases).
-    #[arg(long, short)]
-    pub(crate) config: PathBuf,
-    /// The SQLite file for SQLite destinations of the config.
-    #[arg(long, env = "SLUICE_DB", default_value = "sluice.db")]
-    pub(crate) db: PathBuf,
     #[command(flatten)]
-    pub(crate) store: StoreArg,
+    pub(crate) file: FleetConfigArgs,
     /// The pipelines (all of the file's when none).
     pub(crate) pipelines: Vec<String>,
     /// Keep showing it: redrawn in place on a terminal, stamped blocks when piped.

@@ -121,6 +121,19 @@ impl Fleet {
         held
     }
 
+    /// Polls `sluice fleet status` (up to `secs`) until `done` holds for it.
+    async fn wait_status(&self, secs: u64, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let status = self.sluice(&["fleet", "status"], true);
+            if done(&status) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: {status}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     fn signal(&self, worker: usize, signal: &str) {
         assert!(
             Command::new("kill")
@@ -400,14 +413,9 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
     wait_rows(&pg, &tables, 100, 60, "the first lines").await;
 
     fleet.sluice(&["fleet", "pause", &id], false);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !fleet
-        .sluice(&["fleet", "status"], true)
-        .contains(" paused ")
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never paused");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    fleet
+        .wait_status(30, "never paused", |s| s.contains(" paused "))
+        .await;
     // The store flag is followed within a heartbeat tick (a third of the timeout).
     tokio::time::sleep(Duration::from_secs(5)).await;
     append(&input, 100..150);
@@ -436,18 +444,11 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
         &["fleet", "rewind", &id, input.to_str().unwrap(), "abc"],
         false,
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = fleet.sluice(&["fleet", "status"], true);
-        if status.contains("not the same kind") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "refusal not reported: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    fleet
+        .wait_status(30, "refusal not reported", |s| {
+            s.contains("not the same kind")
+        })
+        .await;
     append(&input, 150..160);
     wait_rows(&pg, &tables, 310, 60, "after a refused rewind").await;
     // Pause and resume until the history passes its limit: the workflow continues as new.
@@ -459,23 +460,16 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
     }
     // The run is stopped first (its cancel reaches it with a heartbeat), then the workflow
     // continues as new and starts it again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = fleet.sluice(&["fleet", "status"], true);
-        let generation: u32 = status
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("gen="))
-            .and_then(|g| g.parse().ok())
-            .unwrap_or_default();
-        if generation >= 1 && status.contains(" running ") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never continued as new: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    fleet
+        .wait_status(60, "never continued as new", |status| {
+            let generation: u32 = status
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("gen="))
+                .and_then(|g| g.parse().ok())
+                .unwrap_or_default();
+            generation >= 1 && status.contains(" running ")
+        })
+        .await;
     append(&input, 160..170);
     wait_rows(&pg, &tables, 320, 60, "after continue-as-new").await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -26,7 +26,7 @@ use self::workflow::{FleetActivities, FleetInput, FleetStatus, PipelineWorkflow,
 use crate::{
     cli::{DeployArgs, FleetCommand, TemporalArgs, UndeployArgs, WorkerArgs},
     commands::checkpoints::{OperatorStore, parse_position},
-    config::{Config, Databases},
+    config::Databases,
 };
 
 /// The workflow id of a pipeline: one per pipeline per namespace, which makes deploy idempotent.
@@ -59,8 +59,7 @@ async fn connect(args: &TemporalArgs) -> anyhow::Result<Client> {
 /// polling, drains its pipelines (each saves what it wrote) and exits; Temporal hands them to
 /// the other workers.
 pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let config =
-        Arc::new(Config::load(&args.config, &args.db)?.with_store(args.store.url.as_deref())?);
+    let config = Arc::new(args.pipelines.load()?);
     if config.store_url.is_none() {
         tracing::warn!(
             "the config's store is a local SQLite file: workers on other machines will not see its cursors or leases; use [store] kind = \"postgres\""
@@ -124,7 +123,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 
 /// `sluice deploy`: one workflow per pipeline; a pipeline already deployed is left as it is.
 pub(crate) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config, &args.db)?;
+    let config = args.file.load()?;
     let ids = config.select(&args.pipelines)?;
     let client = connect(&args.temporal).await?;
     for id in ids {
@@ -183,33 +182,21 @@ pub(crate) async fn undeploy(args: UndeployArgs) -> anyhow::Result<ExitCode> {
 
 /// `sluice fleet pause|resume|rewind|status`.
 pub(crate) async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
+    let pause = matches!(command, FleetCommand::Pause(_));
     match command {
-        FleetCommand::Pause(args) => {
+        FleetCommand::Pause(args) | FleetCommand::Resume(args) => {
             let client = connect(&args.temporal).await?;
-            client
-                .get_workflow_handle::<PipelineWorkflow>(workflow_id(&args.pipeline))
-                .signal(
-                    PipelineWorkflow::pause,
-                    (),
-                    WorkflowSignalOptions::default(),
-                )
-                .await
-                .with_context(|| format!("pausing {}", args.pipeline))?;
-            println!("{}: pause signalled", args.pipeline);
-            Ok(ExitCode::SUCCESS)
-        }
-        FleetCommand::Resume(args) => {
-            let client = connect(&args.temporal).await?;
-            client
-                .get_workflow_handle::<PipelineWorkflow>(workflow_id(&args.pipeline))
-                .signal(
-                    PipelineWorkflow::resume,
-                    (),
-                    WorkflowSignalOptions::default(),
-                )
-                .await
-                .with_context(|| format!("resuming {}", args.pipeline))?;
-            println!("{}: resume signalled", args.pipeline);
+            let handle =
+                client.get_workflow_handle::<PipelineWorkflow>(workflow_id(&args.pipeline));
+            let options = WorkflowSignalOptions::default();
+            let sent = if pause {
+                handle.signal(PipelineWorkflow::pause, (), options).await
+            } else {
+                handle.signal(PipelineWorkflow::resume, (), options).await
+            };
+            let what = if pause { "pause" } else { "resume" };
+            sent.with_context(|| format!("{what} {}", args.pipeline))?;
+            println!("{}: {what} signalled", args.pipeline);
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Rewind(args) => {
@@ -234,8 +221,7 @@ pub(crate) async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Status(args) => {
-            let config =
-                Config::load(&args.config, &args.db)?.with_store(args.store.url.as_deref())?;
+            let config = args.file.load()?;
             let ids = config.select(&args.pipelines)?;
             let client = connect(&args.temporal).await?;
             let store = OperatorStore::of(&config).await?;
