@@ -108,6 +108,10 @@ pub(crate) struct WorkerArgs {
     /// How many pipelines this worker runs at once (activity slots).
     #[arg(long, default_value_t = 100)]
     pub(crate) max_pipelines: usize,
+    /// Serve Prometheus /metrics, /health, /ready and /status (the pipelines running on this
+    /// worker) at this address.
+    #[arg(long, env = "SLUICE_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[cfg(feature = "temporal")]

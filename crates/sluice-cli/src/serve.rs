@@ -5,7 +5,7 @@
 //! pipeline's `max_cursor_age_s`), and `/status` (JSON: the live view `sluice status` shows).
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -26,14 +26,21 @@ pub(crate) struct Watched {
     pub(crate) max_cursor_age: Option<Duration>,
 }
 
+/// The pipelines the endpoints show: fixed for `sluice run`, changing for a fleet worker (a
+/// pipeline is added when its run starts there and removed when it ends).
+pub(crate) type Registry = Arc<Mutex<Vec<Watched>>>;
+
+/// The in and out counters of each pipeline at one moment.
+type Counts = BTreeMap<String, (u64, u64)>;
+
 /// Counter samples, one a second, for rates over the last few seconds.
-type Samples = Arc<Mutex<VecDeque<(Instant, Vec<(u64, u64)>)>>>;
+type Samples = Arc<Mutex<VecDeque<(Instant, Counts)>>>;
 
 #[derive(Clone)]
 struct Shared {
     prometheus: PrometheusHandle,
     health: Health,
-    pipelines: Arc<Vec<Watched>>,
+    pipelines: Registry,
     samples: Samples,
     shutdown: CancellationToken,
 }
@@ -51,13 +58,13 @@ pub(crate) async fn serve(
     addr: SocketAddr,
     prometheus: PrometheusHandle,
     health: Health,
-    pipelines: Vec<Watched>,
+    pipelines: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let shared = Shared {
         prometheus,
         health,
-        pipelines: Arc::new(pipelines),
+        pipelines,
         samples: Samples::default(),
         shutdown: shutdown.clone(),
     };
@@ -79,6 +86,16 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+impl Shared {
+    /// The pipelines now (a copy: the registry is not held while a page is built).
+    fn watched(&self) -> Vec<Watched> {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// Samples the in/out counters once a second, keeping the last few seconds.
 async fn sample(shared: Shared) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -88,11 +105,11 @@ async fn sample(shared: Shared) {
             () = shared.shutdown.cancelled() => return,
         }
         let counts = shared
-            .pipelines
+            .watched()
             .iter()
             .map(|p| {
                 let s = p.stats.snapshot();
-                (s.envelopes, s.records_written)
+                (p.id.clone(), (s.envelopes, s.records_written))
             })
             .collect();
         let mut samples = shared.samples.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,7 +135,7 @@ async fn health_handler(State(s): State<Shared>) -> (StatusCode, String) {
 async fn ready_handler(State(s): State<Shared>) -> (StatusCode, String) {
     let mut body = String::new();
     let mut ready = !s.shutdown.is_cancelled();
-    for p in s.pipelines.iter() {
+    for p in &s.watched() {
         let snapshot = p.stats.snapshot();
         let reason = if !snapshot.up && snapshot.paused {
             Some("paused".to_owned())
@@ -204,10 +221,9 @@ async fn status_handler(State(s): State<Shared>) -> Json<StatusPage> {
     let health = s.health.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let samples = s.samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let pipelines = s
-        .pipelines
+        .watched()
         .iter()
-        .enumerate()
-        .map(|(index, p)| {
+        .map(|p| {
             let snapshot = p.stats.snapshot();
             let (state, error) = match health.get(&p.id) {
                 Some(PipelineState::Running) if snapshot.paused => ("paused", None),
@@ -217,7 +233,7 @@ async fn status_handler(State(s): State<Shared>) -> Json<StatusPage> {
                 Some(PipelineState::Stopped) => ("stopped", None),
                 Some(PipelineState::Failed { error }) => ("failed", Some(error.clone())),
             };
-            let (rate_in, rate_out) = rates(&samples, index);
+            let (rate_in, rate_out) = rates(&samples, &p.id);
             let lease = p.stats.lease();
             PipelineStatus {
                 id: p.id.clone(),
@@ -257,12 +273,12 @@ async fn status_handler(State(s): State<Shared>) -> Json<StatusPage> {
 }
 
 /// Records per second in and out of pipeline `index` over the sampled window.
-fn rates(samples: &VecDeque<(Instant, Vec<(u64, u64)>)>, index: usize) -> (f64, f64) {
+fn rates(samples: &VecDeque<(Instant, Counts)>, id: &str) -> (f64, f64) {
     let (Some((t0, first)), Some((t1, last))) = (samples.front(), samples.back()) else {
         return (0.0, 0.0);
     };
     let seconds = t1.duration_since(*t0).as_secs_f64();
-    match (first.get(index), last.get(index)) {
+    match (first.get(id), last.get(id)) {
         (Some(a), Some(b)) if seconds > 0.0 => (
             b.0.saturating_sub(a.0) as f64 / seconds,
             b.1.saturating_sub(a.1) as f64 / seconds,

@@ -69,6 +69,11 @@ impl Fleet {
 
     /// Starts a worker that runs at most `max` pipelines.
     fn start_worker(&mut self, max: usize) {
+        self.start_worker_with(max, &[]);
+    }
+
+    /// Starts a worker with more arguments.
+    fn start_worker_with(&mut self, max: usize, more: &[&str]) {
         let log =
             std::fs::File::create(self.path(&format!("worker{}.log", self.workers.len()))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -76,6 +81,7 @@ impl Fleet {
             .args(self.temporal_args())
             .args(["--config", self.config.to_str().unwrap()])
             .args(["--max-pipelines", &max.to_string()])
+            .args(more)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -407,10 +413,26 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
         "signals",
         &file_pipeline(&id, &input, &table),
     );
-    fleet.start_worker(4);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    fleet.start_worker_with(4, &["--metrics-addr", &metrics]);
     fleet.sluice(&["deploy", "--history-limit", "40"], true);
     let tables = [table.clone()];
     wait_rows(&pg, &tables, 100, 60, "the first lines").await;
+    // The worker's /status shows the pipeline it runs, with its lease.
+    let page: serde_json::Value = reqwest::get(format!("http://{metrics}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown = &page["pipelines"][0];
+    assert_eq!(shown["id"], id.as_str(), "{page}");
+    assert!(shown["epoch"].as_u64().is_some_and(|e| e >= 1), "{page}");
 
     fleet.sluice(&["fleet", "pause", &id], false);
     fleet

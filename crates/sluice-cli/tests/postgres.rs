@@ -1081,17 +1081,36 @@ async fn the_store_flag_moves_a_configs_cursors_to_postgres() {
         shown.contains(&format!("{}\t{size}", input.display())),
         "{shown}"
     );
-    let bad = sluice(&[
+    for (bad, why) in [
+        ("mysql://x", "--store: must be postgres://"),
+        ("sqlite:", "--store: sqlite: needs a file path"),
+    ] {
+        let bad = sluice(&["run", "--config", config.to_str().unwrap(), "--store", bad]);
+        assert_eq!(bad.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&bad.stderr).contains(why),
+            "{}",
+            String::from_utf8_lossy(&bad.stderr)
+        );
+    }
+    // `sqlite:PATH` moves the store's file, and the SQLite sink that wrote to it follows: the
+    // records and the cursor land in PATH together.
+    let moved = dir.path().join("moved.db");
+    let store = format!("sqlite:{}", moved.display());
+    let ran = sluice(&[
         "run",
         "--config",
         config.to_str().unwrap(),
         "--store",
-        "mysql://x",
+        &store,
     ]);
-    assert_eq!(bad.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("--store: must be postgres://"),
+        ran.status.success(),
         "{}",
-        String::from_utf8_lossy(&bad.stderr)
+        String::from_utf8_lossy(&ran.stderr)
     );
+    let moved = rusqlite::Connection::open(&moved).unwrap();
+    let count = |sql: &str| moved.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(count("SELECT count(*) FROM rows"), 2);
+    assert_eq!(count("SELECT count(*) FROM sluice_checkpoints"), 1);
 }

@@ -1,14 +1,14 @@
 //! `sluice checkpoints show|reset|set` (a pipeline's saved cursors) and `sluice pause|resume`
 //! (its pause flag, which the running process follows), on the SQLite store or the Postgres one.
 
-use std::{collections::BTreeSet, path::Path, process::ExitCode};
+use std::{collections::BTreeSet, process::ExitCode};
 
 use sluice::{CheckpointStore as _, Checkpoints, Position};
 use sluice_stores::{postgres::PostgresStore, sqlite, sqlite::SqliteDb};
 
 use crate::{
     cli::{CheckpointArgs, SetCheckpointArgs},
-    config::Config,
+    config::{Config, StoreChoice},
 };
 
 /// The store a pipeline's cursors, lease and pause flag live in, for operators.
@@ -237,13 +237,11 @@ async fn store_of(args: &CheckpointArgs) -> anyhow::Result<OperatorStore> {
             config.select(std::slice::from_ref(&args.pipeline))?;
             OperatorStore::of(&config).await
         }
-        None => match store {
-            Some(url) if !url.starts_with("sqlite:") => Ok(OperatorStore::Postgres(Box::new(
-                PostgresStore::connect(url).await?,
+        None => match store.map(StoreChoice::parse).transpose()? {
+            Some(StoreChoice::Postgres(url)) => Ok(OperatorStore::Postgres(Box::new(
+                PostgresStore::connect(&url).await?,
             ))),
-            Some(path) => Ok(OperatorStore::Sqlite(SqliteDb::open(Path::new(
-                &path["sqlite:".len()..],
-            ))?)),
+            Some(StoreChoice::Sqlite(path)) => Ok(OperatorStore::Sqlite(SqliteDb::open(&path)?)),
             None => Ok(OperatorStore::Sqlite(SqliteDb::open(&args.db)?)),
         },
     }

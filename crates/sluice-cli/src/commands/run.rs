@@ -135,6 +135,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let (Some(addr), Some(prometheus)) = (metrics_addr, prometheus) {
         let (health, token) = (supervisor.health(), shutdown.clone());
         tokio::spawn(async move {
+            let watched = Arc::new(std::sync::Mutex::new(watched));
             if let Err(error) = serve::serve(addr, prometheus, health, watched, token).await {
                 tracing::error!(%addr, error = %format!("{error:#}"), "metrics endpoint failed");
             }

@@ -7,4 +7,4 @@ mod raw;
 mod resolve;
 
 pub(crate) use build::Databases;
-pub(crate) use resolve::{Config, PipelineSpec, SinkSpec};
+pub(crate) use resolve::{Config, PipelineSpec, SinkSpec, StoreChoice};

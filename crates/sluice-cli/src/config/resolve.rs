@@ -125,17 +125,23 @@ impl Config {
     }
 
     /// The `--store` of the command line, over the file's `[store]`: a `postgres://` URL, or
-    /// `sqlite:PATH`.
+    /// `sqlite:PATH` — as `[store] path = PATH` would: SQLite sinks that wrote to the store's
+    /// file (records and cursors in one transaction) follow it.
     pub(crate) fn with_store(mut self, store: Option<&str>) -> anyhow::Result<Self> {
-        match store {
+        match store.map(StoreChoice::parse).transpose()? {
             None => {}
-            Some(path) if path.starts_with("sqlite:") => {
+            Some(StoreChoice::Sqlite(path)) => {
+                for sink in self.sinks.values_mut() {
+                    if let SinkSpec::Sqlite { path: sink_path } = sink
+                        && *sink_path == self.store_path
+                    {
+                        sink_path.clone_from(&path);
+                    }
+                }
                 self.store_url = None;
-                self.store_path = PathBuf::from(&path["sqlite:".len()..]);
+                self.store_path = path;
             }
-            Some(url) => {
-                self.store_url = Some(check_store_url(url).map_err(|e| anyhow!("--store: {e}"))?);
-            }
+            Some(StoreChoice::Postgres(url)) => self.store_url = Some(url),
         }
         Ok(self)
     }
@@ -566,6 +572,34 @@ fn resolve_pipeline(
         drain_timeout,
         max_cursor_age,
     })
+}
+
+/// What `--store` names.
+#[derive(Debug, PartialEq)]
+pub(crate) enum StoreChoice {
+    /// `sqlite:PATH` (or `sqlite://PATH`).
+    Sqlite(PathBuf),
+    /// A checked `postgres://` URL.
+    Postgres(String),
+}
+
+impl StoreChoice {
+    /// Parses `--store`; an empty SQLite path is refused (SQLite would open a throwaway
+    /// database, and the cursors would be lost at exit).
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
+        match text.strip_prefix("sqlite:") {
+            Some(rest) => {
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                if path.is_empty() {
+                    bail!("--store: sqlite: needs a file path (sqlite:PATH)");
+                }
+                Ok(Self::Sqlite(PathBuf::from(path)))
+            }
+            None => Ok(Self::Postgres(
+                check_store_url(text).map_err(|e| anyhow!("--store: {e}"))?,
+            )),
+        }
+    }
 }
 
 /// A Postgres store URL, checked (scheme and syntax) without connecting.

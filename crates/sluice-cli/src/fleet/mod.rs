@@ -76,12 +76,26 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         flags,
         shutdown.clone(),
     ));
+    let running = crate::serve::Registry::default();
+    let health = sluice::Health::default();
+    if let Some(addr) = args.metrics_addr {
+        let prometheus = crate::serve::install_recorder()?;
+        let (running, health, token) = (running.clone(), health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::serve::serve(addr, prometheus, health, running, token).await
+            {
+                tracing::error!(%addr, error = %format!("{error:#}"), "metrics endpoint failed");
+            }
+        });
+    }
     let activities = FleetActivities {
         store,
         paused,
         config,
         databases: Arc::new(Databases::default()),
         shutdown: shutdown.clone(),
+        running,
+        health,
     };
     let slots = |n: usize| FixedSizeSlotSupplier::new(n.max(1));
     let options = WorkerOptions::new(args.temporal.task_queue.clone())
@@ -133,6 +147,7 @@ pub(crate) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             heartbeat_timeout_s: args.heartbeat_timeout_s,
             history_limit: args.history_limit,
             generation: 0,
+            rewinds: Vec::new(),
         };
         let options = WorkflowStartOptions::new(args.temporal.task_queue.clone(), workflow_id(&id))
             .id_conflict_policy(WorkflowIdConflictPolicy::Fail)

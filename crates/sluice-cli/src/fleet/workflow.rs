@@ -52,6 +52,9 @@ pub(crate) struct FleetInput {
     pub(crate) history_limit: u32,
     /// Runs of earlier generations (for status).
     pub(crate) generation: u32,
+    /// Rewinds signalled but not applied yet (carried across continue-as-new).
+    #[serde(default)]
+    pub(crate) rewinds: Vec<Rewind>,
 }
 
 /// A `rewind` signal: set one cursor of the pipeline (backwards or forwards).
@@ -115,6 +118,8 @@ pub(crate) struct PipelineWorkflow {
     /// What the store's flag was last set to by this workflow.
     applied_pause: Option<bool>,
     rewinds: VecDeque<Rewind>,
+    /// Controls that failed in a row (the store down): the backoff before the next try.
+    control_failures: u32,
     status: FleetStatus,
 }
 
@@ -136,12 +141,20 @@ impl PipelineWorkflow {
         ctx.state_mut(|s| {
             s.pipeline.clone_from(&input.pipeline);
             s.paused = input.paused;
+            s.rewinds.extend(input.rewinds.iter().cloned());
             s.status.pipeline.clone_from(&input.pipeline);
             s.status.generation = input.generation;
         });
         loop {
-            apply_pause(ctx).await?;
-            apply_rewinds(ctx).await?;
+            // No run is active here: continue as new when the history is long, apply the
+            // controls (each failure waits out a backoff timer and comes back here, so the
+            // history check bounds a long store outage too), then start a run.
+            if history_full(ctx, &input) {
+                return continue_as_new(ctx, &input);
+            }
+            if !apply_pause(ctx).await? || !apply_rewinds(ctx).await? {
+                continue;
+            }
             ctx.state_mut(|s| {
                 s.status.state = if s.paused { "paused" } else { "running" }.into();
                 s.status.runs += 1;
@@ -154,39 +167,40 @@ impl PipelineWorkflow {
             let mut run = pin!(run);
             // Serve controls while the pipeline runs: a pause is a store flag the run follows;
             // a rewind (or a history grown past its limit) stops the run first.
-            let long = loop {
+            let run_over = loop {
                 let control = ctx.wait_condition(PipelineWorkflow::control_pending);
                 let mut control = pin!(control);
                 futures::select_biased! {
                     outcome = run.as_mut() => {
-                        return match outcome {
+                        match outcome {
+                            // Rewinds signalled as it completed are applied, and it runs again.
+                            Ok(RunOutcome::Completed) if ctx.state(|s| !s.rewinds.is_empty()) => {
+                                break true;
+                            }
                             Ok(RunOutcome::Completed) => {
                                 ctx.state_mut(|s| s.status.state = "completed".into());
-                                Ok(format!("pipeline {} completed", input.pipeline))
+                                return Ok(format!("pipeline {} completed", input.pipeline));
                             }
                             Err(ActivityExecutionError::Cancelled(_)) => {
                                 // Only the workflow's own cancellation (undeploy) cancels a run
                                 // this branch sees; a rewind awaits its cancelled run below.
-                                ctx.state_mut(|s| s.status.state = "undeployed".into());
-                                Ok(format!("pipeline {} undeployed", input.pipeline))
+                                return undeployed(ctx, &input);
                             }
-                            Err(error) => Err(error.into()),
-                        };
+                            Err(error) => return Err(error.into()),
+                        }
                     }
                     cancelled = control.as_mut() => {
                         if cancelled.is_err() {
                             // Undeployed: the run was cancelled with the workflow; wait for it
                             // to drain and save.
                             let _ = run.as_mut().await;
-                            ctx.state_mut(|s| s.status.state = "undeployed".into());
-                            return Ok(format!("pipeline {} undeployed", input.pipeline));
+                            return undeployed(ctx, &input);
                         }
-                        let rewind = ctx.state(|s| !s.rewinds.is_empty());
-                        let long = ctx.continue_as_new_suggested()
-                            || ctx.history_length() >= input.history_limit;
-                        if rewind || long {
-                            break long;
+                        if ctx.state(|s| !s.rewinds.is_empty()) || history_full(ctx, &input) {
+                            break false;
                         }
+                        // One try; a failure waits out its backoff and comes back here, where
+                        // the history is checked again.
                         apply_pause(ctx).await?;
                         ctx.state_mut(|s| {
                             s.status.state = if s.paused { "paused" } else { "running" }.into();
@@ -194,6 +208,9 @@ impl PipelineWorkflow {
                     }
                 }
             };
+            if run_over {
+                continue;
+            }
             // Stop the run cleanly (source stopped, drained, saved, lease released) and wait
             // for it: a rewind while it runs would be refused, and continuing as new with an
             // activity in flight would leave it orphaned. Whatever ends it now (cancelled, timed
@@ -214,15 +231,8 @@ impl PipelineWorkflow {
                 }
                 Ok(RunOutcome::Completed) => {}
             }
-            if long {
-                apply_pause(ctx).await?;
-                apply_rewinds(ctx).await?;
-                let next = FleetInput {
-                    paused: ctx.state(|s| s.paused),
-                    generation: input.generation + 1,
-                    ..input.clone()
-                };
-                ctx.continue_as_new(next, ContinueAsNewOptions::default())?;
+            if ctx.cancellation_token().is_cancelled() {
+                return undeployed(ctx, &input);
             }
         }
     }
@@ -256,35 +266,72 @@ impl PipelineWorkflow {
     }
 }
 
+/// Whether the history has grown past its limit (or the server suggests continuing as new).
+fn history_full(ctx: &WorkflowContext<PipelineWorkflow>, input: &FleetInput) -> bool {
+    ctx.continue_as_new_suggested() || ctx.history_length() >= input.history_limit
+}
+
+/// Continues as new with what must outlive this run: the pause, the rewinds not yet applied.
+fn continue_as_new(
+    ctx: &WorkflowContext<PipelineWorkflow>,
+    input: &FleetInput,
+) -> WorkflowResult<String> {
+    if ctx.cancellation_token().is_cancelled() {
+        return undeployed(ctx, input);
+    }
+    let next = FleetInput {
+        paused: ctx.state(|s| s.paused),
+        generation: input.generation + 1,
+        rewinds: ctx.state(|s| s.rewinds.iter().cloned().collect()),
+        ..input.clone()
+    };
+    ctx.continue_as_new(next, ContinueAsNewOptions::default())
+        .map(|never| match never {})
+}
+
+fn undeployed(
+    ctx: &WorkflowContext<PipelineWorkflow>,
+    input: &FleetInput,
+) -> WorkflowResult<String> {
+    ctx.state_mut(|s| s.status.state = "undeployed".into());
+    Ok(format!("pipeline {} undeployed", input.pipeline))
+}
+
 /// Sets the store's pause flag to what the operator asked, through a local activity (a short
 /// store write on the workflow's worker: it needs no activity slot, which long-running pipelines
-/// may all hold). A store that is down does not fail the workflow: the error is shown in the
-/// status and the write retried after a durable timer. `Err` only when the workflow is cancelled.
-async fn apply_pause(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<()> {
-    loop {
-        let (pipeline, paused, applied) =
-            ctx.state(|s| (s.pipeline.clone(), s.paused, s.applied_pause));
-        if applied == Some(paused) {
-            return Ok(());
+/// may all hold). `Ok(true)`: applied (or nothing to do); `Ok(false)`: it failed (the store
+/// down), the error is in the status and the backoff was waited out — the caller tries again
+/// after checking the history. `Err` only when the workflow is cancelled.
+async fn apply_pause(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<bool> {
+    let (pipeline, paused, applied) =
+        ctx.state(|s| (s.pipeline.clone(), s.paused, s.applied_pause));
+    if applied == Some(paused) {
+        return Ok(true);
+    }
+    match ctx
+        .execute_local_activity(
+            FleetActivities::set_paused,
+            (pipeline, paused),
+            control_options(),
+        )
+        .await
+    {
+        Ok(()) => {
+            ctx.state_mut(|s| {
+                s.applied_pause = Some(paused);
+                s.control_failures = 0;
+            });
+            Ok(true)
         }
-        match ctx
-            .execute_local_activity(
-                FleetActivities::set_paused,
-                (pipeline, paused),
-                control_options(),
-            )
-            .await
-        {
-            Ok(()) => ctx.state_mut(|s| s.applied_pause = Some(paused)),
-            Err(error) => retry_later(ctx, &error).await?,
-        }
+        Err(error) => retry_later(ctx, &error).await.map(|()| false),
     }
 }
 
 /// Applies the queued rewinds in order, while no run is active. A rewind refused for good
 /// (another kind of position) is shown in the status and dropped; one that failed otherwise (the
-/// store down, the last run's lease not yet released) is retried after a durable timer.
-async fn apply_rewinds(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<()> {
+/// store down, the last run's lease not yet released) stays queued: `Ok(false)` after the
+/// backoff, as [`apply_pause`].
+async fn apply_rewinds(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<bool> {
     while let Some(rewind) = ctx.state(|s| s.rewinds.front().cloned()) {
         let pipeline = ctx.state(|s| s.pipeline.clone());
         match ctx
@@ -299,6 +346,7 @@ async fn apply_rewinds(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResul
                 s.rewinds.pop_front();
                 s.status.rewinds += 1;
                 s.status.last_error = None;
+                s.control_failures = 0;
             }),
             Err(error) if is_fatal(&error) => {
                 let message = error.to_string();
@@ -307,21 +355,28 @@ async fn apply_rewinds(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResul
                     s.status.last_error = Some(message);
                 });
             }
-            Err(error) => retry_later(ctx, &error).await?,
+            Err(error) => return retry_later(ctx, &error).await.map(|()| false),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
-/// Records a control's failure and waits before it is tried again; `Err` when the workflow was
-/// cancelled meanwhile (undeploy).
+/// Records a control's failure and waits before it is tried again: 5 s doubling to 5 minutes
+/// (a long outage costs a few history events an attempt). `Err` when the workflow was cancelled
+/// meanwhile (undeploy).
 async fn retry_later(
     ctx: &WorkflowContext<PipelineWorkflow>,
     error: &ActivityExecutionError,
 ) -> WorkflowResult<()> {
     let message = error.to_string();
-    ctx.state_mut(|s| s.status.last_error = Some(message));
-    ctx.timer(Duration::from_secs(5)).await;
+    let failures = ctx.state_mut(|s| {
+        s.status.last_error = Some(message);
+        s.control_failures = s.control_failures.saturating_add(1);
+        s.control_failures
+    });
+    let delay = Duration::from_secs(5u64 << failures.saturating_sub(1).min(6))
+        .min(Duration::from_secs(300));
+    ctx.timer(delay).await;
     if ctx.cancellation_token().is_cancelled() {
         return Err(WorkflowTermination::cancelled());
     }
@@ -360,11 +415,12 @@ fn run_options(input: &FleetInput) -> ActivityOptions {
         .build()
 }
 
-/// Controls: short store writes, retried for a minute (a store down now, a lease not yet
-/// released), then reported.
+/// Controls: short store writes, retried for a few seconds (kept under the workflow task's
+/// timeout, so a slow one never makes the task heartbeat into the history), then the workflow's
+/// own backoff timer.
 fn control_options() -> LocalActivityOptions {
     LocalActivityOptions::builder()
-        .schedule_to_close_timeout(Duration::from_secs(60))
+        .schedule_to_close_timeout(Duration::from_secs(8))
         .retry_policy(
             RetryPolicy::builder()
                 .initial_interval(Duration::from_millis(500))
@@ -388,6 +444,49 @@ pub(crate) struct FleetActivities {
     pub(crate) paused: tokio::sync::watch::Receiver<Option<BTreeSet<String>>>,
     /// The worker's shutdown: running pipelines drain and save when it fires.
     pub(crate) shutdown: CancellationToken,
+    /// The pipelines running here, for the worker's `/status` and `/ready`.
+    pub(crate) running: crate::serve::Registry,
+    /// Their states, for `/health` and `/status`.
+    pub(crate) health: sluice::Health,
+}
+
+/// A pipeline's place in the worker's endpoints while its run lasts.
+struct Shown<'a> {
+    activities: &'a FleetActivities,
+    id: String,
+}
+
+impl<'a> Shown<'a> {
+    fn new(activities: &'a FleetActivities, id: &str, stats: Arc<PipelineStats>) -> Self {
+        let max_cursor_age = activities
+            .config
+            .pipelines
+            .get(id)
+            .and_then(|p| p.max_cursor_age);
+        lock(&activities.running).push(crate::serve::Watched {
+            id: id.to_owned(),
+            stats,
+            max_cursor_age,
+        });
+        lock(&activities.health).insert(id.to_owned(), sluice::PipelineState::Running);
+        Self {
+            activities,
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Shown<'_> {
+    fn drop(&mut self) {
+        lock(&self.activities.running).retain(|w| w.id != self.id);
+        lock(&self.activities.health).remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Reads the store's pause flags once a second for every pipeline of the worker (`None` until
@@ -451,6 +550,7 @@ impl FleetActivities {
             sluice::default_holder()
         );
         let stats = Arc::new(PipelineStats::new(&pipeline));
+        let _shown = Shown::new(&self, &pipeline, stats.clone());
         let mut flags = self.paused.clone();
         // Until the flags were read once, the pipeline waits paused (it would wait for its store
         // anyway).
@@ -598,8 +698,17 @@ fn pipeline_failure(error: &PipelineError) -> ActivityError {
     }
 }
 
+/// Whether the lease was lost, wherever it surfaced: the keeper's renewal, a save, or a
+/// transactional sink's write (the chain is then sink error → store error → `LeaseLost`).
 fn lease_lost(error: &PipelineError) -> bool {
-    matches!(error, PipelineError::Store { source, .. } if source.is_lease_lost())
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if error.is::<sluice::LeaseLost>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 fn fatal(error: anyhow::Error) -> ActivityError {
@@ -615,4 +724,42 @@ fn retryable(error: anyhow::Error) -> ActivityError {
     ActivityError::application(temporalio_sdk::ApplicationFailure::new(format!(
         "{error:#}"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice::{SinkError, StoreError};
+
+    use super::*;
+
+    fn non_retryable(error: &ActivityError) -> bool {
+        match error {
+            ActivityError::Application(failure) => failure.is_non_retryable(),
+            _ => false,
+        }
+    }
+
+    /// A lost lease is retried wherever it surfaced (the keeper, a save, or a transactional
+    /// sink's write, where it is wrapped in the sink's error); another fatal error is not.
+    #[test]
+    fn a_lost_lease_is_retried_wherever_it_surfaced_and_a_fatal_error_is_not() {
+        let store = PipelineError::Store {
+            pipeline: "p".into(),
+            source: StoreError::lease_lost("p"),
+        };
+        let sink = PipelineError::Sink {
+            pipeline: "p".into(),
+            destination: "pg".into(),
+            source: SinkError::fatal("save cursors in the write transaction")
+                .with_source(StoreError::lease_lost("p")),
+        };
+        let fatal = PipelineError::Sink {
+            pipeline: "p".into(),
+            destination: "pg".into(),
+            source: SinkError::fatal("permission denied for table t"),
+        };
+        assert!(!non_retryable(&pipeline_failure(&store)));
+        assert!(!non_retryable(&pipeline_failure(&sink)));
+        assert!(non_retryable(&pipeline_failure(&fatal)));
+    }
 }
