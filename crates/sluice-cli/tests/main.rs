@@ -229,8 +229,13 @@ fn config_errors_name_the_file_and_the_key() {
         ),
         // Typed records written as emitted must fill the configured columns.
         (
-            "[sinks.s]\nkind = \"sqlite\"\n[pipelines.p]\nsource = { kind = \"coinbase\" }\n[pipelines.p.resources.trades]\nsink = \"s\"\ncolumns = [{ name = \"trade_id\", type = \"integer\" }, { name = \"venue\", type = \"text\", nullable = false }]\n",
-            "resources.trades.columns: neither a trade (column venue is NOT NULL and record Trade has no field of that name)",
+            "[sinks.s]\nkind = \"sqlite\"\n[pipelines.p]\nsource = { kind = \"coinbase\" }\n[pipelines.p.resources.matches]\nsink = \"s\"\ncolumns = [{ name = \"trade_id\", type = \"integer\" }, { name = \"venue\", type = \"text\", nullable = false }]\n",
+            "resources.matches.columns: neither a trade (column venue is NOT NULL and record Trade has no field of that name)",
+        ),
+        // A resource the source never emits would route nothing.
+        (
+            "[sinks.s]\nkind = \"sqlite\"\n[pipelines.p]\nsource = { kind = \"coinbase\" }\n[pipelines.p.resources.trades]\nsink = \"s\"\n",
+            "resources.trades: the coinbase source emits only \"matches\" (trades) and \"holes\" (skipped holes)",
         ),
     ];
     for (body, expected) in cases {

@@ -443,6 +443,22 @@ fn resolve_pipeline(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // A source with a fixed set of resources: a name it never emits would route nothing (every
+    // record dead-lettered as "no resource named …").
+    if let RawSource::Coinbase(_) = &raw.source {
+        let emitted = [coinbase::RESOURCE, coinbase::HOLES_RESOURCE];
+        if let Some(name) = raw
+            .resources
+            .keys()
+            .find(|name| !emitted.contains(&name.as_str()))
+        {
+            bail!(
+                "resources.{name}: the coinbase source emits only \"{}\" (trades) and \"{}\" (skipped holes)",
+                coinbase::RESOURCE,
+                coinbase::HOLES_RESOURCE
+            );
+        }
+    }
     let mut resources = Vec::new();
     for (name, resource) in raw.resources {
         let context = format!("resources.{name}");

@@ -225,11 +225,11 @@ impl PipelineWorkflow {
                     return Ok(format!("pipeline {} completed", input.pipeline));
                 }
                 Err(error) if is_fatal(&error) => return Err(error.into()),
+                Ok(RunOutcome::Completed) | Err(ActivityExecutionError::Cancelled(_)) => {}
                 Err(error) => {
-                    let message = error.to_string();
+                    let message = format!("the stopped run ended so: {error}");
                     ctx.state_mut(|s| s.status.last_error = Some(message));
                 }
-                Ok(RunOutcome::Completed) => {}
             }
             if ctx.cancellation_token().is_cancelled() {
                 return undeployed(ctx, &input);
