@@ -40,7 +40,17 @@ struct Fleet {
 impl Fleet {
     /// A config with `pipelines` (TOML tables after the store and the sink).
     fn new(pg: &str, temporal: &str, name: &str, pipelines: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::new_in(tempfile::tempdir().unwrap(), pg, temporal, name, pipelines)
+    }
+
+    /// As [`new`](Self::new), in `dir` (where the test keeps its inputs too).
+    fn new_in(
+        dir: tempfile::TempDir,
+        pg: &str,
+        temporal: &str,
+        name: &str,
+        pipelines: &str,
+    ) -> Self {
         let config = dir.path().join("fleet.toml");
         std::fs::write(
             &config,
@@ -57,6 +67,28 @@ impl Fleet {
             queue: format!("{name}-{}", std::process::id()),
             workers: Vec::new(),
         }
+    }
+
+    /// A fleet of one pipeline (not started): a followed file of 100 lines into a keyless
+    /// table. Returns the fleet, the file, the pipeline id and the table.
+    fn one_file(pg: &str, temporal: &str, name: &str) -> (Self, PathBuf, String, String) {
+        let tag = std::process::id();
+        let (id, table) = (format!("{name}-{tag}"), format!("{name}_{tag}"));
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        append(&input, 0..100);
+        let pipelines = file_pipeline(&id, &input, &table);
+        let fleet = Self::new_in(dir, pg, temporal, name, &pipelines);
+        (fleet, input, id, table)
+    }
+
+    /// Undeploys `id` (waiting for it to end) and drops its table.
+    async fn undeploy_and_drop(&self, pg: &tokio_postgres::Client, id: &str, table: &str) {
+        let out = self.sluice(&["undeploy", "--wait", id], false);
+        assert!(out.contains("undeployed"), "{out}");
+        pg.batch_execute(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap();
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -402,17 +434,7 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
         return;
     };
     let pg = connect(&url).await;
-    let tag = std::process::id();
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    append(&input, 0..100);
-    let (id, table) = (format!("signals-{tag}"), format!("signals_{tag}"));
-    let mut fleet = Fleet::new(
-        &url,
-        &temporal,
-        "signals",
-        &file_pipeline(&id, &input, &table),
-    );
+    let (mut fleet, input, id, table) = Fleet::one_file(&url, &temporal, "signals");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -497,11 +519,7 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rows(&pg, &table).await.0, 320, "nothing lost or doubled");
 
-    let out = fleet.sluice(&["undeploy", "--wait", &id], false);
-    assert!(out.contains("undeployed"), "{out}");
-    pg.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    fleet.undeploy_and_drop(&pg, &id, &table).await;
 }
 
 /// A rewind signalled while the worker running the pipeline is frozen: the cancelled run never
@@ -515,17 +533,7 @@ async fn a_rewind_while_the_running_worker_is_frozen_goes_through_on_another() {
         return;
     };
     let pg = connect(&url).await;
-    let tag = std::process::id();
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    append(&input, 0..100);
-    let (id, table) = (format!("frozen-{tag}"), format!("frozen_{tag}"));
-    let mut fleet = Fleet::new(
-        &url,
-        &temporal,
-        "frozen",
-        &file_pipeline(&id, &input, &table),
-    );
+    let (mut fleet, input, id, table) = Fleet::one_file(&url, &temporal, "frozen");
     fleet.start_worker(2);
     fleet.sluice(&["deploy"], true);
     let tables = [table.clone()];
@@ -563,9 +571,5 @@ async fn a_rewind_while_the_running_worker_is_frozen_goes_through_on_another() {
         status.contains(" running ") && status.contains("rewinds=1"),
         "the workflow lives on: {status}"
     );
-    let out = fleet.sluice(&["undeploy", "--wait", &id], false);
-    assert!(out.contains("undeployed"), "{out}");
-    pg.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    fleet.undeploy_and_drop(&pg, &id, &table).await;
 }
