@@ -345,14 +345,16 @@ async fn a_fleet_survives_a_killed_worker_and_fences_a_frozen_one() {
 
     // Freeze a worker that runs pipelines, past the heartbeat timeout and the lease.
     let frozen = held[0];
-    let tokens_before: i64 = pg
-        .query_one(
+    let tokens = || async {
+        pg.query_one(
             "SELECT sum(token)::bigint FROM sluice_leases WHERE pipeline = ANY($1)",
             &[&ids],
         )
         .await
         .unwrap()
-        .get(0);
+        .get::<_, i64>(0)
+    };
+    let tokens_before = tokens().await;
     fleet.signal(frozen, "-STOP");
     for input in &inputs {
         append(input, 400..600);
@@ -363,14 +365,7 @@ async fn a_fleet_survives_a_killed_worker_and_fences_a_frozen_one() {
         !held.contains(&frozen),
         "the frozen worker's pipelines were taken over: {held:?}"
     );
-    let tokens_after: i64 = pg
-        .query_one(
-            "SELECT sum(token)::bigint FROM sluice_leases WHERE pipeline = ANY($1)",
-            &[&ids],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let tokens_after = tokens().await;
     assert!(tokens_after > tokens_before, "takeovers took new tokens");
     // It wakes with its old tokens and work in flight; more lines arrive.
     fleet.signal(frozen, "-CONT");

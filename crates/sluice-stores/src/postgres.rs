@@ -282,12 +282,7 @@ impl PostgresStore {
         )
         .await
         .map_err(|e| store_error("record cursor change", e))?;
-        tx.execute(
-            "UPDATE sluice_leases SET expires_at = now(), token = token + 1 WHERE pipeline = $1",
-            &[&pipeline],
-        )
-        .await
-        .map_err(|e| store_error("fence lease", e))?;
+        fence(&tx, pipeline).await?;
         tx.commit().await.map_err(|e| store_error("commit", e))?;
         before.as_deref().map(parse_position).transpose()
     }
@@ -379,12 +374,7 @@ impl PostgresStore {
             )
             .await
             .map_err(|e| store_error("reset cursors", e))?;
-        tx.execute(
-            "UPDATE sluice_leases SET expires_at = now(), token = token + 1 WHERE pipeline = $1",
-            &[&pipeline],
-        )
-        .await
-        .map_err(|e| store_error("fence lease", e))?;
+        fence(&tx, pipeline).await?;
         tx.commit().await.map_err(|e| store_error("commit", e))?;
         Ok(deleted)
     }
@@ -602,4 +592,16 @@ impl CheckpointStore for PostgresStore {
     fn transaction_scope(&self) -> Option<&str> {
         Some(&self.scope)
     }
+}
+
+/// Ends `pipeline`'s lease and bumps its token inside an operator's change: a writer that took
+/// the lease after the caller checked it is fenced (its next save is refused).
+async fn fence(tx: &tokio_postgres::Transaction<'_>, pipeline: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE sluice_leases SET expires_at = now(), token = token + 1 WHERE pipeline = $1",
+        &[&pipeline],
+    )
+    .await
+    .map_err(|e| store_error("fence lease", e))?;
+    Ok(())
 }
