@@ -208,6 +208,14 @@ struct CursorEntry {
     partition: String,
     position: serde_json::Value,
     age_s: f64,
+    /// How far the durable cursor is behind the provider, where the source knows it.
+    lag: Option<LagEntry>,
+}
+
+#[derive(Debug, Serialize)]
+struct LagEntry {
+    behind: u64,
+    unit: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -251,6 +259,10 @@ async fn status_handler(State(s): State<Shared>) -> Json<StatusPage> {
                             .unwrap_or(serde_json::Value::String(c.position)),
                         partition: c.partition,
                         age_s: (c.age.as_secs_f64() * 10.0).round() / 10.0,
+                        lag: c.lag.map(|lag| LagEntry {
+                            behind: lag.behind,
+                            unit: lag.unit,
+                        }),
                     })
                     .collect(),
                 records_in: snapshot.envelopes,

@@ -399,6 +399,16 @@ async fn a_fleet_survives_a_killed_worker_and_fences_a_frozen_one() {
         "no trade missing between {low} and {high}"
     );
 
+    // The run activities' heartbeats reach `fleet status`: the Coinbase pipeline's lag in trades.
+    fleet
+        .wait_status(30, "no lag in the Coinbase pipeline's heartbeat", |s| {
+            s.lines().any(|l| {
+                l.trim_start().starts_with("heartbeat: ")
+                    && l.contains(", behind: BTC-USD ")
+                    && l.ends_with(" trades")
+            })
+        })
+        .await;
     let status = fleet.sluice(&["fleet", "status"], true);
     assert_eq!(
         status.lines().filter(|l| l.contains(" running ")).count(),

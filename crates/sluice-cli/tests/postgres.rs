@@ -79,6 +79,8 @@ struct Cdc {
     table: String,
     slot: String,
     publication: String,
+    /// The process's `/status` endpoint.
+    status: String,
 }
 
 async fn start_cdc(
@@ -101,10 +103,16 @@ async fn start_cdc(
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cdc.db");
     let config = dir.path().join("cdc.toml");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     std::fs::write(
         &config,
         format!(
             r#"
+metrics_addr = "{metrics}"
+
 [store]
 path = "{db}"
 
@@ -146,6 +154,7 @@ resources.changes = {{ sink = "db", table = "pg_changes" }}
         table,
         slot,
         publication,
+        status: format!("http://{metrics}/status"),
     };
     (cdc, child)
 }
@@ -194,6 +203,7 @@ async fn cdc_with_sigkills_loses_and_repeats_nothing() {
         table,
         slot,
         publication,
+        ..
     } = cdc;
     // A writer: 300 transactions of 10 inserts, then updates and deletes, while sluice is killed.
     let writer = {
@@ -358,6 +368,7 @@ async fn a_quiet_publication_follows_the_wal_and_changes_keep_old_keys_and_exact
         table,
         slot,
         publication,
+        status,
         ..
     } = cdc;
     let noise = format!("noise_{}", std::process::id());
@@ -435,6 +446,24 @@ async fn a_quiet_publication_follows_the_wal_and_changes_keep_old_keys_and_exact
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The lag `/status` reports is the server's WAL end (as last heard) minus the durable LSN:
+    // never more than Postgres's own measure of the slot, taken after it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let ours = loop {
+        let page: serde_json::Value = reqwest::get(&status).await.unwrap().json().await.unwrap();
+        let lag = &page["pipelines"][0]["cursors"][0]["lag"];
+        if let Some(behind) = lag["behind"].as_i64() {
+            assert_eq!(lag["unit"], "bytes", "{page}");
+            break behind;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no lag in the status: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let theirs = lag().await;
+    assert!(ours <= theirs, "lag {ours} bytes, the server says {theirs}");
     child.kill().unwrap();
     child.wait().unwrap();
     drop_cdc(&pg, &slot, &publication, &[&table, &noise]).await;

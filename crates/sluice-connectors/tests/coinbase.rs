@@ -226,6 +226,68 @@ async fn a_clean_feed_is_stored_whole() {
     assert_eq!(stop(running).await.unwrap(), PipelineExit::Stopped);
 }
 
+/// Each product's lag is the newest trade the feed named minus the durable cursor: it grows
+/// while the sink fails and is back to 0 once everything is written. The oracle is the
+/// simulator's trade log and the store's cursor, not the source's counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_the_trades_not_yet_durable() {
+    let sim = sim(0.0, Chaos::default()).await;
+    let store = Arc::new(MemoryStore::new());
+    let sink = RecordingSink::new();
+    let running = start(source_config(&sim), store.clone(), sink.clone());
+    wait_started(&sim, &store).await;
+    // About ten seconds of failed writes (the retry backoff tops out at 300 ms).
+    sink.fail_next(40, ErrorClass::Transient);
+    sim.set_rate(200.0);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    sim.set_rate(0.0);
+    // Once a heartbeat has named the last trade, lag = last trade - durable cursor, per product.
+    let expected = || -> Vec<(String, Option<u64>)> {
+        let saved = store.snapshot(PIPELINE_ID);
+        sim.products()
+            .iter()
+            .map(|p| {
+                let last = *sim.trade_range(p).unwrap().end();
+                let cursor = saved.get(p.as_str()).and_then(sluice::Position::as_int);
+                (p.clone(), cursor.map(|c| last - c))
+            })
+            .collect()
+    };
+    let reported = || -> Vec<(String, Option<u64>)> {
+        let cursors = running.pipeline.cursors();
+        sim.products()
+            .iter()
+            .map(|p| {
+                let lag = cursors
+                    .iter()
+                    .find(|c| c.partition == *p)
+                    .and_then(|c| c.lag);
+                if let Some(lag) = lag {
+                    assert_eq!(lag.unit, "trades");
+                }
+                (p.clone(), lag.map(|l| l.behind))
+            })
+            .collect()
+    };
+    sluice::testing::eventually_with(
+        Duration::from_secs(3),
+        || reported() == expected(),
+        || format!("lag {:?}, expected {:?}", reported(), expected()),
+    )
+    .await;
+    let behind = reported();
+    assert!(
+        behind.iter().all(|(_, lag)| lag.is_some_and(|n| n > 50)),
+        "writes fail: the lag must show the trades not yet durable, got {behind:?}"
+    );
+    sluice::testing::eventually("lag back to 0", Duration::from_secs(30), || {
+        reported().iter().all(|(_, lag)| *lag == Some(0))
+    })
+    .await;
+    verify(&sim, &running, Duration::from_secs(10)).await;
+    stop(running).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// One trade in twenty dropped at 400 a second is twenty gaps a second, and Coinbase allows ten
 /// REST requests a second (the simulator enforces it as the service does, with 429s): the

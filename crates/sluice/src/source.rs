@@ -207,6 +207,15 @@ impl<P: Send + 'static> SourceContext<P> {
         self.stats.set_held(partitions);
     }
 
+    /// Reports the newest position the provider has in `partition` (a socket's newest trade id,
+    /// the server's WAL end), counted in `unit` (`"trades"`, `"bytes"`). Status pages then show
+    /// the partition's lag, head minus durable cursor, and `sluice_source_lag` exports it. Only
+    /// for integer positions; a report older than one already made is ignored. Cheap enough
+    /// to call for every message.
+    pub fn set_head(&self, partition: &str, head: u64, unit: &'static str) {
+        self.stats.set_head(partition, head, unit);
+    }
+
     /// The cursors the runtime has made durable, updated after every save (and equal to
     /// [`checkpoints`](Self::checkpoints) when the session starts). A source whose upstream
     /// wants an acknowledgement (a Postgres replication slot's flush position, a queue's ack)

@@ -29,11 +29,34 @@ pub struct PipelineStats {
     errors: [AtomicU64; 3],
     /// The lease: holder and token (the fencing epoch).
     lease: Mutex<Option<(String, u64)>>,
-    /// The durable cursor of each partition and when it last moved (`None`: not since this
-    /// process started).
-    cursors: Mutex<BTreeMap<String, (String, Option<SystemTime>)>>,
+    /// The durable cursor of each partition.
+    cursors: Mutex<BTreeMap<String, Cursor>>,
+    /// Where the source says its provider is, per partition ([`SourceContext::set_head`]).
+    ///
+    /// [`SourceContext::set_head`]: crate::SourceContext::set_head
+    heads: Mutex<BTreeMap<String, Head>>,
     /// When these counters started.
     started: Option<SystemTime>,
+}
+
+/// A partition's durable cursor.
+#[derive(Debug)]
+struct Cursor {
+    /// The position, as JSON text.
+    position: String,
+    /// The position, when it is an integer (what lag is counted against).
+    int: Option<u64>,
+    /// When it last moved (`None`: not since this process started).
+    moved: Option<SystemTime>,
+}
+
+/// The newest position a source knows its provider has in one partition.
+#[derive(Debug)]
+struct Head {
+    at: u64,
+    unit: &'static str,
+    /// `sluice_source_lag`, registered once: it is set on every head and every save.
+    gauge: metrics::Gauge,
 }
 
 /// A partition's durable cursor, for status pages.
@@ -45,6 +68,19 @@ pub struct CursorStatus {
     pub position: String,
     /// How long since it last moved (since the pipeline started, when it has not).
     pub age: Duration,
+    /// How far the durable cursor is behind the provider, where the source knows it.
+    pub lag: Option<Lag>,
+}
+
+/// How far a partition's durable cursor is behind the newest position its provider has: what is
+/// still to be read and written. Sources that know their provider's head report it (trades for
+/// Coinbase, bytes of WAL for Postgres logical replication); the unit says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lag {
+    /// Positions behind (0: caught up).
+    pub behind: u64,
+    /// What a position counts: `trades`, `bytes`…
+    pub unit: &'static str,
 }
 
 /// A copy of the counters at one moment.
@@ -106,12 +142,14 @@ impl PipelineStats {
                 .and_then(|at| now.duration_since(at).ok())
                 .unwrap_or_default()
         };
+        let heads = lock(&self.heads);
         lock(&self.cursors)
             .iter()
-            .map(|(partition, (position, moved))| CursorStatus {
+            .map(|(partition, cursor)| CursorStatus {
                 partition: partition.clone(),
-                position: position.clone(),
-                age: since(*moved),
+                position: cursor.position.clone(),
+                age: since(cursor.moved),
+                lag: heads.get(partition).and_then(|head| lag(head, cursor)),
             })
             .collect()
     }
@@ -133,21 +171,53 @@ impl PipelineStats {
         for (partition, position) in saved {
             cursors
                 .entry(partition.to_string())
-                .or_insert_with(|| (position.to_string(), None));
+                .or_insert_with(|| Cursor {
+                    position: position.to_string(),
+                    int: position.as_int(),
+                    moved: None,
+                });
         }
     }
 
     /// Cursors just made durable.
     pub(crate) fn set_saved(&self, saved: &Checkpoints, moved: &[crate::envelope::Checkpoint]) {
         let now = SystemTime::now();
+        // Heads before cursors, everywhere.
+        let heads = lock(&self.heads);
         let mut cursors = lock(&self.cursors);
         for checkpoint in moved {
             if let Some(position) = saved.get(&checkpoint.partition) {
-                cursors.insert(
-                    checkpoint.partition.to_string(),
-                    (position.to_string(), Some(now)),
-                );
+                let cursor = Cursor {
+                    position: position.to_string(),
+                    int: position.as_int(),
+                    moved: Some(now),
+                };
+                if let Some(head) = heads.get(&*checkpoint.partition) {
+                    set_gauge(head, &cursor);
+                }
+                cursors.insert(checkpoint.partition.to_string(), cursor);
             }
+        }
+    }
+
+    /// The newest position the provider of `partition` is known to have, in `unit` (a source
+    /// keeps one unit). It never moves back: a stale report (an older heartbeat) is ignored.
+    pub(crate) fn set_head(&self, partition: &str, at: u64, unit: &'static str) {
+        let mut heads = lock(&self.heads);
+        let head = match heads.get_mut(partition) {
+            Some(head) if head.at >= at => return,
+            Some(head) => {
+                head.at = at;
+                head
+            }
+            None => heads.entry(partition.to_owned()).or_insert_with(|| Head {
+                at,
+                unit,
+                gauge: metrics::gauge!("sluice_source_lag", "pipeline" => self.pipeline.clone(), "partition" => partition.to_owned(), "unit" => unit),
+            }),
+        };
+        if let Some(cursor) = lock(&self.cursors).get(partition) {
+            set_gauge(head, cursor);
         }
     }
 
@@ -240,6 +310,72 @@ impl PipelineStats {
     }
 }
 
+fn lag(head: &Head, cursor: &Cursor) -> Option<Lag> {
+    cursor.int.map(|at| Lag {
+        behind: head.at.saturating_sub(at),
+        unit: head.unit,
+    })
+}
+
+fn set_gauge(head: &Head, cursor: &Cursor) {
+    if let Some(lag) = lag(head, cursor) {
+        head.gauge.set(lag.behind as f64);
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Checkpoint, Position};
+
+    fn lag_of(stats: &PipelineStats, partition: &str) -> Option<Lag> {
+        stats
+            .cursors()
+            .into_iter()
+            .find(|c| c.partition == partition)
+            .and_then(|c| c.lag)
+    }
+
+    #[test]
+    fn lag_is_the_head_minus_the_durable_cursor() {
+        let stats = PipelineStats::new("p");
+        let mut saved = Checkpoints::new();
+        saved.insert("BTC-USD".into(), Position::Int(100));
+        saved.insert("file".into(), Position::Text("a".into()));
+        stats.set_loaded(&saved);
+        assert_eq!(lag_of(&stats, "BTC-USD"), None, "no head reported yet");
+
+        stats.set_head("BTC-USD", 130, "trades");
+        let behind = |n| {
+            Some(Lag {
+                behind: n,
+                unit: "trades",
+            })
+        };
+        assert_eq!(lag_of(&stats, "BTC-USD"), behind(30));
+        stats.set_head("BTC-USD", 120, "trades");
+        assert_eq!(
+            lag_of(&stats, "BTC-USD"),
+            behind(30),
+            "an older head is ignored"
+        );
+
+        saved.insert("BTC-USD".into(), Position::Int(125));
+        stats.set_saved(&saved, &[Checkpoint::new("BTC-USD", 125u64)]);
+        assert_eq!(lag_of(&stats, "BTC-USD"), behind(5));
+        saved.insert("BTC-USD".into(), Position::Int(140));
+        stats.set_saved(&saved, &[Checkpoint::new("BTC-USD", 140u64)]);
+        assert_eq!(
+            lag_of(&stats, "BTC-USD"),
+            behind(0),
+            "past a stale head: caught up"
+        );
+
+        stats.set_head("file", 9, "lines");
+        assert_eq!(lag_of(&stats, "file"), None, "a text cursor has no lag");
+    }
 }

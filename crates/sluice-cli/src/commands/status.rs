@@ -97,8 +97,12 @@ pub(crate) fn render(page: &Value) -> Vec<String> {
             lines.push(format!("    error: {error}"));
         }
         for c in p["cursors"].as_array().unwrap_or(&empty) {
+            let lag = match (c["lag"]["behind"].as_u64(), c["lag"]["unit"].as_str()) {
+                (Some(behind), Some(unit)) => format!(", {behind} {unit} behind"),
+                _ => String::new(),
+            };
             lines.push(format!(
-                "    {} = {} ({:.1} s ago)",
+                "    {} = {} ({:.1} s ago{lag})",
                 c["partition"].as_str().unwrap_or("?"),
                 c["position"],
                 c["age_s"].as_f64().unwrap_or_default()
@@ -120,10 +124,14 @@ mod tests {
             "id": "orders", "state": "backing_off", "error": "sink down", "holder": "h:1",
             "epoch": 3, "rate_in": 12.5, "rate_out": 12.0, "dead_letters": 2,
             "errors": {"transient": 4, "fatal": 0, "data": 2},
-            "cursors": [{"partition": "in.jsonl", "position": 1234, "age_s": 0.4}]
+            "cursors": [
+                {"partition": "in.jsonl", "position": 1234, "age_s": 0.4},
+                {"partition": "BTC-USD", "position": 9, "age_s": 1.0,
+                 "lag": {"behind": 31, "unit": "trades"}}
+            ]
         }]});
         let lines = render(&page);
-        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert_eq!(lines.len(), 5, "{lines:#?}");
         assert!(lines[1].starts_with("orders") && lines[1].contains("backing_off"));
         assert!(
             lines[1].contains("12.5")
@@ -132,5 +140,6 @@ mod tests {
         );
         assert_eq!(lines[2], "    error: sink down");
         assert_eq!(lines[3], "    in.jsonl = 1234 (0.4 s ago)");
+        assert_eq!(lines[4], "    BTC-USD = 9 (1.0 s ago, 31 trades behind)");
     }
 }

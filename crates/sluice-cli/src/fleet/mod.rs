@@ -262,13 +262,37 @@ pub(crate) async fn fleet(command: FleetCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The run activity's last heartbeat (its details and how long ago), from a description.
+fn last_heartbeat(
+    description: &temporalio_client::WorkflowExecutionDescription,
+) -> Option<(workflow::Progress, Option<f64>)> {
+    let activity = description.raw_description.pending_activities.first()?;
+    let payload = activity.heartbeat_details.as_ref()?.payloads.first()?;
+    let progress = serde_json::from_slice(&payload.data).ok()?;
+    let age = activity.last_heartbeat_time.as_ref().and_then(|at| {
+        let at = std::time::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(at.seconds).ok()?,
+                u32::try_from(at.nanos).ok()?,
+            );
+        Some(
+            std::time::SystemTime::now()
+                .duration_since(at)
+                .ok()?
+                .as_secs_f64(),
+        )
+    });
+    Some((progress, age))
+}
+
 /// One pipeline's line: the workflow's status and query answer, the store's holder, epoch and
 /// cursors.
 async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow::Result<String> {
     let handle = client.get_workflow_handle::<PipelineWorkflow>(workflow_id(id));
-    let (workflow, answer) = match handle.describe(WorkflowDescribeOptions::default()).await {
-        Err(_) => ("-".to_owned(), None),
+    let (workflow, answer, beat) = match handle.describe(WorkflowDescribeOptions::default()).await {
+        Err(_) => ("-".to_owned(), None, None),
         Ok(description) => {
+            let beat = last_heartbeat(&description);
             let status = description.status();
             let answer = if status == WorkflowExecutionStatus::Running {
                 handle
@@ -282,7 +306,7 @@ async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow
             } else {
                 None
             };
-            (format!("{status:?}").to_lowercase(), answer)
+            (format!("{status:?}").to_lowercase(), answer, beat)
         }
     };
     let answer: Option<FleetStatus> = answer;
@@ -311,6 +335,23 @@ async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow
             " gen={} runs={} rewinds={}",
             answer.generation, answer.runs, answer.rewinds
         ));
+        if let Some((progress, age)) = beat {
+            let lag = progress
+                .lag
+                .iter()
+                .map(|(partition, behind, unit)| format!(" {partition} {behind} {unit}"))
+                .collect::<String>();
+            let age = age.map_or_else(String::new, |age| format!("{age:.1} s ago, "));
+            line.push_str(&format!(
+                "\n    heartbeat: {age}{} written this attempt{}",
+                progress.records_written,
+                if lag.is_empty() {
+                    String::new()
+                } else {
+                    format!(", behind:{lag}")
+                }
+            ));
+        }
         if let Some(error) = answer.last_error {
             line.push_str(&format!("\n    last control refused: {error}"));
         }

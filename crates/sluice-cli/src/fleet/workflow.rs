@@ -95,6 +95,10 @@ pub(crate) struct Progress {
     pub(crate) epoch: u64,
     /// Partition → durable position (JSON text).
     pub(crate) cursors: Vec<(String, String)>,
+    /// Partition → how far its durable cursor is behind the provider, and in what unit, where
+    /// the source knows it.
+    #[serde(default)]
+    pub(crate) lag: Vec<(String, u64, String)>,
     /// Records acknowledged by destinations in this attempt.
     pub(crate) records_written: u64,
     /// Paused by an operator.
@@ -672,11 +676,18 @@ impl FleetActivities {
 fn progress(stats: &PipelineStats) -> Progress {
     let (holder, epoch) = stats.lease().unwrap_or_default();
     let snapshot = stats.snapshot();
+    let cursors = stats.cursors();
     Progress {
         holder,
         epoch,
-        cursors: stats
-            .cursors()
+        lag: cursors
+            .iter()
+            .filter_map(|c| {
+                c.lag
+                    .map(|lag| (c.partition.clone(), lag.behind, lag.unit.to_owned()))
+            })
+            .collect(),
+        cursors: cursors
             .into_iter()
             .map(|c| (c.partition, c.position))
             .collect(),

@@ -160,6 +160,9 @@ impl Product {
 /// without bound. Trades beyond are fetched from REST once the gap closes.
 const MAX_AHEAD: usize = 100_000;
 
+/// What a product's lag counts: trade ids between the newest the feed named and the cursor.
+const LAG_UNIT: &str = "trades";
+
 /// Ids backfilled per pass, at most (the pass emits before it fetches the next).
 const CHUNK: u64 = 1_000;
 
@@ -212,6 +215,7 @@ impl Session<'_> {
             return Ok(());
         };
         let id = trade.trade_id;
+        self.ctx.set_head(&state.partition, id, LAG_UNIT);
         if state.last.is_some_and(|last| id <= last) || state.ahead.contains_key(&id) {
             CoinbaseStats::add(&self.source.stats.duplicates, 1);
             return Ok(());
@@ -606,6 +610,7 @@ impl Session<'_> {
         let Some(state) = self.products.get_mut(product) else {
             return Ok(());
         };
+        self.ctx.set_head(&state.partition, last_trade_id, LAG_UNIT);
         let seen = state
             .ahead
             .last_key_value()

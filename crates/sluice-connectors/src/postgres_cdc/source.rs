@@ -17,6 +17,9 @@ use super::{
 };
 use crate::change::ChangeRecord;
 
+/// What the slot's lag counts: bytes of WAL between the server's end and the durable LSN.
+const LAG_UNIT: &str = "bytes";
+
 fn replication_error(error: pgwire_replication::PgWireError) -> SourceError {
     use pgwire_replication::PgWireError as E;
     let text = error.to_string();
@@ -184,6 +187,7 @@ impl Source for PostgresCdcSource {
             match event {
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     ctx.alive();
+                    ctx.set_head(PARTITION, wal_end.as_u64(), LAG_UNIT);
                     // Between transactions the server has sent everything before `wal_end`: a
                     // quiet publication moves its cursor (and so the slot) with the cluster's
                     // WAL instead of pinning it. Saved, and so acknowledged, once durable.
@@ -201,11 +205,14 @@ impl Source for PostgresCdcSource {
                 } => txn = Some((final_lsn.as_u64(), pg_time(commit_time_micros), 0)),
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     txn = None;
+                    ctx.set_head(PARTITION, end_lsn.as_u64(), LAG_UNIT);
                     advanced = advanced.max(end_lsn.as_u64());
                     ctx.advance(Checkpoint::new(PARTITION, Position::Int(end_lsn.as_u64())))
                         .await?;
                 }
-                ReplicationEvent::XLogData { data, .. } => {
+                ReplicationEvent::XLogData { data, wal_end, .. } => {
+                    // The server's WAL end (0 in the middle of a transaction).
+                    ctx.set_head(PARTITION, wal_end.as_u64(), LAG_UNIT);
                     let message = match decode(&data) {
                         Ok(message) => message,
                         Err(error) => {
