@@ -131,6 +131,6 @@ pub mod __private {
 pub use resource::{IntoRecords, OnError, Resource, Resources, Transform, Transformed};
 pub use row::{Datum, Names, Row, RowPlan, Shapes};
 pub use sink::{BatchLimits, CheckpointCommit, DeadLetterSink, NullSink, Sink};
-pub use source::{Rejected, SessionEnd, Source, SourceContext};
+pub use source::{Heads, Rejected, SessionEnd, Source, SourceContext};
 pub use stats::{CursorStatus, PipelineStats, StatsSnapshot};
 pub use supervisor::{Health, PipelineState, Supervisor, report};

@@ -105,6 +105,19 @@ impl<P> Item<P> {
     }
 }
 
+/// Reports the newest position a provider has, like [`SourceContext::set_head`], from any task.
+#[derive(Clone, Debug)]
+pub struct Heads {
+    stats: Arc<PipelineStats>,
+}
+
+impl Heads {
+    /// As [`SourceContext::set_head`].
+    pub fn set(&self, partition: &str, head: u64, unit: &'static str) {
+        self.stats.set_head(partition, head, unit);
+    }
+}
+
 /// The pipeline stopped reading.
 struct Closed;
 
@@ -214,6 +227,15 @@ impl<P: Send + 'static> SourceContext<P> {
     /// to call for every message.
     pub fn set_head(&self, partition: &str, head: u64, unit: &'static str) {
         self.stats.set_head(partition, head, unit);
+    }
+
+    /// A handle that reports heads from another task (a poller of the provider's position,
+    /// which must keep reporting while the session waits on backpressure). Heads reported after
+    /// the session ended are not cleared again: stop the task with the session.
+    pub fn heads(&self) -> Heads {
+        Heads {
+            stats: self.stats.clone(),
+        }
     }
 
     /// The cursors the runtime has made durable, updated after every save (and equal to

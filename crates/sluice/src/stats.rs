@@ -35,6 +35,9 @@ pub struct PipelineStats {
     ///
     /// [`SourceContext::set_head`]: crate::SourceContext::set_head
     heads: Mutex<BTreeMap<String, Head>>,
+    /// `sluice_source_lag` per partition, registered once a lag is first known (never before:
+    /// an exported 0 would read "caught up").
+    lag_gauges: Mutex<BTreeMap<String, metrics::Gauge>>,
     /// When these counters started.
     started: Option<SystemTime>,
 }
@@ -55,8 +58,6 @@ struct Cursor {
 struct Head {
     at: u64,
     unit: &'static str,
-    /// `sluice_source_lag`, registered once: it is set on every head and every save.
-    gauge: metrics::Gauge,
 }
 
 /// A partition's durable cursor, for status pages.
@@ -193,7 +194,7 @@ impl PipelineStats {
                     moved: Some(now),
                 };
                 if let Some(head) = heads.get(&*checkpoint.partition) {
-                    set_gauge(head, &cursor);
+                    self.set_gauge(&checkpoint.partition, head, &cursor);
                 }
                 cursors.insert(checkpoint.partition.to_string(), cursor);
             }
@@ -201,7 +202,8 @@ impl PipelineStats {
     }
 
     /// The newest position the provider of `partition` is known to have, in `unit` (a source
-    /// keeps one unit). It never moves back: a stale report (an older heartbeat) is ignored.
+    /// keeps one unit). Within a session it never moves back: a stale report (an older
+    /// heartbeat) is ignored.
     pub(crate) fn set_head(&self, partition: &str, at: u64, unit: &'static str) {
         let mut heads = lock(&self.heads);
         let head = match heads.get_mut(partition) {
@@ -210,15 +212,35 @@ impl PipelineStats {
                 head.at = at;
                 head
             }
-            None => heads.entry(partition.to_owned()).or_insert_with(|| Head {
-                at,
-                unit,
-                gauge: metrics::gauge!("sluice_source_lag", "pipeline" => self.pipeline.clone(), "partition" => partition.to_owned(), "unit" => unit),
-            }),
+            None => heads
+                .entry(partition.to_owned())
+                .or_insert(Head { at, unit }),
         };
         if let Some(cursor) = lock(&self.cursors).get(partition) {
-            set_gauge(head, cursor);
+            self.set_gauge(partition, head, cursor);
         }
+    }
+
+    /// Forgets the heads when a session ends: what the provider had is not known while no
+    /// session is open, and a new one may reach another server (a failover). Until a new
+    /// session reports, status pages show no lag and the gauges read NaN (unknown).
+    fn clear_heads(&self) {
+        lock(&self.heads).clear();
+        for gauge in lock(&self.lag_gauges).values() {
+            gauge.set(f64::NAN);
+        }
+    }
+
+    fn set_gauge(&self, partition: &str, head: &Head, cursor: &Cursor) {
+        let Some(lag) = lag(head, cursor) else {
+            return;
+        };
+        lock(&self.lag_gauges)
+            .entry(partition.to_owned())
+            .or_insert_with(|| {
+                metrics::gauge!("sluice_source_lag", "pipeline" => self.pipeline.clone(), "partition" => partition.to_owned(), "unit" => head.unit)
+            })
+            .set(lag.behind as f64);
     }
 
     pub(crate) fn add_error(&self, class: ErrorClass) {
@@ -301,6 +323,9 @@ impl PipelineStats {
     }
 
     pub(crate) fn set_up(&self, up: bool) {
+        if !up {
+            self.clear_heads();
+        }
         self.up.store(up, Ordering::Relaxed);
         metrics::gauge!("sluice_pipeline_up", "pipeline" => self.pipeline.clone()).set(if up {
             1.0
@@ -315,12 +340,6 @@ fn lag(head: &Head, cursor: &Cursor) -> Option<Lag> {
         behind: head.at.saturating_sub(at),
         unit: head.unit,
     })
-}
-
-fn set_gauge(head: &Head, cursor: &Cursor) {
-    if let Some(lag) = lag(head, cursor) {
-        head.gauge.set(lag.behind as f64);
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -377,5 +396,18 @@ mod tests {
 
         stats.set_head("file", 9, "lines");
         assert_eq!(lag_of(&stats, "file"), None, "a text cursor has no lag");
+
+        stats.set_up(false);
+        assert_eq!(
+            lag_of(&stats, "BTC-USD"),
+            None,
+            "no session: the head is not known"
+        );
+        stats.set_head("BTC-USD", 90, "trades");
+        assert_eq!(
+            lag_of(&stats, "BTC-USD"),
+            behind(0),
+            "a new session's head counts, even below the last one"
+        );
     }
 }

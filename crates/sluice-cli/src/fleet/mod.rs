@@ -270,11 +270,10 @@ fn last_heartbeat(
     let payload = activity.heartbeat_details.as_ref()?.payloads.first()?;
     let progress = serde_json::from_slice(&payload.data).ok()?;
     let age = activity.last_heartbeat_time.as_ref().and_then(|at| {
-        let at = std::time::UNIX_EPOCH
-            + Duration::new(
-                u64::try_from(at.seconds).ok()?,
-                u32::try_from(at.nanos).ok()?,
-            );
+        let at = std::time::UNIX_EPOCH.checked_add(Duration::new(
+            u64::try_from(at.seconds).ok()?,
+            u32::try_from(at.nanos).ok()?,
+        ))?;
         Some(
             std::time::SystemTime::now()
                 .duration_since(at)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 use sluice::{
-    Checkpoint, Envelope, Position, Rejected, SessionEnd, Source, SourceContext, SourceError,
+    Checkpoint, Envelope, Heads, Position, Rejected, SessionEnd, Source, SourceContext, SourceError,
 };
 
 use super::{
@@ -121,6 +121,49 @@ fn pg_time(micros: i64) -> String {
         .unwrap_or_default()
 }
 
+/// How often the server's WAL position is read for the lag.
+const HEAD_POLL: Duration = Duration::from_secs(1);
+
+/// Reports the server's WAL position as the partition's head, every [`HEAD_POLL`], on a
+/// connection of its own. The replication stream's keepalives carry only what the walsender has
+/// sent, and it stops sending while the sink holds the session back (backpressure): exactly
+/// when the lag matters, it would read small. A failed read is retried quietly: it only feeds
+/// a status page.
+async fn poll_head(conn: Conn, heads: Heads) {
+    const SQL: &str = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0')::bigint";
+    loop {
+        match conn.control().await {
+            Ok(client) => loop {
+                match client.query_one(SQL, &[]).await {
+                    Ok(row) => {
+                        if let Ok(Some(lsn)) = row.try_get::<_, Option<i64>>(0) {
+                            heads.set(PARTITION, lsn.unsigned_abs(), LAG_UNIT);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "postgres_cdc: reading the WAL position failed");
+                        break;
+                    }
+                }
+                tokio::time::sleep(HEAD_POLL).await;
+            },
+            Err(error) => {
+                tracing::debug!(error = %error.message(), "postgres_cdc: no connection to read the WAL position");
+            }
+        }
+        tokio::time::sleep(HEAD_POLL * 5).await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Source for PostgresCdcSource {
     type Payload = ChangeRecord;
 
@@ -133,6 +176,8 @@ impl Source for PostgresCdcSource {
         if self.config.create {
             self.ensure(&conn).await?;
         }
+        // Stopped with the session (the runtime drops the future on every end).
+        let _poller = Aborting(tokio::spawn(poll_head(conn.clone(), ctx.heads())));
         let start = ctx
             .resume_after(PARTITION)
             .and_then(Position::as_int)
