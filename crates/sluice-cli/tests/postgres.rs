@@ -62,6 +62,15 @@ fn sqlite(db: &Path, sql: &str) -> Vec<Vec<String>> {
     .unwrap()
 }
 
+/// Waits (up to `secs`) until table `pg_changes` of `db` holds `n` rows.
+async fn wait_changes(db: &Path, n: i64, secs: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while count(db, "SELECT count(*) FROM pg_changes") < n {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn count(db: &Path, sql: &str) -> i64 {
     sqlite(db, sql)
         .first()
@@ -382,14 +391,7 @@ async fn a_quiet_publication_follows_the_wal_and_changes_keep_old_keys_and_exact
     ))
     .await
     .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while count(&db, "SELECT count(*) FROM pg_changes") < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the changes never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_changes(&db, 2, 30, "the changes never arrived").await;
     let update = sqlite(
         &db,
         "SELECT key, old_key FROM pg_changes WHERE op = 'update'",
@@ -463,14 +465,7 @@ async fn the_lag_shows_what_the_server_holds_not_what_it_sent() {
     pg.batch_execute(&format!("INSERT INTO {} VALUES (0, 'first')", cdc.table))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while count(&cdc.db, "SELECT count(*) FROM pg_changes") < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first change never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_changes(&cdc.db, 1, 30, "the first change never arrived").await;
     child.kill().unwrap();
     child.wait().unwrap();
     let wal = || async {
@@ -519,14 +514,13 @@ async fn the_lag_shows_what_the_server_holds_not_what_it_sent() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    while count(&cdc.db, "SELECT count(*) FROM pg_changes") < ROWS + 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the transaction never arrived whole"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_changes(
+        &cdc.db,
+        ROWS + 1,
+        180,
+        "the transaction never arrived whole",
+    )
+    .await;
     child.kill().unwrap();
     child.wait().unwrap();
     drop_cdc(&pg, &cdc.slot, &cdc.publication, &[&cdc.table]).await;
@@ -741,14 +735,7 @@ async fn the_audit_finds_missing_stale_and_extra_keys_of_a_change_log() {
     .await
     .unwrap();
     // 40 inserts, 10 updates, a delete and a key change.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while count(&cdc.db, "SELECT count(*) FROM pg_changes") < 52 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the changes never landed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_changes(&cdc.db, 52, 30, "the changes never landed").await;
     child.kill().unwrap();
     child.wait().unwrap();
 
