@@ -265,8 +265,9 @@ pub(crate) struct RunArgs {
     /// SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, SUPABASE_SCHEMA, SUPABASE_TABLES).
     pub(crate) targets: Vec<String>,
     /// Built-in pipelines: write records here instead of the SQLite file
-    /// (`clickhouse://user:password@host:8123/database` or `kafka://host:9092/topic`); cursors
-    /// and dead letters stay in the SQLite file.
+    /// (`clickhouse://user:password@host:8123/database`, `kafka://host:9092/topic` or
+    /// `postgres://user:password@host:5432/database`); cursors and dead letters stay in the
+    /// SQLite file.
     #[arg(long, env = "SLUICE_SINK", hide_env_values = true)]
     pub(crate) sink: Option<String>,
     /// Serve Prometheus metrics on /metrics and health on /health and /ready at this address.

@@ -240,20 +240,51 @@ async fn clickhouse_query(url: &str, sql: &str) -> String {
     response.text().await.unwrap()
 }
 
-/// `sluice run coinbase --sink clickhouse://…`, SIGKILLed twice while trades flow: cursors stay
-/// in SQLite, replayed batches converge in the ReplacingMergeTree, and after `FINAL` every trade
-/// is there exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
-    let Some(url) = clickhouse() else { return };
-    let database = format!("sluice_cli_{}", std::process::id());
-    clickhouse_query(&url, &format!("CREATE DATABASE IF NOT EXISTS {database}")).await;
-    let parsed = reqwest::Url::parse(&url).unwrap();
-    let sink = format!(
-        "clickhouse://default@{}:{}/{database}",
-        parsed.host_str().unwrap(),
-        parsed.port().unwrap()
-    );
+/// A remote destination of `sluice run coinbase --sink`, and how to count what it holds.
+enum Remote {
+    /// The HTTP URL of the server and the database of the test.
+    ClickHouse { url: String, database: String },
+    /// A client of the database of the test.
+    Postgres { client: tokio_postgres::Client },
+}
+
+impl Remote {
+    /// Trades of `product` stored: "rows, distinct ids, min id, max id" (after `FINAL`).
+    async fn stats(&self, product: &str) -> String {
+        match self {
+            Remote::ClickHouse { url, database } => clickhouse_query(
+                url,
+                &format!(
+                    "SELECT count(), uniqExact(trade_id), min(trade_id), max(trade_id) FROM {database}.coinbase_trades FINAL WHERE product_id = '{product}'"
+                ),
+            )
+            .await
+            .trim()
+            .replace('\t', ","),
+            Remote::Postgres { client } => {
+                let Ok(row) = client
+                    .query_one(
+                        "SELECT count(*), count(DISTINCT trade_id), min(trade_id), max(trade_id)
+                           FROM coinbase_trades WHERE product_id = $1",
+                        &[&product],
+                    )
+                    .await
+                else {
+                    return "no table yet".into();
+                };
+                let cell = |i| {
+                    row.get::<_, Option<i64>>(i)
+                        .map_or("NULL".to_owned(), |v| v.to_string())
+                };
+                format!("{},{},{},{}", cell(0), cell(1), cell(2), cell(3))
+            }
+        }
+    }
+}
+
+/// `sluice run coinbase --sink SINK`, SIGKILLed twice while trades flow: cursors stay in SQLite,
+/// replayed batches converge (upserts by key), and every trade is there exactly once.
+async fn sigkilled_twice_into(sink: &str, remote: &Remote) {
     let sim = CoinbaseSim::start(CoinbaseSimConfig {
         rate: 0.0,
         heartbeat: Duration::from_millis(250),
@@ -263,7 +294,7 @@ async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cursors.db");
-    let mut child = spawn_with(&sim, &db, &["--sink", &sink]);
+    let mut child = spawn_with(&sim, &db, &["--sink", sink]);
     eventually("the starting cursors", Duration::from_secs(30), || {
         query(&db, "SELECT count(*) FROM sluice_checkpoints") >= 2
     })
@@ -273,26 +304,18 @@ async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        child = spawn_with(&sim, &db, &["--sink", &sink]);
+        child = spawn_with(&sim, &db, &["--sink", sink]);
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     sim.set_rate(0.0);
     for product in sim.products() {
         let range = sim.trade_range(product).unwrap();
-        let expect = format!(
-            "{}\t{}\t{}\t{}",
-            range.end() - range.start() + 1,
-            range.end() - range.start() + 1,
-            range.start(),
-            range.end()
-        );
-        let sql = format!(
-            "SELECT count(), uniqExact(trade_id), min(trade_id), max(trade_id) FROM {database}.coinbase_trades FINAL WHERE product_id = '{product}'"
-        );
+        let n = range.end() - range.start() + 1;
+        let expect = format!("{n},{n},{},{}", range.start(), range.end());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let got = clickhouse_query(&url, &sql).await;
-            if got.trim() == expect {
+            let got = remote.stats(product).await;
+            if got == expect {
                 break;
             }
             assert!(
@@ -317,7 +340,50 @@ async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
         0,
         "no trades in SQLite"
     );
+}
+
+/// ClickHouse: replays converge in the ReplacingMergeTree, seen with `FINAL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_sink_with_sigkills_converges_to_every_trade_once() {
+    let Some(url) = clickhouse() else { return };
+    let database = format!("sluice_cli_{}", std::process::id());
+    clickhouse_query(&url, &format!("CREATE DATABASE IF NOT EXISTS {database}")).await;
+    let parsed = reqwest::Url::parse(&url).unwrap();
+    let sink = format!(
+        "clickhouse://default@{}:{}/{database}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap()
+    );
+    let remote = Remote::ClickHouse {
+        url: url.clone(),
+        database: database.clone(),
+    };
+    sigkilled_twice_into(&sink, &remote).await;
     clickhouse_query(&url, &format!("DROP DATABASE {database}")).await;
+}
+
+/// Postgres (`--sink postgres://…`): replays are upserts by (product, trade id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_sink_with_sigkills_lands_every_trade_once() {
+    let Some(url) = sluice::testing::service_env("SLUICE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let database = format!("sluice_cli_cb_{}", std::process::id());
+    let admin = support::pg_connect(&url).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .unwrap();
+    let sink = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
+    let remote = Remote::Postgres {
+        client: support::pg_connect(&sink).await,
+    };
+    sigkilled_twice_into(&sink, &remote).await;
+    drop(remote);
+    admin
+        .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .await
+        .unwrap();
 }
 
 fn audit(sim: &CoinbaseSim, db: &Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {

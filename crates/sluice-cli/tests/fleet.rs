@@ -5,6 +5,8 @@
 //! 15 s): a test with shorter ones would hide the gap between them.
 #![cfg(feature = "temporal")]
 
+mod support;
+
 use std::{
     collections::BTreeMap,
     io::Write as _,
@@ -20,13 +22,7 @@ fn services() -> Option<(String, String)> {
     Some((postgres, temporal))
 }
 
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
+use support::pg_connect as connect;
 
 /// One test's fleet: its config, its own task queue, its workers.
 struct Fleet {

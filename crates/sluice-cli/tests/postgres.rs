@@ -15,13 +15,7 @@ fn postgres() -> Option<String> {
     sluice::testing::service_env("SLUICE_TEST_POSTGRES_URL")
 }
 
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
+use support::pg_connect as connect;
 
 fn spawn(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sluice"))

@@ -55,10 +55,18 @@ impl SinkSpec {
         )
     }
 
-    /// A sink given as a URL on the command line: `clickhouse://…` or `kafka://…`.
+    /// A sink given as a URL on the command line: `clickhouse://…`, `kafka://…` or
+    /// `postgres://…`.
     pub(crate) fn from_url(url: &str) -> anyhow::Result<Self> {
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
         match scheme {
+            "postgres" | "postgresql" => {
+                // Checked (syntax, TLS options) without connecting, as the config's sinks are.
+                sluice_stores::postgres::target(url).map_err(|e| anyhow!("--sink: {e}"))?;
+                Ok(SinkSpec::Postgres {
+                    url: url.to_owned(),
+                })
+            }
             "clickhouse" | "clickhouses" | "http" | "https" => Ok(SinkSpec::ClickHouse {
                 endpoint: ClickHouseEndpoint::parse(url).map_err(|e| anyhow!("--sink: {e}"))?,
                 options: ClickHouseOptions::default(),
@@ -67,7 +75,7 @@ impl SinkSpec {
                 config: KafkaConfig::from_url(url).map_err(|e| anyhow!("--sink: {e}"))?,
             }),
             _ => bail!(
-                "--sink: expected clickhouse://user:password@host:port/database or kafka://brokers/topic"
+                "--sink: expected clickhouse://user:password@host:port/database, kafka://brokers/topic or postgres://user:password@host:port/database"
             ),
         }
     }

@@ -1,5 +1,8 @@
 //! What the CLI test binaries share.
 
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
 /// Runs `sluice audit ARGS --json`: its exit code and the JSON it printed.
 pub(crate) fn audit(args: &[&str]) -> (Option<i32>, serde_json::Value) {
     audit_env(args, &[])
@@ -27,7 +30,6 @@ pub(crate) fn audit_env(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, s
 }
 
 /// Sends SIGTERM to `child` (a graceful stop: drain, save, exit 0).
-#[allow(dead_code)] // not every test binary stops a process
 pub(crate) fn sigterm(child: &std::process::Child) {
     assert!(
         std::process::Command::new("kill")
@@ -36,4 +38,13 @@ pub(crate) fn sigterm(child: &std::process::Child) {
             .unwrap()
             .success()
     );
+}
+
+/// A client of the Postgres at `url` (plaintext, as the services serve it on loopback).
+pub(crate) async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
 }
