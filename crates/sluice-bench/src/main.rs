@@ -7,6 +7,8 @@
 //! - `sluice-bench clickhouse [N]` / `sluice-bench kafka [N]`: the same replay into ClickHouse
 //!   or a Kafka-protocol broker, beside `clickhouse-client` bulk inserts / a plain rdkafka
 //!   producer (servers from `scripts/services`).
+//! - `sluice-bench postgres [N]`: the same replay into Postgres, beside `psql` loading the same
+//!   rows with a binary `\copy`, plain and through staging + merge.
 //! - `sluice-bench cdc [N]`: Postgres logical replication → `postgres_cdc` → SQLite, beside
 //!   `pg_recvlogical` reading the same changes.
 //! - `sluice-bench fuzz [N]`: every network decoder over N arbitrary and mutated inputs.
@@ -26,12 +28,13 @@ fn main() {
         Some("coinbase") => coinbase::main(args.next()),
         Some("clickhouse") => sinks::clickhouse(args.next()),
         Some("kafka") => sinks::kafka(args.next()),
+        Some("postgres") => sinks::postgres(args.next()),
         Some("cdc") => cdc::main(args.next()),
         Some("fuzz") => fuzz::main(args.next()),
         Some("wal") => wal::main(args.next()),
         Some(other) => {
             eprintln!(
-                "unknown workload {other:?}: core | coinbase | clickhouse | kafka | cdc | fuzz | wal"
+                "unknown workload {other:?}: core | coinbase | clickhouse | kafka | postgres | cdc | fuzz | wal"
             );
             std::process::exit(2);
         }

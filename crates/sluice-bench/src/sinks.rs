@@ -12,8 +12,15 @@
 //!   idempotent, `acks=all`, `linger.ms=5`) producing the same JSON records with the same keys to
 //!   a fresh topic, all delivery reports awaited.
 //!
+//! - **Postgres ceilings** (workload `postgres`, issue 13): the rows sluice stored, exported with
+//!   `\copy … (FORMAT binary)`, then loaded by `psql` into an identical empty table (one
+//!   `\copy`, the server's fastest path), and the same load through a temporary staging table
+//!   and one `INSERT … SELECT DISTINCT ON (key) … ON CONFLICT` (the sink's own shape, in one
+//!   transaction instead of one per batch).
+//!
 //! Servers: those of `scripts/services` (override with `SLUICE_BENCH_CLICKHOUSE_URL`,
-//! `SLUICE_BENCH_CLICKHOUSE_TCP_PORT`, `SLUICE_BENCH_KAFKA_BROKERS`).
+//! `SLUICE_BENCH_CLICKHOUSE_TCP_PORT`, `SLUICE_BENCH_KAFKA_BROKERS`,
+//! `SLUICE_BENCH_POSTGRES_URL`).
 
 use std::{
     path::Path,
@@ -26,7 +33,10 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-use crate::coinbase::{frames, run_sluice};
+use crate::{
+    cdc::psql,
+    coinbase::{frames, run_sluice},
+};
 
 fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
@@ -214,6 +224,104 @@ pub(crate) fn kafka(arg: Option<String>) {
     println!(
         "sluice run coinbase -> Kafka          : {sluice:>10.0} trades/s  ({:.0}% of the plain producer)",
         100.0 * sluice / ceiling
+    );
+    println!(
+        "sluice peak RSS                       : {:>10.1} MiB",
+        run.rss_kib as f64 / 1024.0
+    );
+}
+
+/// Runs `script` with `psql` in one transaction; returns how long it took.
+fn timed_psql_script(url: &str, dir: &Path, script: &str) -> Duration {
+    let file = dir.join("script.sql");
+    std::fs::write(&file, script).expect("write the script");
+    let started = Instant::now();
+    let output = Command::new("psql")
+        .args([url, "-Xq1", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("psql");
+    let elapsed = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    elapsed
+}
+
+pub(crate) fn postgres(arg: Option<String>) {
+    let n: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = env_or(
+        "SLUICE_BENCH_POSTGRES_URL",
+        "postgres://sluice:sluice@127.0.0.1:15432/sluice",
+    );
+    let database = format!("sluice_bench_{}", std::process::id());
+    psql(&base, &format!("CREATE DATABASE {database}"));
+    let url = format!(
+        "{}/{database}",
+        base.rsplit_once('/').expect("url with a database").0
+    );
+    println!(
+        "workload: {n} BTC-USD match frames over loopback websocket -> Postgres {} (cursors in SQLite)",
+        psql(&url, "SHOW server_version")
+    );
+    let run = run_sluice(frames(n), None, dir.path(), "postgres", &["--sink", &url]);
+    let stored = psql(&url, "SELECT count(*) FROM coinbase_trades");
+    let key = psql(
+        &url,
+        "SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY array_position(i.indkey::int2[], a.attnum))
+         FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+         WHERE i.indrelid = 'coinbase_trades'::regclass AND i.indisprimary",
+    );
+    assert!(!key.is_empty(), "coinbase_trades has no primary key");
+    let rows = dir.path().join("rows.bin");
+    let rows = rows.display();
+    psql(
+        &url,
+        &format!("\\copy coinbase_trades TO '{rows}' (FORMAT binary)"),
+    );
+    psql(
+        &url,
+        "CREATE TABLE plain (LIKE coinbase_trades INCLUDING ALL);
+         CREATE TABLE merged (LIKE coinbase_trades INCLUDING ALL)",
+    );
+    let plain = timed_psql_script(
+        &url,
+        dir.path(),
+        &format!("\\copy plain FROM '{rows}' (FORMAT binary)\n"),
+    );
+    let merged = timed_psql_script(
+        &url,
+        dir.path(),
+        &format!(
+            "CREATE TEMP TABLE stage (LIKE coinbase_trades) ON COMMIT DROP;
+\\copy stage FROM '{rows}' (FORMAT binary)
+INSERT INTO merged SELECT DISTINCT ON ({key}) * FROM stage ORDER BY {key} ON CONFLICT ({key}) DO NOTHING;
+"
+        ),
+    );
+    let counts = psql(
+        &url,
+        "SELECT (SELECT count(*) FROM plain) || ',' || (SELECT count(*) FROM merged)",
+    );
+    psql(&base, &format!("DROP DATABASE {database} WITH (FORCE)"));
+    let sluice = rate(n, run.elapsed);
+    println!("rows stored by sluice                 : {stored} (ceiling tables: {counts})");
+    println!(
+        "psql \\copy binary into a plain table  : {:>10.0} trades/s",
+        rate(n, plain)
+    );
+    println!(
+        "psql \\copy binary, staging + merge    : {:>10.0} trades/s",
+        rate(n, merged)
+    );
+    println!(
+        "sluice run coinbase -> Postgres       : {sluice:>10.0} trades/s  ({:.0}% of staging + merge, {:.0}% of a plain copy)",
+        100.0 * sluice / rate(n, merged),
+        100.0 * sluice / rate(n, plain)
     );
     println!(
         "sluice peak RSS                       : {:>10.1} MiB",
