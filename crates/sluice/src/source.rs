@@ -106,15 +106,18 @@ impl<P> Item<P> {
 }
 
 /// Reports the newest position a provider has, like [`SourceContext::set_head`], from any task.
+/// It belongs to the session that made it: once that session ends, its reports are dropped.
 #[derive(Clone, Debug)]
 pub struct Heads {
     stats: Arc<PipelineStats>,
+    session: u64,
 }
 
 impl Heads {
-    /// As [`SourceContext::set_head`].
+    /// As [`SourceContext::set_head`]; nothing once the session that made this handle ended.
     pub fn set(&self, partition: &str, head: u64, unit: &'static str) {
-        self.stats.set_head(partition, head, unit);
+        self.stats
+            .set_head_of(Some(self.session), partition, head, unit);
     }
 }
 
@@ -230,10 +233,11 @@ impl<P: Send + 'static> SourceContext<P> {
     }
 
     /// A handle that reports heads from another task (a poller of the provider's position,
-    /// which must keep reporting while the session waits on backpressure). Heads reported after
-    /// the session ended are not cleared again: stop the task with the session.
+    /// which must keep reporting while the session waits on backpressure). Reports made
+    /// after the session ended are dropped; stop the task with the session all the same.
     pub fn heads(&self) -> Heads {
         Heads {
+            session: self.stats.head_session(),
             stats: self.stats.clone(),
         }
     }

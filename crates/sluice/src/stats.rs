@@ -35,6 +35,9 @@ pub struct PipelineStats {
     ///
     /// [`SourceContext::set_head`]: crate::SourceContext::set_head
     heads: Mutex<BTreeMap<String, Head>>,
+    /// Which session the heads belong to: bumped (under the `heads` lock) each time they are
+    /// cleared, so a report from a task of an ended session ([`crate::Heads`]) is dropped.
+    head_session: AtomicU64,
     /// `sluice_source_lag` per partition, registered once a lag is first known (never before:
     /// an exported 0 would read "caught up").
     lag_gauges: Mutex<BTreeMap<String, metrics::Gauge>>,
@@ -205,7 +208,29 @@ impl PipelineStats {
     /// keeps one unit). Within a session it never moves back: a stale report (an older
     /// heartbeat) is ignored.
     pub(crate) fn set_head(&self, partition: &str, at: u64, unit: &'static str) {
+        self.set_head_of(None, partition, at, unit);
+    }
+
+    /// The session the heads now belong to ([`Self::set_head_of`]).
+    pub(crate) fn head_session(&self) -> u64 {
+        self.head_session.load(Ordering::Acquire)
+    }
+
+    /// As [`Self::set_head`], from a task of `session` (`None`: the current one). A report
+    /// of a session that has ended is dropped: the task may outlive it by a moment (an abort
+    /// takes effect at its next await, on another thread).
+    pub(crate) fn set_head_of(
+        &self,
+        session: Option<u64>,
+        partition: &str,
+        at: u64,
+        unit: &'static str,
+    ) {
         let mut heads = lock(&self.heads);
+        // Read under the lock that `clear_heads` bumps it under: no report slips in between.
+        if session.is_some_and(|session| session != self.head_session()) {
+            return;
+        }
         let head = match heads.get_mut(partition) {
             Some(head) if head.at >= at => return,
             Some(head) => {
@@ -225,7 +250,10 @@ impl PipelineStats {
     /// session is open, and a new one may reach another server (a failover). Until a new
     /// session reports, status pages show no lag and the gauges read NaN (unknown).
     fn clear_heads(&self) {
-        lock(&self.heads).clear();
+        let mut heads = lock(&self.heads);
+        heads.clear();
+        self.head_session.fetch_add(1, Ordering::AcqRel);
+        drop(heads);
         for gauge in lock(&self.lag_gauges).values() {
             gauge.set(f64::NAN);
         }
@@ -408,6 +436,43 @@ mod tests {
             lag_of(&stats, "BTC-USD"),
             behind(0),
             "a new session's head counts, even below the last one"
+        );
+    }
+
+    #[test]
+    fn a_head_from_a_task_of_an_ended_session_is_dropped() {
+        let stats = PipelineStats::new("p");
+        let mut saved = Checkpoints::new();
+        saved.insert("0/0".into(), Position::Int(100));
+        stats.set_loaded(&saved);
+        stats.set_up(true);
+        let session = stats.head_session();
+        stats.set_head_of(Some(session), "0/0", 150, "bytes");
+        assert_eq!(
+            lag_of(&stats, "0/0"),
+            Some(Lag {
+                behind: 50,
+                unit: "bytes"
+            })
+        );
+        // The session ends; its poller, aborted, still finishes the report it was making.
+        stats.set_up(false);
+        stats.set_head_of(Some(session), "0/0", 200, "bytes");
+        assert_eq!(
+            lag_of(&stats, "0/0"),
+            None,
+            "a stale lag from an ended session"
+        );
+        stats.set_up(true);
+        assert_eq!(lag_of(&stats, "0/0"), None);
+        stats.set_head_of(Some(stats.head_session()), "0/0", 120, "bytes");
+        assert_eq!(
+            lag_of(&stats, "0/0"),
+            Some(Lag {
+                behind: 20,
+                unit: "bytes"
+            }),
+            "the next session's task reports"
         );
     }
 }
