@@ -48,9 +48,18 @@ struct Shared {
 /// The seconds rates are measured over.
 const RATE_WINDOW: usize = 5;
 
+/// Bucket bounds of the `_seconds` histograms: a millisecond to a minute (a batch write with
+/// its retries). Without buckets the exporter renders summaries, which cannot be summed across
+/// processes (a fleet's workers).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Installs the Prometheus recorder. Call once, before pipelines start counting.
 pub(crate) fn install_recorder() -> anyhow::Result<PrometheusHandle> {
-    Ok(PrometheusBuilder::new().install_recorder()?)
+    Ok(PrometheusBuilder::new()
+        .set_buckets(SECONDS_BUCKETS)?
+        .install_recorder()?)
 }
 
 /// Serves the endpoints until `shutdown`.

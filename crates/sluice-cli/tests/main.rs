@@ -372,6 +372,12 @@ fn metrics_health_and_readiness_are_served() {
         metrics.contains("sluice_checkpoint_saves_total"),
         "{metrics}"
     );
+    // A histogram, as docs/metrics.md says: buckets sum across processes, quantiles do not.
+    assert!(
+        metrics.contains("# TYPE sluice_batch_write_seconds histogram")
+            && metrics.contains("sluice_batch_write_seconds_bucket{"),
+        "{metrics}"
+    );
     assert_eq!(health.map(|(status, _)| status), Some(200));
     assert_eq!(ready.map(|(status, _)| status), Some(200));
 }
