@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::{Backoff, BackoffPolicy},
-    checkpoint::{CheckpointStore, Lease},
+    checkpoint::{CheckpointStore, Lease, merge_monotonic},
     envelope::{Checkpoint, Checkpoints, EnvelopeMeta, ResourceName},
     error::{ErrorClass, PipelineError, SinkError, StoreError},
     record::{DeadLetter, Record},
@@ -497,7 +497,7 @@ where
         while self.pending.front().is_some_and(|(seq, _)| *seq < limit) {
             self.pending.pop_front();
         }
-        crate::checkpoint::merge_monotonic(&mut self.saved, checkpoints);
+        merge_monotonic(&mut self.saved, checkpoints);
         self.last_save = Instant::now();
         if !checkpoints.is_empty() {
             self.stats.add_checkpoint_save();
@@ -777,6 +777,11 @@ async fn write_isolating<T: Record, K: Sink<T>>(
     // Ranges still to write, last = next; the whole buffer first, with the cursors.
     let mut todo = vec![(0, slot.records.len())];
     let mut committed = false;
+    // The cursors stored by the parts committed so far: a later part carries only newer ones.
+    // Handing it an older part's cursors again would read, to a sink that detects a retried
+    // commit by its cursors (Postgres), as "this part is already in": its rows would be
+    // dropped. Cloned on the first part only (bisection is the rare path).
+    let mut parts_saved: Option<Checkpoints> = None;
     let started = std::time::Instant::now();
     while let Some((from, to)) = todo.pop() {
         let whole = from == 0 && to == slot.records.len();
@@ -788,7 +793,11 @@ async fn write_isolating<T: Record, K: Sink<T>>(
                 let end = slot.meta.get(to).map_or(prefix.limit, |m| m.seq);
                 let first_rejected = rejected.iter().map(|(i, _)| slot.meta[*i].seq).min();
                 let limit = first_rejected.map_or(end, |r| r.min(end)).min(prefix.limit);
-                ready(prefix.pending, prefix.saved, limit)
+                ready(
+                    prefix.pending,
+                    parts_saved.as_ref().unwrap_or(prefix.saved),
+                    limit,
+                )
             }
             _ => Vec::new(),
         };
@@ -804,7 +813,17 @@ async fn write_isolating<T: Record, K: Sink<T>>(
             result = slot.sink.write(&slot.records[from..to], with_commit) => result,
         };
         match result {
-            Ok(()) => committed |= whole && commit.is_some(),
+            Ok(()) => {
+                committed |= whole && commit.is_some();
+                if !whole && !part_cursors.is_empty() {
+                    merge_monotonic(
+                        parts_saved.get_or_insert_with(|| {
+                            prefix.as_ref().map(|p| p.saved.clone()).unwrap_or_default()
+                        }),
+                        &part_cursors,
+                    );
+                }
+            }
             Err(error) => match error.class() {
                 ErrorClass::Transient => {
                     stats.add_error(ErrorClass::Transient);

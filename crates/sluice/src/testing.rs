@@ -199,7 +199,9 @@ type SaveCheck = Arc<dyn Fn(&[Checkpoint]) + Send + Sync>;
 ///
 /// It can fail its next writes ([`RecordingSink::fail_next`]), reject records a predicate picks
 /// (a data error for any batch holding one, as a database with a constraint would), and share a
-/// transaction with a [`MemoryStore`] ([`RecordingSink::transactional_with`]).
+/// transaction with a [`MemoryStore`] ([`RecordingSink::transactional_with`]); then, like the
+/// Postgres sink, it takes a write whose cursors are all stored already for a retried commit and
+/// acknowledges it without writing.
 #[derive(Clone)]
 pub struct RecordingSink<R> {
     state: Arc<Mutex<SinkState<R>>>,
@@ -307,9 +309,23 @@ impl<R: Clone + Send + Sync + 'static> Sink<R> for RecordingSink<R> {
                 .store
                 .as_ref()
                 .ok_or_else(|| SinkError::fatal("commit handed to a non-transactional sink"))?;
+            let store_error = |e: StoreError| SinkError::new(e.class(), e.to_string());
+            // The lease first, then, as the Postgres sink does, a write whose cursors are all
+            // stored already is taken for the retry of a commit whose acknowledgement was lost:
+            // acknowledged without writing its rows again.
+            store.save_now(commit.lease, &[]).map_err(store_error)?;
+            let stored = store.snapshot(&commit.lease.pipeline);
+            if !commit.checkpoints.is_empty()
+                && commit
+                    .checkpoints
+                    .iter()
+                    .all(|c| stored.get(&c.partition).is_some_and(|at| *at >= c.position))
+            {
+                return Ok(());
+            }
             store
                 .save_now(commit.lease, commit.checkpoints)
-                .map_err(|e| SinkError::new(e.class(), e.to_string()))?;
+                .map_err(store_error)?;
         }
         state.rows.extend_from_slice(batch);
         state.batches.push(batch.len());
