@@ -523,6 +523,58 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
     fleet.undeploy_and_drop(&pg, &id, &table).await;
 }
 
+/// The store's pause flag is the one control: `sluice pause|resume` (no Temporal) set it as
+/// the signals do, and a new run of the workflow (a deploy, a continue-as-new) leaves it as it
+/// is. Before, each run wrote its own idea (not paused) over it: a pipeline paused in the
+/// store ran again on deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_made_in_the_store_holds_through_a_deploy() {
+    let Some((url, temporal)) = services() else {
+        return;
+    };
+    let pg = connect(&url).await;
+    let (mut fleet, _input, id, table) = Fleet::one_file(&url, &temporal, "storepause");
+    let config = fleet.config.clone();
+    let operator = |verb: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([verb, &id, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "sluice {verb}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    operator("pause");
+    fleet.start_worker(4);
+    fleet.sluice(&["deploy"], true);
+    fleet
+        .wait_status(30, "not shown paused", |s| s.contains(" paused "))
+        .await;
+    // Past the worker's one-second look at the flags and a session's start.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        rows(&pg, &table).await.0,
+        0,
+        "paused in the store before the deploy: nothing written"
+    );
+    operator("resume");
+    wait_rows(
+        &pg,
+        std::slice::from_ref(&table),
+        100,
+        60,
+        "after sluice resume",
+    )
+    .await;
+    fleet
+        .wait_status(30, "not shown running", |s| s.contains(" running "))
+        .await;
+    fleet.undeploy_and_drop(&pg, &id, &table).await;
+}
+
 /// A rewind signalled while the worker running the pipeline is frozen: the cancelled run never
 /// answers (it times out), which must not fail the workflow. The cursor is set once the frozen
 /// worker's lease has expired, the run starts again on the other worker from it, and the frozen

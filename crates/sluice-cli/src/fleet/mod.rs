@@ -144,6 +144,8 @@ pub(crate) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         let input = FleetInput {
             pipeline: id.clone(),
             paused: args.paused,
+            // Without --paused, the store's flag stays as `sluice pause|resume` left it.
+            pause_pending: args.paused,
             heartbeat_timeout_s: args.heartbeat_timeout_s,
             history_limit: args.history_limit,
             generation: 0,
@@ -310,10 +312,12 @@ async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow
     };
     let answer: Option<FleetStatus> = answer;
     let state = answer.as_ref().map_or("-", |a| a.state.as_str()).to_owned();
-    let state = if store.paused().await?.contains(id) && state == "running" {
-        "paused".to_owned()
-    } else {
-        state
+    // Running or paused is the store's flag (signals and `sluice pause|resume` both set it),
+    // not the workflow's memory of its last signal.
+    let state = match state.as_str() {
+        "running" | "paused" if store.paused().await?.contains(id) => "paused".to_owned(),
+        "running" | "paused" => "running".to_owned(),
+        _ => state,
     };
     let (holder, epoch) = store
         .lease(id)

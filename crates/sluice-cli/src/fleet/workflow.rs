@@ -43,8 +43,13 @@ pub(crate) const FATAL: &str = "sluice.fatal";
 pub(crate) struct FleetInput {
     /// The pipeline id, as in the workers' config file.
     pub(crate) pipeline: String,
-    /// Paused (carried across continue-as-new).
+    /// Paused by the last signal (carried across continue-as-new).
     pub(crate) paused: bool,
+    /// Whether `paused` is still to be written to the store's flag: at deploy, only with
+    /// `--paused`; across continue-as-new, a signal not applied yet. The flag is otherwise left
+    /// as it is, so a `sluice pause|resume` made in the store holds.
+    #[serde(default)]
+    pub(crate) pause_pending: bool,
     /// The run activity's heartbeat timeout: how long a silent worker keeps the pipeline before
     /// Temporal gives it to another.
     pub(crate) heartbeat_timeout_s: u64,
@@ -117,10 +122,12 @@ pub(crate) enum RunOutcome {
 #[derive(Default)]
 pub(crate) struct PipelineWorkflow {
     pipeline: String,
-    /// What the operator asked for.
+    /// What the last signal asked for.
     paused: bool,
-    /// What the store's flag was last set to by this workflow.
-    applied_pause: Option<bool>,
+    /// A signal (or `deploy --paused`) not yet written to the store's flag. The flag itself
+    /// is the one control: `sluice pause|resume` set it without Temporal, and a new run of
+    /// this workflow (a deploy, a continue-as-new) must not write its own idea over it.
+    pause_pending: bool,
     rewinds: VecDeque<Rewind>,
     /// Controls that failed in a row (the store down): the backoff before the next try.
     control_failures: u32,
@@ -129,7 +136,7 @@ pub(crate) struct PipelineWorkflow {
 
 impl PipelineWorkflow {
     fn control_pending(&self) -> bool {
-        !self.rewinds.is_empty() || self.applied_pause != Some(self.paused)
+        !self.rewinds.is_empty() || self.pause_pending
     }
 }
 
@@ -145,6 +152,7 @@ impl PipelineWorkflow {
         ctx.state_mut(|s| {
             s.pipeline.clone_from(&input.pipeline);
             s.paused = input.paused;
+            s.pause_pending = input.pause_pending;
             s.rewinds.extend(input.rewinds.iter().cloned());
             s.status.pipeline.clone_from(&input.pipeline);
             s.status.generation = input.generation;
@@ -246,12 +254,14 @@ impl PipelineWorkflow {
     #[signal]
     pub(crate) fn pause(&mut self, _ctx: &mut SyncWorkflowContext<Self>) {
         self.paused = true;
+        self.pause_pending = true;
     }
 
     /// Resume a paused pipeline: a new session from its saved cursors.
     #[signal]
     pub(crate) fn resume(&mut self, _ctx: &mut SyncWorkflowContext<Self>) {
         self.paused = false;
+        self.pause_pending = true;
     }
 
     /// Set one cursor safely while the pipeline runs: the run is stopped (drained, saved,
@@ -285,6 +295,7 @@ fn continue_as_new(
     }
     let next = FleetInput {
         paused: ctx.state(|s| s.paused),
+        pause_pending: ctx.state(|s| s.pause_pending),
         generation: input.generation + 1,
         rewinds: ctx.state(|s| s.rewinds.iter().cloned().collect()),
         ..input.clone()
@@ -301,15 +312,15 @@ fn undeployed(
     Ok(format!("pipeline {} undeployed", input.pipeline))
 }
 
-/// Sets the store's pause flag to what the operator asked, through a local activity (a short
+/// Sets the store's pause flag to what the last signal asked, through a local activity (a short
 /// store write on the workflow's worker: it needs no activity slot, which long-running pipelines
 /// may all hold). `Ok(true)`: applied (or nothing to do); `Ok(false)`: it failed (the store
 /// down), the error is in the status and the backoff was waited out — the caller tries again
 /// after checking the history. `Err` only when the workflow is cancelled.
 async fn apply_pause(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<bool> {
-    let (pipeline, paused, applied) =
-        ctx.state(|s| (s.pipeline.clone(), s.paused, s.applied_pause));
-    if applied == Some(paused) {
+    let (pipeline, paused, pending) =
+        ctx.state(|s| (s.pipeline.clone(), s.paused, s.pause_pending));
+    if !pending {
         return Ok(true);
     }
     match ctx
@@ -322,7 +333,8 @@ async fn apply_pause(ctx: &WorkflowContext<PipelineWorkflow>) -> WorkflowResult<
     {
         Ok(()) => {
             ctx.state_mut(|s| {
-                s.applied_pause = Some(paused);
+                // A signal that came while the write was under way is still to be written.
+                s.pause_pending = s.paused != paused;
                 s.control_failures = 0;
             });
             Ok(true)
