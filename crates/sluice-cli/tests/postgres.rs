@@ -1052,26 +1052,33 @@ resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", t
 
 /// Invariant 9 through a bisected batch on the real server, records, dead letters and cursors
 /// in one database: a fan-out gives three rows per line (one cursor for the three) and a CHECK
-/// constraint rejects row 8, so the batch of 30 is split and each part commits with the
-/// cursors done before it. Before the fix, the part holding row 7 carried the cursor the part
-/// before it had committed, the sink took it for a retried commit, and row 7 was acknowledged
-/// but never written.
+/// constraint rejects one row, so the batch of 30 is split and each part commits with the
+/// cursors done before it. The sink takes a write whose cursors are all stored for a retried
+/// commit and skips it; before the fixes, a write after a committed part carried that part's
+/// cursors again: rejecting row 8, row 7 (a later part) was acknowledged but never written;
+/// rejecting row 7, its dead letter was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bisected_batch_of_fanned_out_rows_loses_none_into_postgres() {
     let Some(url) = postgres() else { return };
     let pg = connect(&url).await;
+    for poison in [8, 7] {
+        bisected_fan_out(&url, &pg, poison).await;
+    }
+}
+
+async fn bisected_fan_out(url: &str, pg: &tokio_postgres::Client, poison: i64) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     let lines: String = (0..10).map(|i| format!("{{\"line\":{i}}}\n")).collect();
     std::fs::write(&input, lines).unwrap();
     let id = std::process::id();
     let (pipeline, table, dead) = (
-        format!("bisect-{id}"),
-        format!("bisect_{id}"),
-        format!("bisect_dl_{id}"),
+        format!("bisect-{poison}-{id}"),
+        format!("bisect_{poison}_{id}"),
+        format!("bisect_dl_{poison}_{id}"),
     );
     pg.batch_execute(&format!(
-        "CREATE TABLE {table} (id bigint NOT NULL CHECK (id <> 8))"
+        "CREATE TABLE {table} (id bigint NOT NULL CHECK (id <> {poison}))"
     ))
     .await
     .unwrap();
@@ -1086,7 +1093,7 @@ batch = {{ max_records = 30, linger_ms = 2000 }}
 dead_letters = {{ sink = "pg", table = "{dead}" }}
 resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", type = "integer", nullable = false }}], transform = '.line * 3 + range(3) | {{id: .}}' }}
 "#,
-            head = store_and_sink(&url, &dir.path().join("local.db")),
+            head = store_and_sink(url, &dir.path().join("local.db")),
             input = input.display()
         ),
     )
@@ -1115,9 +1122,15 @@ resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", t
     pg.batch_execute(&format!("DROP TABLE {table}; DROP TABLE {dead}"))
         .await
         .unwrap();
-    let expected: Vec<i64> = (0..30).filter(|i| *i != 8).collect();
-    assert_eq!(ids, expected, "every row but the rejected one, once");
-    assert_eq!(dead_letters, 1, "the rejected row is dead-lettered");
+    let expected: Vec<i64> = (0..30).filter(|i| *i != poison).collect();
+    assert_eq!(
+        ids, expected,
+        "row {poison} rejected: every other row, once"
+    );
+    assert_eq!(
+        dead_letters, 1,
+        "row {poison} rejected: it is dead-lettered"
+    );
     assert_eq!(saved, std::fs::metadata(&input).unwrap().len().to_string());
 }
 

@@ -622,6 +622,7 @@ where
         };
         let Isolated {
             committed,
+            parts,
             rejected,
             resume,
         } = match outcome {
@@ -639,6 +640,9 @@ where
                 });
             }
         };
+        if let Some((limit, cursors)) = parts {
+            self.mark_saved(limit, &cursors);
+        }
         match target {
             Target::Data(i) => {
                 let slot = &mut self.slots[i];
@@ -782,24 +786,27 @@ async fn write_isolating<T: Record, K: Sink<T>>(
     // commit by its cursors (Postgres), as "this part is already in": its rows would be
     // dropped. Cloned on the first part only (bisection is the rare path).
     let mut parts_saved: Option<Checkpoints> = None;
+    // What the parts committed, for the caller's `saved` (see `Isolated::parts`).
+    let mut parts: Option<(Seq, Vec<Checkpoint>)> = None;
     let started = std::time::Instant::now();
     while let Some((from, to)) = todo.pop() {
         let whole = from == 0 && to == slot.records.len();
         // Parts are written left to right: everything before `from` is written or rejected.
         // A transactional slot (`commit` is `Some`) commits each part with the lease check and
         // the cursors done before the part's end.
-        let part_cursors = match (&prefix, commit) {
+        let (part_limit, part_cursors) = match (&prefix, commit) {
             (Some(prefix), Some(_)) if !whole => {
                 let end = slot.meta.get(to).map_or(prefix.limit, |m| m.seq);
                 let first_rejected = rejected.iter().map(|(i, _)| slot.meta[*i].seq).min();
                 let limit = first_rejected.map_or(end, |r| r.min(end)).min(prefix.limit);
-                ready(
+                let cursors = ready(
                     prefix.pending,
                     parts_saved.as_ref().unwrap_or(prefix.saved),
                     limit,
-                )
+                );
+                (limit, cursors)
             }
-            _ => Vec::new(),
+            _ => (Seq::default(), Vec::new()),
         };
         let part_commit = commit.map(|c| CheckpointCommit {
             pipeline: c.pipeline,
@@ -822,6 +829,9 @@ async fn write_isolating<T: Record, K: Sink<T>>(
                         }),
                         &part_cursors,
                     );
+                    let (limit, cursors) = parts.get_or_insert_with(Default::default);
+                    *limit = part_limit;
+                    cursors.extend(part_cursors.iter().cloned());
                 }
             }
             Err(error) => match error.class() {
@@ -854,6 +864,7 @@ async fn write_isolating<T: Record, K: Sink<T>>(
                         // record's dead letter is written. Stop here; the rest is written after.
                         return Ok(Isolated {
                             committed,
+                            parts,
                             rejected,
                             resume: Some(to),
                         });
@@ -873,6 +884,7 @@ async fn write_isolating<T: Record, K: Sink<T>>(
         .record(started.elapsed().as_secs_f64());
     Ok(Isolated {
         committed,
+        parts,
         rejected,
         resume: None,
     })
@@ -882,6 +894,11 @@ async fn write_isolating<T: Record, K: Sink<T>>(
 struct Isolated {
     /// Whether the whole buffer's cursors went in with the write.
     committed: bool,
+    /// When the buffer was bisected: the limit of the last part that committed cursors, and
+    /// the cursors the parts committed. The caller marks them saved before any other write, or
+    /// the next write in the same transaction (the dead letters of a rejected record) would
+    /// carry them again and be taken for a retried commit.
+    parts: Option<(Seq, Vec<Checkpoint>)>,
     /// Indices of rejected records, with their errors.
     rejected: Vec<(usize, SinkError)>,
     /// Where writing stopped after a rejected record (transactional slots): the records from

@@ -76,46 +76,64 @@ async fn crashes_while_a_batch_is_bisected_leave_every_envelope_exactly_once() {
 }
 
 /// Invariant 9 when few envelopes carry a cursor (a Realtime change, a row inside a
-/// replicated transaction, a fan-out's records): the parts of a bisected batch must not hand
-/// the sink a cursor an earlier part already committed. The sink (as the Postgres sink does)
-/// takes a write whose cursors are all stored for a retried commit and skips its rows: with
-/// the earlier part's cursors again, rows 5 and 6 were acknowledged and never written.
+/// replicated transaction, a fan-out's records): no write after a part of a bisected batch may
+/// hand the sink a cursor that part already committed, neither a later part nor the dead
+/// letters written in the same transaction. The sink (as the Postgres sink does) takes a write
+/// whose cursors are all stored for a retried commit and skips it: before the fix, rejecting
+/// row 8 lost rows 5 and 6 (a later part), rejecting row 7 with transactional dead letters
+/// lost its dead letter.
 #[tokio::test]
-async fn the_parts_of_a_bisected_batch_carry_only_cursors_not_yet_committed() {
-    let store = Arc::new(MemoryStore::with_scope("mem:db"));
-    let sink = RecordingSink::<Value>::new()
-        .transactional_with(store.clone(), "mem:db")
-        .rejecting(|r: &Value| r["n"] == 7);
-    let dead = RecordingSink::new();
-    let log = (0..40u64)
-        .map(|n| {
-            let envelope = Envelope::new("r", serde_json::json!({ "n": n }));
-            if n % 10 == 0 {
-                envelope.with_checkpoint(Checkpoint::new("p0", Position::Int(n / 10 + 1)))
-            } else {
-                envelope
-            }
-        })
-        .collect();
-    pipeline(
-        ScriptedSource::new(log),
-        store.clone(),
-        sink.clone(),
-        dead.clone(),
-        40,
-    )
-    .run(CancellationToken::new())
-    .await
-    .unwrap();
-    let mut rows = ns(&sink.rows());
-    rows.sort_unstable();
-    let expected: Vec<u64> = (0..40).filter(|n| *n != 7).collect();
-    assert_eq!(rows, expected, "every row but the rejected one, once");
-    assert_eq!(dead.rows().len(), 1, "the rejected row is dead-lettered");
-    assert_eq!(
-        store.snapshot("p").get("p0").and_then(|p| p.as_int()),
-        Some(4)
-    );
+async fn no_write_after_a_committed_part_carries_its_cursors_again() {
+    for (poison, dead_in_the_transaction) in [(8, false), (8, true), (7, false), (7, true)] {
+        let case =
+            format!("row {poison} rejected, transactional dead letters: {dead_in_the_transaction}");
+        let store = Arc::new(MemoryStore::with_scope("mem:db"));
+        let sink = RecordingSink::<Value>::new()
+            .transactional_with(store.clone(), "mem:db")
+            .rejecting(move |r: &Value| r["n"] == poison);
+        let dead = if dead_in_the_transaction {
+            RecordingSink::new().transactional_with(store.clone(), "mem:db")
+        } else {
+            RecordingSink::new()
+        };
+        let log = (0..40u64)
+            .map(|n| {
+                let envelope = Envelope::new("r", serde_json::json!({ "n": n }));
+                if n % 10 == 0 {
+                    envelope.with_checkpoint(Checkpoint::new("p0", Position::Int(n / 10 + 1)))
+                } else {
+                    envelope
+                }
+            })
+            .collect();
+        pipeline(
+            ScriptedSource::new(log),
+            store.clone(),
+            sink.clone(),
+            dead.clone(),
+            40,
+        )
+        .run(CancellationToken::new())
+        .await
+        .unwrap();
+        let mut rows = ns(&sink.rows());
+        rows.sort_unstable();
+        let expected: Vec<u64> = (0..40).filter(|n| *n != poison).collect();
+        assert_eq!(
+            rows, expected,
+            "{case}: every row but the rejected one, once"
+        );
+        assert_eq!(
+            dead.rows().len(),
+            1,
+            "{case}: the rejected row is dead-lettered"
+        );
+        assert_eq!(
+            store.snapshot("p").get("p0").and_then(|p| p.as_int()),
+            Some(4),
+            "{case}"
+        );
+    }
 }
 
 /// Invariant 8 across the whole life of a pipeline: a lease of 150 ms is kept through the
