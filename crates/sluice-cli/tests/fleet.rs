@@ -461,7 +461,7 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
     fleet
         .wait_status(30, "never paused", |s| s.contains(" paused "))
         .await;
-    // The store flag is followed within a heartbeat tick (a third of the timeout).
+    // The store flag is read by the worker every second; a session stops within that.
     tokio::time::sleep(Duration::from_secs(5)).await;
     append(&input, 100..150);
     tokio::time::sleep(Duration::from_secs(3)).await;

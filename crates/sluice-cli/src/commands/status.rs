@@ -59,10 +59,17 @@ pub(crate) fn draw(lines: &[String], watch: bool, drawn: &mut usize) {
         print!("\x1b[{drawn}A\x1b[J");
     }
     let stamp = (!terminal && watch).then(|| format!("{} ", chrono::Utc::now().format("%H:%M:%S")));
-    for line in lines {
-        println!("{}{line}", stamp.as_deref().unwrap_or(""));
+    let rows = screen_rows(lines);
+    for row in &rows {
+        println!("{}{row}", stamp.as_deref().unwrap_or(""));
     }
-    *drawn = lines.len();
+    *drawn = rows.len();
+}
+
+/// The rows a view takes on the screen: an entry may hold several (fleet status puts a
+/// pipeline's heartbeat under it), and the redraw must go back over all of them.
+fn screen_rows(lines: &[String]) -> Vec<&str> {
+    lines.iter().flat_map(|line| line.lines()).collect()
 }
 
 /// The table of a status document: a header and one line per pipeline, then one per cursor.
@@ -141,5 +148,24 @@ mod tests {
         assert_eq!(lines[2], "    error: sink down");
         assert_eq!(lines[3], "    in.jsonl = 1234 (0.4 s ago)");
         assert_eq!(lines[4], "    BTC-USD = 9 (1.0 s ago, 31 trades behind)");
+    }
+
+    #[test]
+    fn a_redraw_goes_back_over_every_row_an_entry_takes() {
+        let view = vec![
+            "header".to_owned(),
+            "a running\n    heartbeat: 1.0 s ago\n    last control refused: x".to_owned(),
+            "b paused".to_owned(),
+        ];
+        assert_eq!(
+            screen_rows(&view),
+            [
+                "header",
+                "a running",
+                "    heartbeat: 1.0 s ago",
+                "    last control refused: x",
+                "b paused"
+            ]
+        );
     }
 }
