@@ -266,8 +266,8 @@ pub(crate) struct RunArgs {
     pub(crate) targets: Vec<String>,
     /// Built-in pipelines: write records here instead of the SQLite file
     /// (`clickhouse://user:password@host:8123/database`, `kafka://host:9092/topic` or
-    /// `postgres://user:password@host:5432/database`); cursors and dead letters stay in the
-    /// SQLite file.
+    /// `postgres://user:password@host:5432/database`); cursors and dead letters stay beside
+    /// each other (the SQLite file, or the database of `--store`).
     #[arg(long, env = "SLUICE_SINK", hide_env_values = true)]
     pub(crate) sink: Option<String>,
     /// Serve Prometheus metrics on /metrics and health on /health and /ready at this address.

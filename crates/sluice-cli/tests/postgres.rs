@@ -1134,6 +1134,51 @@ resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", t
     assert_eq!(saved, std::fs::metadata(&input).unwrap().len().to_string());
 }
 
+/// With the store in Postgres, dead letters go by default to `sluice_dead_letters` in that
+/// database (beside the cursors, one place for a fleet), not to a SQLite file on whichever
+/// machine ran the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_follow_a_postgres_store_by_default() {
+    let Some(url) = postgres() else { return };
+    let pg = connect(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\":1}\nnot json\n{\"id\":2}\n").unwrap();
+    let id = std::process::id();
+    let (pipeline, table) = (format!("dl-default-{id}"), format!("dl_default_{id}"));
+    let local = dir.path().join("local.db");
+    let config = dir.path().join("dl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{head}
+[pipelines.{pipeline}]
+source = {{ kind = "file", path = "{input}", resource = "rows" }}
+resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", type = "integer", nullable = false }}] }}
+"#,
+            head = store_and_sink(&url, &local),
+            input = input.display()
+        ),
+    )
+    .unwrap();
+    run_to_end(&config);
+    let dead: Vec<String> = pg
+        .query(
+            "SELECT payload FROM sluice_dead_letters WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    pg.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+    assert_eq!(dead, ["not json"], "the bad line, in the store's database");
+    assert!(!local.exists(), "nothing written to a local SQLite file");
+}
+
 /// Rows, and distinct ids, of `table`.
 async fn rows(pg: &tokio_postgres::Client, table: &str) -> (i64, i64) {
     pg.query_one(

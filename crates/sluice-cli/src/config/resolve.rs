@@ -119,8 +119,22 @@ pub(crate) struct Config {
     pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
-/// The sink name the default dead-letter destination uses: the store's file.
+/// The sink name the default dead-letter destination (and built-ins' bookkeeping) uses: beside
+/// the cursors, in the store's SQLite file or its Postgres database.
 const STORE_SINK: &str = "(store)";
+
+/// The sink beside the cursors: a Postgres store's database (so a fleet's dead letters are in
+/// one place, not in each worker's file), else the SQLite file.
+fn store_sink(store_url: Option<&str>, store_path: &Path) -> SinkSpec {
+    match store_url {
+        Some(url) => SinkSpec::Postgres {
+            url: url.to_owned(),
+        },
+        None => SinkSpec::Sqlite {
+            path: store_path.to_path_buf(),
+        },
+    }
+}
 
 impl Config {
     /// Reads and checks `path`.
@@ -151,6 +165,10 @@ impl Config {
             }
             Some(StoreChoice::Postgres(url)) => self.store_url = Some(url),
         }
+        self.sinks.insert(
+            STORE_SINK.into(),
+            store_sink(self.store_url.as_deref(), &self.store_path),
+        );
         Ok(self)
     }
 
@@ -261,9 +279,7 @@ impl Config {
         }
         sinks.insert(
             STORE_SINK.into(),
-            SinkSpec::Sqlite {
-                path: store_path.clone(),
-            },
+            store_sink(store_url.as_deref(), &store_path),
         );
         if raw.pipelines.is_empty() {
             bail!("pipelines: no pipeline is defined; add a [pipelines.NAME] table");

@@ -26,7 +26,7 @@ use self::workflow::{FleetActivities, FleetInput, FleetStatus, PipelineWorkflow,
 use crate::{
     cli::{DeployArgs, FleetCommand, TemporalArgs, UndeployArgs, WorkerArgs},
     commands::checkpoints::{OperatorStore, parse_position},
-    config::Databases,
+    config::{Databases, SinkSpec},
 };
 
 /// The workflow id of a pipeline: one per pipeline per namespace, which makes deploy idempotent.
@@ -64,6 +64,14 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(
             "the config's store is a local SQLite file: workers on other machines will not see its cursors or leases; use [store] kind = \"postgres\""
         );
+    }
+    for (name, sink) in &config.sinks {
+        if matches!(sink, SinkSpec::Sqlite { .. }) && config.store_url.is_some() {
+            tracing::warn!(
+                sink = %name,
+                "a sqlite sink writes to a file on whichever worker runs the pipeline: its rows end up spread over the machines"
+            );
+        }
     }
     let client = connect(&args.temporal).await?;
     let runtime = Runtime::from_current_tokio(Default::default())
