@@ -338,6 +338,12 @@ async fn a_fleet_survives_a_killed_worker_and_fences_a_frozen_one() {
         held.len() == 6 && !held.contains(&killed),
         "the killed worker's pipelines run on the others: {held:?}"
     );
+    // Fleet status shows the retry: the second attempt, after the first's heartbeat timeout.
+    fleet
+        .wait_status(30, "no retried run shown", |s| {
+            s.contains("attempt 2; last failure: ")
+        })
+        .await;
 
     // Freeze a worker that runs pipelines, past the heartbeat timeout and the lease.
     let frozen = held[0];

@@ -294,36 +294,62 @@ fn last_heartbeat(
     Some((progress, age))
 }
 
+/// The run activity's retries: its attempt once past the first with the last failure, and
+/// whether it is waiting for that attempt (backing off) rather than running it.
+fn retries(
+    description: &temporalio_client::WorkflowExecutionDescription,
+) -> Option<(bool, String)> {
+    let activity = description.raw_description.pending_activities.first()?;
+    if activity.attempt <= 1 {
+        return None;
+    }
+    let waiting = activity.state().as_str_name() == "PENDING_ACTIVITY_STATE_SCHEDULED";
+    let failure = activity
+        .last_failure
+        .as_ref()
+        .map_or("-", |f| f.message.as_str());
+    Some((
+        waiting,
+        format!("attempt {}; last failure: {failure}", activity.attempt),
+    ))
+}
+
 /// One pipeline's line: the workflow's status and query answer, the store's holder, epoch and
 /// cursors.
 async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow::Result<String> {
     let handle = client.get_workflow_handle::<PipelineWorkflow>(workflow_id(id));
-    let (workflow, answer, beat) = match handle.describe(WorkflowDescribeOptions::default()).await {
-        Err(_) => ("-".to_owned(), None, None),
-        Ok(description) => {
-            let beat = last_heartbeat(&description);
-            let status = description.status();
-            let answer = if status == WorkflowExecutionStatus::Running {
-                handle
-                    .query(
-                        PipelineWorkflow::status,
-                        (),
-                        WorkflowQueryOptions::default(),
-                    )
-                    .await
-                    .ok()
-            } else {
-                None
-            };
-            (format!("{status:?}").to_lowercase(), answer, beat)
-        }
-    };
+    let (workflow, answer, beat, retried) =
+        match handle.describe(WorkflowDescribeOptions::default()).await {
+            Err(_) => ("-".to_owned(), None, None, None),
+            Ok(description) => {
+                let beat = last_heartbeat(&description);
+                let retried = retries(&description);
+                let status = description.status();
+                let answer = if status == WorkflowExecutionStatus::Running {
+                    handle
+                        .query(
+                            PipelineWorkflow::status,
+                            (),
+                            WorkflowQueryOptions::default(),
+                        )
+                        .await
+                        .ok()
+                } else {
+                    None
+                };
+                (format!("{status:?}").to_lowercase(), answer, beat, retried)
+            }
+        };
     let answer: Option<FleetStatus> = answer;
     let state = answer.as_ref().map_or("-", |a| a.state.as_str()).to_owned();
     // Running or paused is the store's flag (signals and `sluice pause|resume` both set it),
     // not the workflow's memory of its last signal.
     let state = match state.as_str() {
         "running" | "paused" if store.paused().await?.contains(id) => "paused".to_owned(),
+        // The run failed and waits out its retry backoff.
+        "running" if retried.as_ref().is_some_and(|(waiting, _)| *waiting) => {
+            "backing_off".to_owned()
+        }
         "running" | "paused" => "running".to_owned(),
         _ => state,
     };
@@ -362,6 +388,9 @@ async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow
                     format!(", behind:{lag}")
                 }
             ));
+        }
+        if let Some((_, retried)) = retried {
+            line.push_str(&format!("\n    {retried}"));
         }
         if let Some(error) = answer.last_error {
             line.push_str(&format!("\n    last control refused: {error}"));
