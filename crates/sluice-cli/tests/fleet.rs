@@ -102,11 +102,17 @@ impl Fleet {
 
     /// Starts a worker with more arguments.
     fn start_worker_with(&mut self, max: usize, more: &[&str]) {
+        let temporal = self.temporal.clone();
+        self.start_worker_via(&temporal, max, more);
+    }
+
+    /// Starts a worker that reaches Temporal at `temporal` (a proxy the test can cut).
+    fn start_worker_via(&mut self, temporal: &str, max: usize, more: &[&str]) {
         let log =
             std::fs::File::create(self.path(&format!("worker{}.log", self.workers.len()))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("worker")
-            .args(self.temporal_args())
+            .args(["--temporal", temporal, "--task-queue", &self.queue])
             .args(["--config", self.config.to_str().unwrap()])
             .args(["--max-pipelines", &max.to_string()])
             .args(more)
@@ -578,6 +584,85 @@ async fn a_pause_made_in_the_store_holds_through_a_deploy() {
     fleet
         .wait_status(30, "not shown running", |s| s.contains(" running "))
         .await;
+    fleet.undeploy_and_drop(&pg, &id, &table).await;
+}
+
+/// A TCP proxy to `upstream` that the test cuts: the connections through it are dropped and
+/// new ones refused, as a network split would (the processes on both sides go on).
+struct CutProxy {
+    addr: String,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl CutProxy {
+    async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = tokio_util::sync::CancellationToken::new();
+        let (token, upstream) = (cut.clone(), upstream.to_owned());
+        tokio::spawn(async move {
+            loop {
+                // Returning drops the listener: connections are refused from then on.
+                let mut inbound = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((inbound, _)) => inbound,
+                        Err(_) => return,
+                    },
+                    () = token.cancelled() => return,
+                };
+                let (token, upstream) = (token.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut }
+    }
+}
+
+/// A worker cut off from Temporal but not from Postgres (a network split): Temporal gives its
+/// pipeline to another worker after the heartbeat timeout (10 s), and the cut-off worker, which
+/// has heard nothing from Temporal for as long, stops the run (drained, saved, lease released)
+/// so that the other takes the lease and goes on, every line once. Before, the cut-off worker
+/// kept the pipeline and renewed its lease, and the retried run waited for as long as the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_temporal_hands_its_pipeline_over() {
+    let Some((url, temporal)) = services() else {
+        return;
+    };
+    let pg = connect(&url).await;
+    let (mut fleet, input, id, table) = Fleet::one_file(&url, &temporal, "cutoff");
+    let proxy = CutProxy::start(&temporal).await;
+    fleet.start_worker_via(&proxy.addr, 4, &[]);
+    fleet.sluice(&["deploy"], true);
+    let tables = [table.clone()];
+    let ids = [id.clone()];
+    wait_rows(&pg, &tables, 100, 60, "the first lines").await;
+    assert_eq!(fleet.holders(&pg, &ids).await, [0]);
+    fleet.start_worker(4);
+    proxy.cut.cancel();
+    append(&input, 100..150);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = fleet.holders(&pg, &ids).await;
+        if held == [1] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pipeline stayed with the cut-off worker: held by {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_rows(&pg, &tables, 150, 60, "after the handover").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rows(&pg, &table).await, (150, 150), "every line once");
     fleet.undeploy_and_drop(&pg, &id, &table).await;
 }
 

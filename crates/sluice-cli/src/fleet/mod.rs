@@ -84,6 +84,12 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         flags,
         shutdown.clone(),
     ));
+    let (touch, contact) = tokio::sync::watch::channel(tokio::time::Instant::now());
+    tokio::spawn(workflow::follow_temporal(
+        client.clone(),
+        touch,
+        shutdown.clone(),
+    ));
     let running = crate::serve::Registry::default();
     let health = sluice::Health::default();
     if let Some(addr) = args.metrics_addr {
@@ -104,6 +110,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         shutdown: shutdown.clone(),
         running,
         health,
+        contact,
     };
     let slots = |n: usize| FixedSizeSlotSupplier::new(n.max(1));
     let options = WorkerOptions::new(args.temporal.task_queue.clone())

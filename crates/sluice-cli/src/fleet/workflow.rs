@@ -464,6 +464,8 @@ pub(crate) struct FleetActivities {
     pub(crate) running: crate::serve::Registry,
     /// Their states, for `/health` and `/status`.
     pub(crate) health: sluice::Health,
+    /// When a request of this worker last reached Temporal (`follow_temporal`).
+    pub(crate) contact: tokio::sync::watch::Receiver<tokio::time::Instant>,
 }
 
 /// A pipeline's place in the worker's endpoints while its run lasts.
@@ -534,6 +536,42 @@ pub(crate) async fn follow_pauses(
     }
 }
 
+/// Follows this worker's contact with Temporal: `contact` holds when a request last reached
+/// the server (a describe of a workflow that does not exist: "not found" is an answer too).
+///
+/// The SDK sends heartbeats in the background and only logs their failures, so a worker cut
+/// off from Temporal but not from Postgres would go on running its pipelines and renewing
+/// their leases, while Temporal retries them elsewhere, where they wait for the lease for as
+/// long as the cut lasts. With this, the run activity stops a pipeline once the contact is
+/// older than its heartbeat timeout (see `run_pipeline`).
+pub(crate) async fn follow_temporal(
+    client: temporalio_client::Client,
+    contact: tokio::sync::watch::Sender<tokio::time::Instant>,
+    shutdown: CancellationToken,
+) {
+    let probe = client.get_workflow_handle::<PipelineWorkflow>("sluice/(contact probe)");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let asked = tokio::time::Instant::now();
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            probe.describe(temporalio_client::WorkflowDescribeOptions::default()),
+        )
+        .await
+        {
+            Ok(Ok(_) | Err(temporalio_client::errors::WorkflowInteractionError::NotFound(_))) => {
+                contact.send_replace(asked);
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "temporal did not answer"),
+            Err(_) => tracing::debug!("temporal did not answer within 2 s"),
+        }
+    }
+}
+
 #[activities]
 impl FleetActivities {
     /// Runs one pipeline until it completes, fails or is cancelled, heartbeating its progress.
@@ -590,6 +628,7 @@ impl FleetActivities {
             .max(Duration::from_millis(200));
         let mut tick = tokio::time::interval(every);
         let mut cancelled = false;
+        let mut cut_off = false;
         let joined = loop {
             tokio::select! {
                 joined = &mut task => break joined,
@@ -598,6 +637,14 @@ impl FleetActivities {
                     // long as the timeout must not look like a dead worker.
                     if let Err(error) = ctx.record_heartbeat(progress(&stats)).await {
                         tracing::warn!(%pipeline, %error, "heartbeat not recorded");
+                    }
+                    // Temporal has given this run to another worker by now (no heartbeat for
+                    // as long): stop it, so that the other gets the lease.
+                    let silent = self.contact.borrow().elapsed();
+                    if !cut_off && info.heartbeat_timeout.is_some_and(|limit| silent > limit) {
+                        tracing::warn!(%pipeline, silent_s = silent.as_secs(), "no contact with temporal for longer than the heartbeat timeout: stopping the run (drained, saved, lease released) for another worker to take");
+                        cut_off = true;
+                        stop.cancel();
                     }
                 }
                 Ok(()) = flags.changed() => {
@@ -612,6 +659,11 @@ impl FleetActivities {
                 }
             }
         };
+        if cut_off && !cancelled {
+            return Err(retryable(anyhow::anyhow!(
+                "pipeline {pipeline} stopped on this worker: no contact with Temporal for longer than the heartbeat timeout; it goes on from its saved cursors"
+            )));
+        }
         if cancelled {
             tracing::info!(%pipeline, "run cancelled; drained and saved");
             return match joined {
