@@ -14,20 +14,17 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-/// Whether a `host:pid` holder may still be alive. On this host a missing process is dead at
-/// once (a SIGKILLed run must not block its restart until the lease expires); on another host
-/// only the expiry tells.
+/// Whether a `host:pid` holder may still be alive. On this host (the same kernel and pid
+/// namespace: [`sluice::host_identity`]) a missing process is dead at once (a SIGKILLed run
+/// must not block its restart until the lease expires); elsewhere only the expiry tells.
 pub(crate) fn holder_alive(holder: &str) -> bool {
     let Some((host, pid)) = holder.rsplit_once(':') else {
         return true;
     };
     // A fleet attempt's holder is `attempt@host:pid`.
     let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
-    let our_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    match pid.parse::<u32>() {
-        Ok(pid) if host == our_host => process_alive(pid),
+    match (pid.parse::<u32>(), sluice::host_identity()) {
+        (Ok(pid), Some(ours)) if host == ours => process_alive(pid),
         _ => true,
     }
 }

@@ -706,13 +706,7 @@ mod tests {
     async fn a_live_holder_keeps_others_out_and_a_stale_token_cannot_save() {
         let (_dir, store) = store();
         // Our own pid: alive on this host.
-        let me = format!(
-            "{}:{}",
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .unwrap()
-                .trim(),
-            std::process::id()
-        );
+        let me = sluice::default_holder();
         let lease = store.acquire("p", &me, TTL).await.unwrap();
         let error = store.acquire("p", "otherhost:1", TTL).await.unwrap_err();
         assert_eq!(error.class(), ErrorClass::Fatal);
@@ -748,10 +742,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_process_on_this_host_does_not_block_a_restart() {
         let (_dir, store) = store();
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap()
-            .trim()
-            .to_owned();
+        let host = sluice::host_identity().unwrap();
         // A pid that cannot exist (above pid_max).
         store
             .acquire("p", &format!("{host}:4294967"), TTL)
@@ -763,15 +754,36 @@ mod tests {
             .unwrap();
     }
 
+    /// Another machine (or container) with the same hostname: its pid says nothing here, so a
+    /// pid that does not exist on this host does not make its live lease dead.
+    #[tokio::test]
+    async fn a_holder_of_another_machine_with_our_hostname_is_not_taken_for_dead() {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let hostname = hostname.trim();
+        // Named by the hostname alone, or with another kernel's boot id and namespace.
+        for elsewhere in [
+            format!("{hostname}:4294967"),
+            format!("{hostname}~00000000.1:4294967"),
+        ] {
+            let (_dir, store) = store();
+            store.acquire("p", &elsewhere, TTL).await.unwrap();
+            let error = store
+                .acquire("p", &sluice::default_holder(), TTL)
+                .await
+                .unwrap_err();
+            assert!(
+                error.to_string().contains("already running"),
+                "{elsewhere}: {error}"
+            );
+        }
+    }
+
     /// A holder killed but not yet reaped by its parent (a zombie) is dead: the restart that
     /// follows a `kill -9` at once does not exit "already running".
     #[tokio::test]
     async fn a_killed_unreaped_holder_is_dead() {
         let (_dir, store) = store();
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap()
-            .trim()
-            .to_owned();
+        let host = sluice::host_identity().unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("60")
             .spawn()

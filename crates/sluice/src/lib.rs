@@ -118,7 +118,9 @@ pub use error::{
 };
 #[cfg(feature = "jq")]
 pub use jq::JqTransform;
-pub use pipeline::{NoDeadLetters, Pipeline, PipelineExit, PipelineOptions, default_holder};
+pub use pipeline::{
+    NoDeadLetters, Pipeline, PipelineExit, PipelineOptions, default_holder, host_identity,
+};
 pub use record::{Column, ColumnType, DeadLetter, Record, Table, TableSchema, is_plain_decimal};
 /// `#[derive(Record)]`: see [`Record`] and the `sluice-derive` crate.
 pub use sluice_derive::Record;

@@ -70,10 +70,39 @@ impl Default for PipelineOptions {
 
 /// `host:pid`, the default lease holder.
 pub fn default_holder() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
+    let host = host_identity().unwrap_or("localhost");
     format!("{host}:{}", std::process::id())
+}
+
+/// This process's host as lease holders name it: `HOSTNAME~BOOT.PIDNS`, the hostname, the
+/// first characters of the kernel's boot id and the inode of this process's pid namespace.
+/// A store may take a holder of the same identity whose process is gone for dead at once (a
+/// SIGKILLed run must not block its restart until its lease expires); a hostname alone does
+/// not say that a pid is one of this kernel and namespace (two machines, or two containers,
+/// may share a hostname). `None` where `/proc` does not tell: then no holder is taken for dead
+/// before its lease expires.
+pub fn host_identity() -> Option<&'static str> {
+    static IDENTITY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    IDENTITY
+        .get_or_init(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let boot: String = boot
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .take(8)
+                .collect();
+            // `pid:[4026531836]`
+            let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+            let namespace: String = namespace
+                .to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            (!boot.is_empty() && !namespace.is_empty())
+                .then(|| format!("{}~{boot}.{namespace}", host.trim()))
+        })
+        .as_deref()
 }
 
 /// How a pipeline ended without an error.
