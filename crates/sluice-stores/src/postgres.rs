@@ -2,7 +2,8 @@
 //! machine. Cursors per (pipeline, partition) merged monotonically; leases with a fencing token
 //! that every save and renewal checks in the same transaction (`… WHERE token = $mine`), so a
 //! writer that was cut off and comes back is refused; lease expiry by the server's clock, so
-//! machines need not agree on the time. The tables are created on connect.
+//! machines need not agree on the time. The tables are created and migrated on connect
+//! ([`SCHEMA_VERSION`]).
 
 use std::time::Duration;
 
@@ -10,11 +11,11 @@ use sluice::{Checkpoint, CheckpointStore, Checkpoints, ErrorClass, Lease, Positi
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, error::SqlState};
 
-/// The tables, created under an advisory lock: two stores connecting at once would otherwise
-/// race in `CREATE TABLE IF NOT EXISTS` (a unique violation in the catalog).
-const SCHEMA: &str = "
-BEGIN;
-SELECT pg_advisory_xact_lock(7351101);
+/// The schema's migrations, in order: migration `i` takes the tables from version `i` to
+/// `i + 1`, and a database records its version in `sluice_schema_version`. Append, never edit.
+/// The first one creates tables `IF NOT EXISTS`, so a database made before versions existed
+/// takes version 1 as it is.
+const MIGRATIONS: &[&str] = &["
 CREATE TABLE IF NOT EXISTS sluice_checkpoints (
     pipeline text NOT NULL,
     partition text NOT NULL,
@@ -41,8 +42,55 @@ CREATE TABLE IF NOT EXISTS sluice_controls (
     paused boolean NOT NULL,
     changed_by text NOT NULL,
     changed_at timestamptz NOT NULL DEFAULT now()
-);
-COMMIT;";
+);"];
+
+/// The schema version this build of sluice writes and reads.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Brings the tables to [`SCHEMA_VERSION`] in one transaction, under an advisory lock (two
+/// stores connecting at once would otherwise race in `CREATE TABLE IF NOT EXISTS`, a unique
+/// violation in the catalog, or apply a migration twice). A database at a newer version, made
+/// by a newer sluice, is refused: this build would not know its tables.
+async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| store_error("begin", e))?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(7351101);
+         CREATE TABLE IF NOT EXISTS sluice_schema_version (version integer NOT NULL)",
+    )
+    .await
+    .map_err(|e| store_error("create sluice_schema_version", e))?;
+    let version = tx
+        .query_opt("SELECT max(version) FROM sluice_schema_version", &[])
+        .await
+        .map_err(|e| store_error("read the schema version", e))?
+        .and_then(|row| row.get::<_, Option<i32>>(0))
+        .map_or(0, |v| usize::try_from(v).unwrap_or(0));
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::fatal(format!(
+            "postgres store: the database's sluice tables are at schema version {version}, made by a newer sluice; this one knows versions up to {SCHEMA_VERSION}: upgrade it"
+        )));
+    }
+    for migration in &MIGRATIONS[version..] {
+        tx.batch_execute(migration)
+            .await
+            .map_err(|e| store_error("migrate the tables", e))?;
+    }
+    if version < SCHEMA_VERSION {
+        let to = i32::try_from(SCHEMA_VERSION).unwrap_or(i32::MAX);
+        tx.batch_execute("DELETE FROM sluice_schema_version")
+            .await
+            .map_err(|e| store_error("record the schema version", e))?;
+        tx.execute("INSERT INTO sluice_schema_version VALUES ($1)", &[&to])
+            .await
+            .map_err(|e| store_error("record the schema version", e))?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| store_error("commit the migration", e))
+}
 
 /// What a Postgres error means for the store: lost connections, serialization failures,
 /// exhausted resources and shutdowns are transient; the rest (permissions, a missing database,
@@ -426,15 +474,12 @@ impl PostgresStore {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let client = self
+            let mut client = self
                 .target
                 .connect("postgres store")
                 .await
                 .map_err(|e| store_error("connect", e))?;
-            client
-                .batch_execute(SCHEMA)
-                .await
-                .map_err(|e| store_error("create tables", e))?;
+            migrate(&mut client).await?;
             *guard = Some(client);
         }
         Ok(guard)

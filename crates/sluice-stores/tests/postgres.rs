@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sluice::{Checkpoint, CheckpointStore, ErrorClass, Position};
-use sluice_stores::postgres::PostgresStore;
+use sluice_stores::postgres::{PostgresStore, SCHEMA_VERSION};
 
 fn url() -> Option<String> {
     sluice::testing::service_env("SLUICE_TEST_POSTGRES_URL")
@@ -155,4 +155,55 @@ async fn tls_verifies_the_server_when_asked_and_encrypts_when_required() {
     );
     assert!(encrypted(&format!("{url}?sslmode=require")).await);
     assert!(!encrypted(&format!("{url}?sslmode=disable")).await);
+}
+
+/// The tables are versioned: a fresh database is brought to this build's version (recorded in
+/// `sluice_schema_version`), a second connect changes nothing, and a database a newer sluice
+/// migrated past this build's version is refused with a message saying so.
+#[tokio::test]
+async fn the_schema_is_versioned_and_a_newer_one_is_refused() {
+    let Some(url) = url() else { return };
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let database = format!("sluice_schema_{}", std::process::id());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .unwrap();
+    let fresh = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
+    let (db, connection) = tokio_postgres::connect(&fresh, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let version = || async {
+        db.query_one("SELECT version FROM sluice_schema_version", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+
+    let store = PostgresStore::connect(&fresh).await.unwrap();
+    assert_eq!(version().await as usize, SCHEMA_VERSION);
+    drop(store);
+    PostgresStore::connect(&fresh).await.unwrap();
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM sluice_schema_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "one version row after two connects");
+
+    db.batch_execute("UPDATE sluice_schema_version SET version = 999")
+        .await
+        .unwrap();
+    let error = PostgresStore::connect(&fresh).await.unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Fatal);
+    assert!(error.to_string().contains("schema version 999"), "{error}");
+    drop(db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .await
+        .unwrap();
 }
