@@ -903,22 +903,17 @@ async fn a_postgres_sink_and_store_commit_records_and_cursors_together() {
             .collect::<String>()
     };
     std::fs::write(&input, lines(0..40)).unwrap();
-    let config = dir.path().join("pgsink.toml");
     let pipeline = format!("pgsink-{}", std::process::id());
     let table = format!("pgsink_{}", std::process::id());
-    std::fs::write(
-        &config,
-        format!(
-            r#"{head}
-[pipelines.{pipeline}]
-source = {{ kind = "file", path = "{input}", resource = "rows" }}
-resources.rows = {{ sink = "pg", table = "{table}", key = ["id"], columns = [{{ name = "id", type = "integer", nullable = false }}, {{ name = "amount", type = "decimal" }}] }}
-"#,
-            head = store_and_sink(&url, &dir.path().join("local.db")),
-            input = input.display()
+    let config = file_into_postgres(
+        &url,
+        dir.path(),
+        &pipeline,
+        &input,
+        &format!(
+            r#"resources.rows = {{ sink = "pg", table = "{table}", key = ["id"], columns = [{{ name = "id", type = "integer", nullable = false }}, {{ name = "amount", type = "decimal" }}] }}"#
         ),
-    )
-    .unwrap();
+    );
     let run = || run_to_end(&config);
     run();
     std::fs::write(&input, lines(0..55)).unwrap();
@@ -1082,22 +1077,17 @@ async fn bisected_fan_out(url: &str, pg: &tokio_postgres::Client, poison: i64) {
     ))
     .await
     .unwrap();
-    let config = dir.path().join("bisect.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{head}
-[pipelines.{pipeline}]
-source = {{ kind = "file", path = "{input}", resource = "rows" }}
-batch = {{ max_records = 30, linger_ms = 2000 }}
+    let config = file_into_postgres(
+        url,
+        dir.path(),
+        &pipeline,
+        &input,
+        &format!(
+            r#"batch = {{ max_records = 30, linger_ms = 2000 }}
 dead_letters = {{ sink = "pg", table = "{dead}" }}
-resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", type = "integer", nullable = false }}], transform = '.line * 3 + range(3) | {{id: .}}' }}
-"#,
-            head = store_and_sink(url, &dir.path().join("local.db")),
-            input = input.display()
+resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", type = "integer", nullable = false }}], transform = '.line * 3 + range(3) | {{id: .}}' }}"#
         ),
-    )
-    .unwrap();
+    );
     run_to_end(&config);
     let ids: Vec<i64> = pg
         .query(&format!("SELECT id FROM {table} ORDER BY id"), &[])
@@ -1146,21 +1136,16 @@ async fn dead_letters_follow_a_postgres_store_by_default() {
     std::fs::write(&input, "{\"id\":1}\nnot json\n{\"id\":2}\n").unwrap();
     let id = std::process::id();
     let (pipeline, table) = (format!("dl-default-{id}"), format!("dl_default_{id}"));
-    let local = dir.path().join("local.db");
-    let config = dir.path().join("dl.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{head}
-[pipelines.{pipeline}]
-source = {{ kind = "file", path = "{input}", resource = "rows" }}
-resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", type = "integer", nullable = false }}] }}
-"#,
-            head = store_and_sink(&url, &local),
-            input = input.display()
+    let config = file_into_postgres(
+        &url,
+        dir.path(),
+        &pipeline,
+        &input,
+        &format!(
+            r#"resources.rows = {{ sink = "pg", table = "{table}", columns = [{{ name = "id", type = "integer", nullable = false }}] }}"#
         ),
-    )
-    .unwrap();
+    );
+    let local = dir.path().join("local.db");
     run_to_end(&config);
     let dead: Vec<String> = pg
         .query(
@@ -1208,6 +1193,28 @@ async fn wait_rows(pg: &tokio_postgres::Client, table: &str, want: i64, what: &s
 
 /// The `[store]` and `[sinks.pg]` of a config whose cursors and records both go to Postgres
 /// at `url` (the SQLite file `db` for what stays local).
+/// The config of one pipeline reading `input` (resource `rows`) over the Postgres store and
+/// sink, its other lines `rest`, written in `dir` (cursors' local file: `local.db`).
+fn file_into_postgres(
+    url: &str,
+    dir: &Path,
+    pipeline: &str,
+    input: &Path,
+    rest: &str,
+) -> std::path::PathBuf {
+    let config = dir.join(format!("{pipeline}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "{head}\n[pipelines.{pipeline}]\nsource = {{ kind = \"file\", path = \"{input}\", resource = \"rows\" }}\n{rest}\n",
+            head = store_and_sink(url, &dir.join("local.db")),
+            input = input.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 fn store_and_sink(url: &str, db: &Path) -> String {
     format!(
         r#"
