@@ -213,6 +213,28 @@ pub(crate) struct StatusArgs {
     /// Print the status document as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// A fleet instead of one process: the Temporal frontend, HOST:PORT. With `--config`, every
+    /// pipeline of the file, as `sluice fleet status` shows them.
+    #[cfg(feature = "temporal")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        requires = "config",
+        conflicts_with = "json"
+    )]
+    pub(crate) temporal: Option<String>,
+    /// With --temporal: the Temporal namespace.
+    #[cfg(feature = "temporal")]
+    #[arg(long, default_value = "default", requires = "temporal")]
+    pub(crate) namespace: String,
+    /// With --temporal: the task queue of the fleet.
+    #[cfg(feature = "temporal")]
+    #[arg(long, default_value = "sluice", requires = "temporal")]
+    pub(crate) task_queue: String,
+    /// With --temporal: the fleet's pipelines file.
+    #[cfg(feature = "temporal")]
+    #[arg(long, short, requires = "temporal")]
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

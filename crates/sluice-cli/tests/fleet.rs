@@ -481,6 +481,14 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
 
     fleet.sluice(&["fleet", "resume", &id], false);
     wait_rows(&pg, &tables, 150, 60, "after resume").await;
+    // `sluice status` shows the fleet too, given Temporal and the config.
+    let status = fleet.sluice(&["status"], true);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with(id.as_str()) && l.contains(" running ")),
+        "{status}"
+    );
 
     // Rewind to the start: the file is read again (a keyless table shows it twice).
     fleet.sluice(

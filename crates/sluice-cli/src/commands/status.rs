@@ -1,5 +1,5 @@
-//! `sluice status [--watch]`: the live view of a running `sluice run`, read from its `/status`
-//! endpoint. On a terminal `--watch` redraws the table in place; piped, it prints a block of
+//! `sluice status [--watch]`: the live view of a running `sluice run` (or a fleet worker), read
+//! from its `/status` endpoint; with `--temporal … --config FILE`, of a whole fleet. On a terminal `--watch` redraws the table in place; piped, it prints a block of
 //! lines per refresh (each line stamped), so a log keeps every view.
 
 use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
@@ -11,6 +11,26 @@ use crate::cli::StatusArgs;
 
 /// Shows the status once, or until interrupted with `--watch`.
 pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    #[cfg(feature = "temporal")]
+    if let (Some(address), Some(config)) = (args.temporal.clone(), args.config.clone()) {
+        use crate::cli::{FleetCommand, FleetConfigArgs, FleetStatusArgs, StoreArg, TemporalArgs};
+        return crate::fleet::fleet(FleetCommand::Status(FleetStatusArgs {
+            temporal: TemporalArgs {
+                address,
+                namespace: args.namespace,
+                task_queue: args.task_queue,
+            },
+            file: FleetConfigArgs {
+                config,
+                db: std::env::var_os("SLUICE_DB").map_or_else(|| "sluice.db".into(), Into::into),
+                store: StoreArg { url: None },
+            },
+            pipelines: Vec::new(),
+            watch: args.watch,
+            interval_ms: args.interval_ms,
+        }))
+        .await;
+    }
     let url = if args.addr.starts_with("http://") || args.addr.starts_with("https://") {
         format!("{}/status", args.addr.trim_end_matches('/'))
     } else {
