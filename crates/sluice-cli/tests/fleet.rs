@@ -595,6 +595,43 @@ async fn a_pause_made_in_the_store_holds_through_a_deploy() {
     fleet.undeploy_and_drop(&pg, &id, &table).await;
 }
 
+/// A fatal pipeline error (the followed file truncated under its cursor) is not retried: the
+/// workflow fails with the pipeline's message, and fleet status shows it failed, and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_fails_the_workflow_with_its_message() {
+    let Some((url, temporal)) = services() else {
+        return;
+    };
+    let pg = connect(&url).await;
+    let (mut fleet, input, id, table) = Fleet::one_file(&url, &temporal, "fatal");
+    fleet.start_worker(4);
+    fleet.sluice(&["deploy"], true);
+    wait_rows(
+        &pg,
+        std::slice::from_ref(&table),
+        100,
+        60,
+        "the first lines",
+    )
+    .await;
+    std::fs::write(&input, "").unwrap();
+    fleet
+        .wait_status(60, "the workflow did not fail with the message", |s| {
+            s.lines()
+                .any(|l| l.starts_with(id.as_str()) && l.contains(" failed "))
+                && s.contains("shorter than its saved cursor")
+        })
+        .await;
+    let status = fleet.sluice(&["fleet", "status"], true);
+    assert!(
+        !status.contains("attempt 2"),
+        "a fatal error is not retried: {status}"
+    );
+    pg.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
 /// A TCP proxy to `upstream` that the test cuts: the connections through it are dropped and
 /// new ones refused, as a network split would (the processes on both sides go on).
 struct CutProxy {

@@ -321,13 +321,28 @@ fn retries(
     ))
 }
 
+/// An error and its causes on one line, each said once.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut said = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !said.contains(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        cause = error.source();
+    }
+    said
+}
+
 /// One pipeline's line: the workflow's status and query answer, the store's holder, epoch and
 /// cursors.
 async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow::Result<String> {
     let handle = client.get_workflow_handle::<PipelineWorkflow>(workflow_id(id));
-    let (workflow, answer, beat, retried) =
+    let (workflow, answer, beat, retried, failure) =
         match handle.describe(WorkflowDescribeOptions::default()).await {
-            Err(_) => ("-".to_owned(), None, None, None),
+            Err(_) => ("-".to_owned(), None, None, None, None),
             Ok(description) => {
                 let beat = last_heartbeat(&description);
                 let retried = retries(&description);
@@ -344,7 +359,23 @@ async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow
                 } else {
                     None
                 };
-                (format!("{status:?}").to_lowercase(), answer, beat, retried)
+                // A failed workflow's reason: the fatal pipeline error that ended it.
+                let failure = if status == WorkflowExecutionStatus::Failed {
+                    handle
+                        .get_result(WorkflowGetResultOptions::default())
+                        .await
+                        .err()
+                        .map(|error| error_chain(&error))
+                } else {
+                    None
+                };
+                (
+                    format!("{status:?}").to_lowercase(),
+                    answer,
+                    beat,
+                    retried,
+                    failure,
+                )
             }
         };
     let answer: Option<FleetStatus> = answer;
@@ -402,6 +433,9 @@ async fn status_line(client: &Client, store: &OperatorStore, id: &str) -> anyhow
         if let Some(error) = answer.last_error {
             line.push_str(&format!("\n    last control refused: {error}"));
         }
+    }
+    if let Some(failure) = failure {
+        line.push_str(&format!("\n    {failure}"));
     }
     Ok(line)
 }
