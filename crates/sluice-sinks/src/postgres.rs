@@ -3,7 +3,9 @@
 //! statement — an upsert by key that keeps the last record of a key in the batch, and with a
 //! version column never lets an older row overwrite a newer one. Numerics are encoded from their
 //! exact text, digit for digit. When the checkpoint store is the same database, the cursors commit in the same
-//! transaction, under the lease (exactly-once), as with SQLite.
+//! transaction, under the lease (exactly-once), as with SQLite. A commit whose answer is lost
+//! (the connection drops after COMMIT was sent) is resolved by its transaction id when the
+//! batch is offered again (`txid_status`): it is not written twice, cursors or not.
 
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -65,6 +67,20 @@ pub struct PostgresSink {
     schema: TableSchema,
     version: Option<String>,
     client: Option<Client>,
+    /// A commit whose answer was lost: resolved before the next write.
+    in_doubt: Option<InDoubt>,
+}
+
+/// A transaction whose COMMIT was sent but whose answer never came (the connection dropped):
+/// it may or may not have committed. The runtime offers the same batch again after such an
+/// error; the server's record of the transaction id says whether it is in already. This
+/// covers what the cursors cannot: a write that carries no new cursor, or none at all.
+#[derive(Debug)]
+struct InDoubt {
+    xid: i64,
+    /// What the batch was, to be sure the retry is the same one.
+    rows: usize,
+    cursors: Vec<sluice::Checkpoint>,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -93,6 +109,7 @@ impl PostgresSink {
             schema,
             version: None,
             client: None,
+            in_doubt: None,
         })
     }
 
@@ -265,6 +282,38 @@ impl<R: Record> Sink<R> for PostgresSink {
             names.join(", ")
         );
         let merge = self.merge_sql();
+        let cursors = commit.map_or(&[][..], |c| c.checkpoints);
+        let in_doubt = self.in_doubt.take();
+        let client = self.connect().await?;
+        if let Some(doubt) = in_doubt
+            && doubt.rows == batch.len()
+            && doubt.cursors == cursors
+        {
+            let status: Option<String> = match client
+                .query_one("SELECT txid_status($1)", &[&doubt.xid])
+                .await
+            {
+                Ok(row) => row.get(0),
+                Err(error) => {
+                    self.in_doubt = Some(doubt);
+                    return Err(sink_error("read the status of the last commit", error));
+                }
+            };
+            match status.as_deref() {
+                Some("committed") => {
+                    tracing::info!(table = %table, "postgres: the batch whose commit was not acknowledged is in; not written again");
+                    return Ok(());
+                }
+                Some("in progress") => {
+                    self.in_doubt = Some(doubt);
+                    return Err(SinkError::transient(format!(
+                        "postgres: table {table}: the last commit is still in progress"
+                    )));
+                }
+                // Aborted, or too old to tell (the retry comes at once, so not that): write.
+                _ => {}
+            }
+        }
         let client = self.connect().await?;
         let tx = client
             .transaction()
@@ -307,9 +356,27 @@ impl<R: Record> Sink<R> for PostgresSink {
                         .with_source(e)
                 })?;
         }
-        tx.commit()
+        // The transaction's id, to tell later whether a commit whose answer is lost went in.
+        let xid: i64 = tx
+            .query_one("SELECT txid_current()", &[])
             .await
-            .map_err(|e| sink_error(&format!("commit {table}"), e))
+            .map_err(|e| sink_error("read the transaction id", e))?
+            .get(0);
+        let committed = tx.commit().await;
+        match committed {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                // Without a SQL state the connection broke: the server may have committed.
+                if error.code().is_none() {
+                    self.in_doubt = Some(InDoubt {
+                        xid,
+                        rows: batch.len(),
+                        cursors: cursors.to_vec(),
+                    });
+                }
+                Err(sink_error(&format!("commit {table}"), error))
+            }
+        }
     }
 
     fn transaction_scope(&self) -> Option<&str> {

@@ -264,3 +264,106 @@ async fn a_retried_batch_that_was_committed_is_not_written_again() {
     assert_eq!(count, 3);
     store.release(&lease).await.unwrap();
 }
+
+/// A proxy to Postgres at `upstream` that, once armed, loses the answer to a COMMIT: it stops
+/// relaying the server's replies, forwards the COMMIT (the server commits), waits, and drops
+/// the connection. The client sees its commit fail without knowing whether it went in.
+async fn commit_answer_losing_proxy(
+    upstream: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let armed = Arc::new(AtomicBool::new(false));
+    let arm = armed.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let armed = arm.clone();
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let mute = Arc::new(AtomicBool::new(false));
+                let muted = mute.clone();
+                let down = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                        if !muted.load(Ordering::SeqCst)
+                            && client_write.write_all(&buf[..n]).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                    let commit = buf[..n].windows(7).any(|w| w == b"COMMIT\0");
+                    if commit && armed.swap(false, Ordering::SeqCst) {
+                        mute.store(true, Ordering::SeqCst);
+                        let _ = server_write.write_all(&buf[..n]).await;
+                        // The server commits; its answer goes nowhere.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        break;
+                    }
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                down.abort();
+            });
+        }
+    });
+    (addr, armed)
+}
+
+/// A commit whose answer was lost (the connection dropped after the server got COMMIT) is
+/// resolved by the transaction's id when the runtime offers the batch again: it is not written
+/// twice, even with no cursor to tell by (here no cursors at all, into a keyless table).
+#[tokio::test]
+async fn a_batch_whose_commit_answer_was_lost_is_not_written_twice() {
+    let Some(url) = service("SLUICE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let (credentials, rest) = url.split_once('@').unwrap();
+    let (server, database) = rest.split_once('/').unwrap();
+    let (proxy, armed) = commit_answer_losing_proxy(server.to_owned()).await;
+    let via = format!("{credentials}@{proxy}/{database}?sslmode=disable");
+    let name = unique("pg_in_doubt");
+    let mut schema = table(&name);
+    schema.key.clear();
+    let mut sink = PostgresSink::new(&via, schema).unwrap();
+    Sink::<Value>::prepare(&mut sink).await.unwrap();
+    let batch = [json!({"id": 1}), json!({"id": 2}), json!({"id": 3})];
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = Sink::<Value>::write(&mut sink, &batch, None)
+        .await
+        .unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Transient, "{error}");
+    assert!(
+        !armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy lost a COMMIT's answer"
+    );
+    // Offered again after the transient error, as the runtime does.
+    let mut tries = 0;
+    while let Err(error) = Sink::<Value>::write(&mut sink, &batch, None).await {
+        tries += 1;
+        assert!(
+            error.class() == ErrorClass::Transient && tries < 50,
+            "{error}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let count: i64 = client(&url)
+        .await
+        .query_one(&format!("SELECT count(*) FROM \"{name}\""), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 3, "the batch once");
+}
