@@ -218,6 +218,37 @@ impl PostgresSink {
     }
 }
 
+/// What became of a commit whose answer was lost.
+enum Settled {
+    Committed,
+    /// Aborted, too old to tell, or unknown to this server (a failover to a replica that never
+    /// got it): the batch is to be written.
+    NotCommitted,
+}
+
+/// Asks the server what became of transaction `xid`. `Err` (transient) while it cannot say
+/// yet: the commit still in progress, or the question itself lost with the connection.
+async fn settle(client: &Client, xid: i64) -> Result<Settled, SinkError> {
+    match client.query_one("SELECT txid_status($1)", &[&xid]).await {
+        Ok(row) => match row.get::<_, Option<String>>(0).as_deref() {
+            Some("committed") => Ok(Settled::Committed),
+            Some("in progress") => Err(SinkError::transient(
+                "postgres: the last commit, whose answer was lost, is still in progress",
+            )),
+            _ => Ok(Settled::NotCommitted),
+        },
+        // The server answered that it does not know the id (a transaction id "in the future"
+        // after a failover): not committed here.
+        Err(error) if error.code().is_some_and(|c| &c.code()[..2] == "22") => {
+            Ok(Settled::NotCommitted)
+        }
+        Err(error) => Err(SinkError::transient(
+            "postgres: reading the status of the last commit failed",
+        )
+        .with_source(error)),
+    }
+}
+
 impl<R: Record> Sink<R> for PostgresSink {
     async fn prepare(&mut self) -> Result<(), SinkError> {
         let create = crate::sql::create_table(&self.schema, sql_type);
@@ -283,35 +314,23 @@ impl<R: Record> Sink<R> for PostgresSink {
         );
         let merge = self.merge_sql();
         let cursors = commit.map_or(&[][..], |c| c.checkpoints);
-        let in_doubt = self.in_doubt.take();
-        let client = self.connect().await?;
-        if let Some(doubt) = in_doubt
+        // Connected first: a failure to connect keeps the doubt for the next try.
+        self.connect().await?;
+        if let Some(doubt) = self.in_doubt.take()
             && doubt.rows == batch.len()
             && doubt.cursors == cursors
         {
-            let status: Option<String> = match client
-                .query_one("SELECT txid_status($1)", &[&doubt.xid])
-                .await
-            {
-                Ok(row) => row.get(0),
-                Err(error) => {
-                    self.in_doubt = Some(doubt);
-                    return Err(sink_error("read the status of the last commit", error));
-                }
-            };
-            match status.as_deref() {
-                Some("committed") => {
+            let client = self.client.as_mut().expect("connected above");
+            match settle(client, doubt.xid).await {
+                Ok(Settled::Committed) => {
                     tracing::info!(table = %table, "postgres: the batch whose commit was not acknowledged is in; not written again");
                     return Ok(());
                 }
-                Some("in progress") => {
+                Ok(Settled::NotCommitted) => {}
+                Err(error) => {
                     self.in_doubt = Some(doubt);
-                    return Err(SinkError::transient(format!(
-                        "postgres: table {table}: the last commit is still in progress"
-                    )));
+                    return Err(error);
                 }
-                // Aborted, or too old to tell (the retry comes at once, so not that): write.
-                _ => {}
             }
         }
         let client = self.connect().await?;
@@ -366,8 +385,13 @@ impl<R: Record> Sink<R> for PostgresSink {
         match committed {
             Ok(()) => Ok(()),
             Err(error) => {
-                // Without a SQL state the connection broke: the server may have committed.
-                if error.code().is_none() {
+                // The connection broke (no SQL state, or a connection, operator or system
+                // class: a pooler such as PgBouncer reports a lost server so): the server may
+                // have committed. Other errors are the server's answer: rolled back.
+                if error
+                    .code()
+                    .is_none_or(|code| matches!(&code.code()[..2], "08" | "57" | "58"))
+                {
                     self.in_doubt = Some(InDoubt {
                         xid,
                         rows: batch.len(),

@@ -267,10 +267,15 @@ async fn a_retried_batch_that_was_committed_is_not_written_again() {
 
 /// A proxy to Postgres at `upstream` that, once armed, loses the answer to a COMMIT: it stops
 /// relaying the server's replies, forwards the COMMIT (the server commits), waits, and drops
-/// the connection. The client sees its commit fail without knowing whether it went in.
-async fn commit_answer_losing_proxy(
-    upstream: String,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+/// the connection. The client sees its commit fail without knowing whether it went in. While
+/// `refusing`, it drops every new connection at once (the server unreachable for a while).
+struct CommitProxy {
+    addr: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn commit_answer_losing_proxy(upstream: String) -> CommitProxy {
     use std::sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -279,9 +284,13 @@ async fn commit_answer_losing_proxy(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let armed = Arc::new(AtomicBool::new(false));
-    let arm = armed.clone();
+    let refusing = Arc::new(AtomicBool::new(false));
+    let (arm, refuse) = (armed.clone(), refusing.clone());
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            if refuse.load(Ordering::SeqCst) {
+                continue;
+            }
             let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
                 continue;
             };
@@ -319,12 +328,17 @@ async fn commit_answer_losing_proxy(
             });
         }
     });
-    (addr, armed)
+    CommitProxy {
+        addr,
+        armed,
+        refusing,
+    }
 }
 
 /// A commit whose answer was lost (the connection dropped after the server got COMMIT) is
 /// resolved by the transaction's id when the runtime offers the batch again: it is not written
-/// twice, even with no cursor to tell by (here no cursors at all, into a keyless table).
+/// twice, even with no cursor to tell by (here no cursors at all, into a keyless table), and
+/// even when the first retries cannot reach the server.
 #[tokio::test]
 async fn a_batch_whose_commit_answer_was_lost_is_not_written_twice() {
     let Some(url) = service("SLUICE_TEST_POSTGRES_URL") else {
@@ -332,8 +346,9 @@ async fn a_batch_whose_commit_answer_was_lost_is_not_written_twice() {
     };
     let (credentials, rest) = url.split_once('@').unwrap();
     let (server, database) = rest.split_once('/').unwrap();
-    let (proxy, armed) = commit_answer_losing_proxy(server.to_owned()).await;
-    let via = format!("{credentials}@{proxy}/{database}?sslmode=disable");
+    let proxy = commit_answer_losing_proxy(server.to_owned()).await;
+    let via = format!("{credentials}@{}/{database}?sslmode=disable", proxy.addr);
+    let (armed, refusing) = (&proxy.armed, &proxy.refusing);
     let name = unique("pg_in_doubt");
     let mut schema = table(&name);
     schema.key.clear();
@@ -349,7 +364,16 @@ async fn a_batch_whose_commit_answer_was_lost_is_not_written_twice() {
         !armed.load(std::sync::atomic::Ordering::SeqCst),
         "the proxy lost a COMMIT's answer"
     );
-    // Offered again after the transient error, as the runtime does.
+    // Offered again after the transient error, as the runtime does; the first tries find the
+    // server unreachable.
+    refusing.store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..2 {
+        let error = Sink::<Value>::write(&mut sink, &batch, None)
+            .await
+            .unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Transient, "{error}");
+    }
+    refusing.store(false, std::sync::atomic::Ordering::SeqCst);
     let mut tries = 0;
     while let Err(error) = Sink::<Value>::write(&mut sink, &batch, None).await {
         tries += 1;
