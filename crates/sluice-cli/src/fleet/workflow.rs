@@ -536,6 +536,10 @@ pub(crate) async fn follow_pauses(
     }
 }
 
+/// The shortest silence from Temporal that stops a run (a heartbeat timeout shorter than a few
+/// probes would stop runs on one slow answer).
+const CONTACT_AT_LEAST: Duration = Duration::from_secs(5);
+
 /// Follows this worker's contact with Temporal: `contact` holds when a request last reached
 /// the server (a describe of a workflow that does not exist: "not found" is an answer too).
 ///
@@ -639,9 +643,11 @@ impl FleetActivities {
                         tracing::warn!(%pipeline, %error, "heartbeat not recorded");
                     }
                     // Temporal has given this run to another worker by now (no heartbeat for
-                    // as long): stop it, so that the other gets the lease.
+                    // as long): stop it, so that the other gets the lease. Never sooner than a
+                    // few probes (one a second, each given 2 s) could tell.
                     let silent = self.contact.borrow().elapsed();
-                    if !cut_off && info.heartbeat_timeout.is_some_and(|limit| silent > limit) {
+                    let limit = info.heartbeat_timeout.map(|t| t.max(CONTACT_AT_LEAST));
+                    if !cut_off && limit.is_some_and(|limit| silent > limit) {
                         tracing::warn!(%pipeline, silent_s = silent.as_secs(), "no contact with temporal for longer than the heartbeat timeout: stopping the run (drained, saved, lease released) for another worker to take");
                         cut_off = true;
                         stop.cancel();
