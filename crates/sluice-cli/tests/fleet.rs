@@ -78,6 +78,14 @@ impl Fleet {
         (fleet, input, id, table)
     }
 
+    /// `sluice deploy ARGS` of a [`one_file`](Self::one_file) fleet, then waits for the file's
+    /// first 100 lines in `table`.
+    async fn deploy_one_file(&self, pg: &tokio_postgres::Client, table: &str, args: &[&str]) {
+        let deploy: Vec<&str> = ["deploy"].into_iter().chain(args.iter().copied()).collect();
+        self.sluice(&deploy, true);
+        wait_rows(pg, &[table.to_owned()], 100, 60, "the first lines").await;
+    }
+
     /// Undeploys `id` (waiting for it to end) and drops its table.
     async fn undeploy_and_drop(&self, pg: &tokio_postgres::Client, id: &str, table: &str) {
         let out = self.sluice(&["undeploy", "--wait", id], false);
@@ -455,9 +463,10 @@ async fn signals_pause_resume_and_rewind_a_running_pipeline() {
         .port();
     let metrics = format!("127.0.0.1:{port}");
     fleet.start_worker_with(4, &["--metrics-addr", &metrics]);
-    fleet.sluice(&["deploy", "--history-limit", "40"], true);
+    fleet
+        .deploy_one_file(&pg, &table, &["--history-limit", "40"])
+        .await;
     let tables = [table.clone()];
-    wait_rows(&pg, &tables, 100, 60, "the first lines").await;
     // The worker's /status shows the pipeline it runs, with its lease.
     let page: serde_json::Value = reqwest::get(format!("http://{metrics}/status"))
         .await
@@ -605,15 +614,7 @@ async fn a_fatal_error_fails_the_workflow_with_its_message() {
     let pg = connect(&url).await;
     let (mut fleet, input, id, table) = Fleet::one_file(&url, &temporal, "fatal");
     fleet.start_worker(4);
-    fleet.sluice(&["deploy"], true);
-    wait_rows(
-        &pg,
-        std::slice::from_ref(&table),
-        100,
-        60,
-        "the first lines",
-    )
-    .await;
+    fleet.deploy_one_file(&pg, &table, &[]).await;
     std::fs::write(&input, "").unwrap();
     fleet
         .wait_status(60, "the workflow did not fail with the message", |s| {
@@ -685,10 +686,9 @@ async fn a_worker_cut_off_from_temporal_hands_its_pipeline_over() {
     let (mut fleet, input, id, table) = Fleet::one_file(&url, &temporal, "cutoff");
     let proxy = CutProxy::start(&temporal).await;
     fleet.start_worker_via(&proxy.addr, 4, &[]);
-    fleet.sluice(&["deploy"], true);
+    fleet.deploy_one_file(&pg, &table, &[]).await;
     let tables = [table.clone()];
     let ids = [id.clone()];
-    wait_rows(&pg, &tables, 100, 60, "the first lines").await;
     assert_eq!(fleet.holders(&pg, &ids).await, [0]);
     fleet.start_worker(4);
     proxy.cut.cancel();
@@ -724,9 +724,8 @@ async fn a_rewind_while_the_running_worker_is_frozen_goes_through_on_another() {
     let pg = connect(&url).await;
     let (mut fleet, input, id, table) = Fleet::one_file(&url, &temporal, "frozen");
     fleet.start_worker(2);
-    fleet.sluice(&["deploy"], true);
+    fleet.deploy_one_file(&pg, &table, &[]).await;
     let tables = [table.clone()];
-    wait_rows(&pg, &tables, 100, 60, "the first lines").await;
     fleet.start_worker(2);
     let ids = [id.clone()];
     let running = fleet.holders(&pg, &ids).await;

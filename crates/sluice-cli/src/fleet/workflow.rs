@@ -536,6 +536,16 @@ pub(crate) async fn follow_pauses(
     }
 }
 
+/// Whether a gRPC status means the request did not reach Temporal (the transport failed) rather
+/// than an answer of the server.
+fn unreached(code: temporalio_client::tonic::Code) -> bool {
+    use temporalio_client::tonic::Code;
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}
+
 /// The shortest silence from Temporal that stops a run (a heartbeat timeout shorter than a few
 /// probes would stop runs on one slow answer).
 const CONTACT_AT_LEAST: Duration = Duration::from_secs(5);
@@ -568,6 +578,13 @@ pub(crate) async fn follow_temporal(
         .await
         {
             Ok(Ok(_) | Err(temporalio_client::errors::WorkflowInteractionError::NotFound(_))) => {
+                contact.send_replace(asked);
+            }
+            // Any other answer of the server (throttled, refused) is contact too: only a
+            // request that did not reach it counts as silence.
+            Ok(Err(temporalio_client::errors::WorkflowInteractionError::Rpc(status)))
+                if !unreached(status.code()) =>
+            {
                 contact.send_replace(asked);
             }
             Ok(Err(error)) => tracing::debug!(%error, "temporal did not answer"),
@@ -812,6 +829,14 @@ mod tests {
     use sluice::{SinkError, StoreError};
 
     use super::*;
+
+    /// A throttled or refused request reached Temporal (contact); a transport failure did not.
+    #[test]
+    fn only_a_request_that_did_not_reach_temporal_is_silence() {
+        use temporalio_client::tonic::Code;
+        assert!(unreached(Code::Unavailable) && unreached(Code::DeadlineExceeded));
+        assert!(!unreached(Code::ResourceExhausted) && !unreached(Code::PermissionDenied));
+    }
 
     fn non_retryable(error: &ActivityError) -> bool {
         match error {
